@@ -1,0 +1,873 @@
+# Client connections: read and parse request heads, route, answer `return` locations
+# directly, hand proxied requests to an upstream connection, keep-alive and pipelining.
+#
+# Theory of operation
+# - Every socket is registered once, edge-triggered, for IN|OUT|RDHUP. An event only sets
+#   `readable` / `writable`; the state machine then reads until EAGAIN or until it
+#   chooses to stop (backpressure), and remembers the flag so it can resume later.
+# - Output is `wb` (bytes we built: heads, error pages, chunk sizes), then an optional
+#   window `win` into another buffer (a proxied body), then a constant suffix `suf`. It
+#   goes out with one writev. Nobody appends to `wb` while a window is queued, and the
+#   buffer a window points into is not read into until the window is sent: that is the
+#   whole backpressure rule.
+# - Pipelined requests are answered in order: the next head is parsed only when the
+#   current response has been produced (for `return`) or fully sent (for proxy).
+
+DEF MAX_HEADERS = 100
+DEF HOST_MAX = 255
+DEF READ_CHUNK = 16384
+DEF OUTPUT_HIGH_WATER = 65536
+DEF LINGER_MS = 5000
+
+cdef enum ClientState:
+    CS_HEAD = 0         # idle, or reading a request head
+    CS_PROXY = 1        # the request belongs to an upstream connection
+    CS_CLOSING = 2      # send what is queued, then close
+    CS_LINGER = 3       # response sent, write side shut: drain input briefly, then close
+    CS_FREE = 4
+
+cdef enum BodyKind:
+    BODY_NONE = 0
+    BODY_LENGTH = 1
+    BODY_CHUNKED = 2
+
+cdef enum ReadResult:
+    RD_DATA = 1
+    RD_AGAIN = 0
+    RD_EOF = -1
+    RD_ERROR = -2
+    RD_FULL = -3
+
+cdef const char *HOP_BY_HOP = "connection\0keep-alive\0proxy-connection\0te\0trailer\0transfer-encoding\0upgrade\0content-length\0expect\0\0"
+cdef const char *RESPONSE_DROP = "connection\0keep-alive\0proxy-connection\0te\0trailer\0transfer-encoding\0upgrade\0content-length\0server\0date\0\0"
+
+cdef TimerList t_linger = timer_list(LINGER_MS)
+
+
+cdef inline bint name_is(const char *name, size_t n, const char *lower, size_t ln) noexcept nogil:
+    return n == ln and strncasecmp(name, lower, n) == 0
+
+
+cdef bint name_in_list(const char *name, size_t n, const char *lst) noexcept nogil:
+    """lst: lowercase names separated by NUL, ended by an empty name."""
+    cdef size_t ln
+    while lst[0] != 0:
+        ln = strlen(lst)
+        if ln == n and strncasecmp(name, lst, n) == 0:
+            return True
+        lst += ln + 1
+    return False
+
+
+cdef bint token_listed(const char *value, size_t vn, const char *name, size_t n) noexcept nogil:
+    """Is `name` one of the comma-separated tokens of a Connection header value?"""
+    cdef size_t i = 0
+    cdef size_t s, e
+    while i < vn:
+        while i < vn and (value[i] == 32 or value[i] == 9 or value[i] == 44):
+            i += 1
+        s = i
+        while i < vn and value[i] != 44:
+            i += 1
+        e = i
+        while e > s and (value[e - 1] == 32 or value[e - 1] == 9):
+            e -= 1
+        if e - s == n and n > 0 and strncasecmp(value + s, name, n) == 0:
+            return True
+    return False
+
+
+cdef class Client(Handle):
+    cdef Buf rb             # bytes from the client
+    cdef Buf wb             # bytes to the client
+    cdef Buf uri            # the normalized path, NUL terminated
+    cdef Buf pbuf           # the request head built for the upstream
+    cdef const char *win
+    cdef size_t win_len
+    cdef const char *suf
+    cdef size_t suf_len
+    cdef bint readable
+    cdef bint writable
+    cdef bint peer_closed   # the client shut its write side (RDHUP)
+    cdef int state
+    cdef ListenBinding binding
+    cdef char remote[64]
+    cdef size_t remote_len
+    cdef char remote_port[8]
+    cdef size_t remote_port_len
+    cdef int64_t requests
+
+    # the current request; pointers are into rb and valid only while its head is handled
+    cdef edge_header headers[MAX_HEADERS]
+    cdef size_t nheaders
+    cdef const char *method
+    cdef size_t method_len
+    cdef const char *target
+    cdef size_t target_len
+    cdef const char *args
+    cdef size_t args_len
+    cdef bint has_args
+    cdef int minor
+    cdef char host[HOST_MAX + 1]
+    cdef size_t host_len
+    cdef int connection_header      # index of the Connection header or -1
+    cdef bint is_head
+    cdef bint keepalive
+    cdef bint expect_continue
+    cdef regmatch_t caps[MAX_CAPTURES]
+    cdef Server server
+    cdef Location loc
+    cdef int body_kind
+    cdef int64_t body_left
+    cdef int64_t body_received
+    cdef bint body_done
+    cdef edge_chunked_decoder body_dec
+    cdef UpConn up
+    cdef bint response_started
+    cdef uint64_t tried_peers
+    cdef int tries
+
+    # ---- life cycle -------------------------------------------------------------------
+
+    cdef int setup(self, int fd, ListenBinding binding, sockaddr_storage *sa) except -1:
+        cdef sockaddr_in *sin
+        cdef sockaddr_in6 *sin6
+        cdef uint16_t port
+        self.fd = fd
+        self.kind = K_CLIENT
+        self.binding = binding
+        self.state = CS_HEAD
+        self.readable = False
+        self.writable = True
+        self.peer_closed = False
+        self.requests = 0
+        self.win_len = 0
+        self.suf_len = 0
+        self.up = None
+        self.loc = None
+        self.server = None
+        if self.rb.data == NULL:
+            buf_init(&self.rb, READ_CHUNK)
+            buf_init(&self.wb, 4096)
+            buf_init(&self.uri, 256)
+            buf_init(&self.pbuf, 2048)
+        buf_reset(&self.rb)
+        buf_reset(&self.wb)
+        self.remote_len = 0
+        self.remote_port_len = 0
+        if sa.ss_family == AF_INET:
+            sin = <sockaddr_in *>sa
+            inet_ntop(AF_INET, &sin.sin_addr, self.remote, 64)
+            port = ntohs(sin.sin_port)
+        elif sa.ss_family == AF_INET6:
+            sin6 = <sockaddr_in6 *>sa
+            inet_ntop(AF_INET6, &sin6.sin6_addr, self.remote, 64)
+            port = ntohs(sin6.sin6_port)
+        else:
+            self.remote[0] = 0
+            port = 0
+        self.remote_len = strlen(self.remote)
+        self.remote_port_len = snprintf(self.remote_port, 8, "%u", port)
+        self.reset_request()
+        timer_arm(self, binding.t_header, g_now)
+        return 0
+
+    cdef void reset_request(self) noexcept:
+        self.body_kind = BODY_NONE
+        self.body_left = 0
+        self.body_received = 0
+        self.body_done = True
+        self.response_started = False
+        self.is_head = False
+        self.expect_continue = False
+        self.tried_peers = 0
+        self.tries = 0
+
+    cdef void close(self):
+        """Close the connection now and return the object to the free list."""
+        cdef UpConn up
+        if self.state == CS_FREE:
+            return
+        timer_stop(self)
+        if self.up is not None:
+            up = self.up
+            self.up = None
+            up.client = None
+            up.close()
+        g_loop.unregister(self)
+        close(self.fd)
+        self.fd = -1
+        self.state = CS_FREE
+        self.loc = None
+        self.server = None
+        self.binding = None
+        g_loop.client_closed(self)
+
+    # ---- events -----------------------------------------------------------------------
+
+    cdef void on_events(self, uint32_t events):
+        if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+            self.readable = True
+        if events & EPOLLRDHUP:
+            self.peer_closed = True
+        if events & (EPOLLOUT | EPOLLHUP | EPOLLERR):
+            self.writable = True
+        if (events & (EPOLLHUP | EPOLLERR)) and self.state == CS_PROXY:
+            # reset by the client while the upstream works for it: stop both
+            self.close()
+            return
+        self.drive()
+
+    cdef void drive(self):
+        cdef int r
+        if self.state == CS_HEAD:
+            self.serve_heads()
+        elif self.state == CS_PROXY:
+            if self.writable and self.output_pending():
+                r = self.flush()
+                if r < 0:
+                    self.close()
+                    return
+                if r == 0:
+                    return
+            if self.up is not None:
+                self.up.drive()
+        elif self.state == CS_CLOSING:
+            r = self.flush()
+            if r != 0:
+                self.start_linger(r)
+        elif self.state == CS_LINGER:
+            self.linger_read()
+
+    cdef void on_timeout(self):
+        if self.state == CS_HEAD:
+            if buf_len(&self.rb) > 0:
+                # a request started and stalled: client_header_timeout
+                self.send_error(408)
+            else:
+                self.close()    # idle keep-alive connection
+        elif self.state == CS_PROXY:
+            if self.output_pending():
+                self.close()    # send_timeout: the client stopped reading
+            elif not self.body_done and not self.response_started:
+                self.send_error(408)  # client_body_timeout
+            else:
+                self.close()
+        else:
+            self.close()
+
+    # ---- output -------------------------------------------------------------------------
+
+    cdef inline bint output_pending(self) noexcept:
+        return buf_len(&self.wb) > 0 or self.win_len > 0 or self.suf_len > 0
+
+    cdef int flush(self) noexcept:
+        """Write queued output. 1: all sent; 0: the socket is full; -1: error."""
+        cdef iovec iov[3]
+        cdef int n
+        cdef ssize_t r
+        cdef size_t w
+        while True:
+            n = 0
+            if self.wb.end > self.wb.start:
+                iov[n].iov_base = self.wb.data + self.wb.start
+                iov[n].iov_len = self.wb.end - self.wb.start
+                n += 1
+            if self.win_len:
+                iov[n].iov_base = <void *>self.win
+                iov[n].iov_len = self.win_len
+                n += 1
+            if self.suf_len:
+                iov[n].iov_base = <void *>self.suf
+                iov[n].iov_len = self.suf_len
+                n += 1
+            if n == 0:
+                buf_reset(&self.wb)
+                return 1
+            r = writev(self.fd, iov, n)
+            if r < 0:
+                if errno == EINTR:
+                    continue
+                if errno == EAGAIN:
+                    self.writable = False
+                    if self.loc is not None:
+                        timer_arm(self, self.loc.t_send_client, g_now)
+                    else:
+                        timer_arm(self, self.binding.t_header, g_now)
+                    return 0
+                return -1
+            w = <size_t>r
+            if w >= self.wb.end - self.wb.start:
+                w -= self.wb.end - self.wb.start
+                buf_reset(&self.wb)
+            else:
+                self.wb.start += w
+                continue
+            if w >= self.win_len:
+                w -= self.win_len
+                self.win_len = 0
+            else:
+                self.win += w
+                self.win_len -= w
+                continue
+            if w >= self.suf_len:
+                self.suf_len = 0
+            else:
+                self.suf += w
+                self.suf_len -= w
+
+    cdef void append_date(self) noexcept:
+        buf_append(&self.wb, g_date, g_date_len)
+
+    cdef void send_error(self, int status):
+        """A built-in error page; the connection closes after it (framing may be in doubt)."""
+        cdef bytes head = error_head(status)
+        cdef bytes body = error_body(status)
+        if self.up is not None:
+            self.up.client = None
+            self.up.close()
+            self.up = None
+        self.win_len = 0
+        self.suf_len = 0
+        buf_append_bytes(&self.wb, head)
+        self.append_date()
+        buf_append_str(&self.wb, "Connection: close\r\n\r\n")
+        if not self.is_head:
+            buf_append_bytes(&self.wb, body)
+        self.state = CS_CLOSING
+        self.keepalive = False
+        self.drive()
+
+    cdef void start_linger(self, int flush_result):
+        """Half-close and read what the client still sends for a moment, so our response
+        is not destroyed by a reset when unread request bytes remain (nginx's lingering
+        close)."""
+        if flush_result < 0:
+            self.close()
+            return
+        shutdown(self.fd, SHUT_WR)
+        self.state = CS_LINGER
+        timer_arm(self, t_linger, g_now)
+        self.linger_read()
+
+    cdef void linger_read(self):
+        cdef char scratch[4096]
+        cdef ssize_t r
+        while True:
+            r = read(self.fd, scratch, 4096)
+            if r > 0:
+                continue
+            if r < 0 and errno == EINTR:
+                continue
+            if r < 0 and errno == EAGAIN:
+                return
+            self.close()
+            return
+
+    # ---- input --------------------------------------------------------------------------
+
+    cdef int read_more(self, size_t limit) noexcept:
+        """Read once into rb, holding at most `limit` bytes. RD_* result."""
+        cdef ssize_t r
+        cdef size_t room
+        if buf_len(&self.rb) == 0:
+            buf_reset(&self.rb)
+        if buf_len(&self.rb) >= limit:
+            return RD_FULL
+        room = limit - buf_len(&self.rb)
+        if room > READ_CHUNK:
+            room = READ_CHUNK
+        if self.rb.cap - self.rb.end < room:
+            if buf_reserve(&self.rb, room) < 0:
+                return RD_ERROR
+        while True:
+            r = read(self.fd, self.rb.data + self.rb.end, room)
+            if r > 0:
+                self.rb.end += r
+                return RD_DATA
+            if r == 0:
+                self.readable = False
+                self.peer_closed = True
+                return RD_EOF
+            if errno == EINTR:
+                continue
+            if errno == EAGAIN:
+                self.readable = False
+                return RD_AGAIN
+            return RD_ERROR
+
+    cdef void serve_heads(self):
+        """Read, parse and answer request heads until the input runs dry, output backs up,
+        or a request goes to an upstream."""
+        cdef int ret, rd
+        cdef const char *method
+        cdef size_t method_len
+        cdef const char *path
+        cdef size_t path_len
+        cdef int minor
+        cdef size_t nh
+        cdef size_t limit = self.binding.large_header_buffer_size * self.binding.large_header_buffers
+        cdef int flushed
+        while True:
+            if self.output_pending():
+                flushed = self.flush()
+                if flushed < 0:
+                    self.close()
+                    return
+                if flushed == 0 and buf_len(&self.wb) > OUTPUT_HIGH_WATER:
+                    return          # wait for the client to read
+            if self.state != CS_HEAD:
+                return
+            if buf_len(&self.rb) == 0:
+                if not self.readable:
+                    self.arm_idle_timer()
+                    return
+                rd = self.read_more(limit)
+                if rd == RD_AGAIN:
+                    self.arm_idle_timer()
+                    return
+                if rd != RD_DATA:
+                    if self.output_pending():
+                        self.state = CS_CLOSING
+                        self.drive()
+                    else:
+                        self.close()
+                    return
+                timer_arm(self, self.binding.t_header, g_now)
+            nh = MAX_HEADERS
+            ret = edge_parse_request(self.rb.data + self.rb.start, buf_len(&self.rb),
+                                     &method, &method_len, &path, &path_len, &minor,
+                                     self.headers, &nh, 0)
+            if ret == -2:
+                if buf_len(&self.rb) >= limit:
+                    self.send_error(self.oversize_status())
+                    return
+                if not self.readable:
+                    timer_arm(self, self.binding.t_header, g_now)
+                    return
+                rd = self.read_more(limit)
+                if rd == RD_DATA:
+                    continue
+                if rd == RD_AGAIN:
+                    timer_arm(self, self.binding.t_header, g_now)
+                    return
+                if rd == RD_FULL:
+                    self.send_error(self.oversize_status())
+                    return
+                self.close()        # EOF or error in the middle of a head
+                return
+            if ret == -3:
+                self.send_error(431)
+                return
+            if ret < 0:
+                self.send_error(400)
+                return
+            self.method = method
+            self.method_len = method_len
+            self.target = path
+            self.target_len = path_len
+            self.minor = minor
+            self.nheaders = nh
+            self.handle_request(<size_t>ret)
+
+    cdef int oversize_status(self) noexcept:
+        """Too large a head: 414 when the request line alone does not fit in one large
+        buffer, else 431 (documented rule)."""
+        cdef const char *nl = <const char *>memchr(self.rb.data + self.rb.start, 10,
+                                                  buf_len(&self.rb))
+        if nl == NULL or <size_t>(nl - (self.rb.data + self.rb.start)) >= self.binding.large_header_buffer_size:
+            return 414
+        return 431
+
+    cdef void arm_idle_timer(self) noexcept:
+        if self.requests > 0 and self.loc is not None:
+            timer_arm(self, self.loc.t_keepalive, g_now)
+        else:
+            timer_arm(self, self.binding.t_header, g_now)
+
+    # ---- one request ----------------------------------------------------------------------
+
+    cdef void handle_request(self, size_t head_len):
+        cdef size_t i
+        cdef edge_header *h
+        cdef int host_index = -1
+        cdef int cl_index = -1
+        cdef int te_index = -1
+        cdef int64_t content_length = -1
+        cdef int64_t v
+        cdef const char *hostp = NULL
+        cdef size_t hostn = 0
+        cdef const char *pathp
+        cdef size_t pathn
+        cdef const char *q
+        cdef bint client_close = False
+        cdef bint client_keepalive = False
+        cdef Location loc
+
+        self.reset_request()
+        self.connection_header = -1
+        self.is_head = self.method_len == 4 and memcmp(self.method, "HEAD", 4) == 0
+        if head_len > self.binding.large_header_buffer_size * self.binding.large_header_buffers:
+            self.send_error(431)
+            return
+
+        # one pass over the headers for everything framing and routing depend on
+        for i in range(self.nheaders):
+            h = &self.headers[i]
+            if name_is(h.name, h.name_len, "host", 4):
+                if host_index >= 0:
+                    self.send_error(400)        # several Host headers (RFC 9112 3.2)
+                    return
+                host_index = <int>i
+            elif name_is(h.name, h.name_len, "content-length", 14):
+                v = edge_parse_content_length(h.value, h.value_len)
+                if v < 0 or (content_length >= 0 and v != content_length):
+                    self.send_error(400)
+                    return
+                content_length = v
+                cl_index = <int>i
+            elif name_is(h.name, h.name_len, "transfer-encoding", 17):
+                if te_index >= 0:
+                    self.send_error(400)        # repeated TE: refuse rather than merge
+                    return
+                te_index = <int>i
+            elif name_is(h.name, h.name_len, "connection", 10):
+                self.connection_header = <int>i
+                if token_listed(h.value, h.value_len, "close", 5):
+                    client_close = True
+                if token_listed(h.value, h.value_len, "keep-alive", 10):
+                    client_keepalive = True
+            elif name_is(h.name, h.name_len, "expect", 6):
+                if h.value_len == 12 and strncasecmp(h.value, "100-continue", 12) == 0:
+                    self.expect_continue = self.minor == 1
+                else:
+                    self.send_error(417)
+                    return
+
+        # body framing (RFC 9112 6.1-6.3): TE with CL is refused, TE must be exactly chunked
+        if te_index >= 0:
+            if cl_index >= 0 or self.minor == 0:
+                self.send_error(400)
+                return
+            h = &self.headers[te_index]
+            if not (h.value_len == 7 and strncasecmp(h.value, "chunked", 7) == 0):
+                self.send_error(501 if not token_listed(h.value, h.value_len, "chunked", 7) else 400)
+                return
+            self.body_kind = BODY_CHUNKED
+            self.body_done = False
+            memset(&self.body_dec, 0, sizeof(edge_chunked_decoder))
+        elif content_length > 0:
+            self.body_kind = BODY_LENGTH
+            self.body_left = content_length
+            self.body_done = False
+
+        # request target: origin-form, absolute-form (its host wins), or "*" for OPTIONS
+        pathp = self.target
+        pathn = self.target_len
+        if pathn and pathp[0] != 47:
+            if pathn == 1 and pathp[0] == 42:
+                if not (self.method_len == 7 and memcmp(self.method, "OPTIONS", 7) == 0):
+                    self.send_error(400)
+                    return
+                pathp = "/"
+                pathn = 1
+            elif pathn > 7 and (strncasecmp(pathp, "http://", 7) == 0 or
+                                (pathn > 8 and strncasecmp(pathp, "https://", 8) == 0)):
+                i = 7 if pathp[4] == 58 else 8
+                hostp = pathp + i
+                while i < pathn and pathp[i] != 47 and pathp[i] != 63:
+                    i += 1
+                hostn = <size_t>((pathp + i) - hostp)
+                pathp = pathp + i
+                pathn = pathn - i
+                self.target = pathp
+                self.target_len = pathn
+                if pathn == 0 or pathp[0] == 63:
+                    pathp = "/"
+                    pathn = 1
+            elif self.method_len == 7 and memcmp(self.method, "CONNECT", 7) == 0:
+                self.send_error(405)
+                return
+            else:
+                self.send_error(400)
+                return
+        if self.method_len == 7 and memcmp(self.method, "CONNECT", 7) == 0:
+            self.send_error(405)
+            return
+
+        q = <const char *>memchr(pathp, 63, pathn)   # '?'
+        if q != NULL:
+            self.has_args = True
+            self.args = q + 1
+            self.args_len = pathn - <size_t>(q + 1 - pathp)
+            pathn = <size_t>(q - pathp)
+        else:
+            self.has_args = False
+            self.args = NULL
+            self.args_len = 0
+        if normalize_path(pathp, pathn, &self.uri) < 0:
+            self.send_error(400)
+            return
+
+        if hostp == NULL and host_index >= 0:
+            hostp = self.headers[host_index].value
+            hostn = self.headers[host_index].value_len
+        elif hostp == NULL and self.minor == 1:
+            self.send_error(400)                # HTTP/1.1 requires Host (RFC 9112 3.2)
+            return
+        if self.set_host(hostp, hostn) < 0:
+            self.send_error(400)
+            return
+
+        if self.minor == 1:
+            self.keepalive = not client_close
+        else:
+            self.keepalive = client_keepalive and not client_close
+
+        # routing
+        self.server = self.binding.find_server(self.host, self.host_len)
+        loc = self.server.find_location(self.uri.data, buf_len(&self.uri), self.caps)
+        if loc is None:
+            self.loc = None
+            self.rb.start += head_len
+            self.requests += 1
+            self.finish_without_body(404)
+            return
+        self.loc = loc
+        if self.requests + 1 >= loc.keepalive_requests or g_loop.quitting:
+            self.keepalive = False
+        if loc.client_max_body_size and content_length > loc.client_max_body_size:
+            self.send_error(413)
+            return
+        self.rb.start += head_len
+        self.requests += 1
+
+        if loc.content == CONTENT_PROXY:
+            self.start_proxy()
+        elif loc.content == CONTENT_RETURN:
+            self.respond_return(loc)
+        else:
+            self.finish_without_body(404)
+
+    cdef int set_host(self, const char *p, size_t n) noexcept:
+        """Lowercase the host, drop a port and a trailing dot; refuse what cannot be a
+        host name (RFC 3986 reg-name / IP-literal characters only)."""
+        cdef size_t i
+        cdef size_t end = n
+        cdef unsigned char ch
+        if n == 0:
+            self.host_len = 0
+            return 0
+        if p[0] == 91:      # [IPv6]
+            while end > 0 and p[end - 1] != 93:
+                end -= 1
+            if end == 0:
+                return -1
+        else:
+            for i in range(n):
+                if p[i] == 58:
+                    end = i
+                    break
+        if end > 0 and p[end - 1] == 46:
+            end -= 1
+        if end > HOST_MAX:
+            return -1
+        for i in range(end):
+            ch = <unsigned char>p[i]
+            if ch >= 65 and ch <= 90:
+                ch += 32
+            elif not ((ch >= 97 and ch <= 122) or (ch >= 48 and ch <= 57) or ch == 45 or
+                      ch == 46 or ch == 95 or ch == 91 or ch == 93 or ch == 58):
+                return -1
+            self.host[i] = <char>ch
+        self.host[end] = 0
+        self.host_len = end
+        return 0
+
+    cdef int skip_request_body(self) noexcept:
+        """Before answering without reading the body (return, errors): drop a body that is
+        already fully buffered. Returns 1 when the connection can stay in sync, else 0."""
+        cdef size_t sz
+        cdef ssize_t ret
+        if self.body_kind == BODY_NONE:
+            return 1
+        if self.body_kind == BODY_LENGTH:
+            if <int64_t>buf_len(&self.rb) >= self.body_left:
+                self.rb.start += <size_t>self.body_left
+                self.body_left = 0
+                self.body_done = True
+                return 1
+            return 0
+        sz = buf_len(&self.rb)
+        ret = edge_decode_chunked(&self.body_dec, self.rb.data + self.rb.start, &sz)
+        if ret >= 0:
+            self.rb.end = self.rb.start + sz + <size_t>ret
+            self.rb.start += sz
+            self.body_done = True
+            return 1
+        return 0
+
+    cdef void finish_without_body(self, int status):
+        """A built-in page (404 where no content handler applies) that keeps the
+        connection alive when the request body allows it."""
+        cdef bytes head = error_head(status)
+        if not self.skip_request_body():
+            self.keepalive = False
+        buf_append_bytes(&self.wb, head)
+        self.append_date()
+        self.append_connection()
+        if not self.is_head:
+            buf_append_bytes(&self.wb, error_body(status))
+        self.response_done()
+
+    cdef inline void append_connection(self) noexcept:
+        if self.keepalive:
+            buf_append_str(&self.wb, "Connection: keep-alive\r\n\r\n")
+        else:
+            buf_append_str(&self.wb, "Connection: close\r\n\r\n")
+
+    cdef void respond_return(self, Location loc):
+        cdef int status = loc.return_status
+        cdef size_t mark, body_start
+        cdef bytes body
+        if not self.skip_request_body():
+            self.keepalive = False
+        buf_append_bytes(&self.wb, loc.return_head)
+        self.append_date()
+        if loc.return_location is not None:
+            buf_append_str(&self.wb, "Location: ")
+            eval_template(loc.return_location, self, &self.wb)
+            buf_append_str(&self.wb, "\r\n")
+        if loc.return_body is None:
+            if loc.return_location is not None or status >= 400:
+                # nginx answers a bare `return 404;` or a redirect with its own page
+                body = error_body(status) if status >= 300 else b""
+                buf_append_str(&self.wb, "Content-Type: text/html\r\nContent-Length: ")
+                buf_append_uint(&self.wb, len(body))
+                buf_append_str(&self.wb, "\r\n")
+                self.append_connection()
+                if not self.is_head:
+                    buf_append_bytes(&self.wb, body)
+            else:
+                buf_append_str(&self.wb, "Content-Length: 0\r\n")
+                self.append_connection()
+            self.response_done()
+            return
+        buf_append_str(&self.wb, "Content-Type: ")
+        buf_append_bytes(&self.wb, loc.default_type)
+        buf_append_str(&self.wb, "\r\nContent-Length: ")
+        if loc.return_body.is_literal:
+            buf_append_uint(&self.wb, len(loc.return_body.literal))
+            buf_append_str(&self.wb, "\r\n")
+            self.append_connection()
+            if not self.is_head:
+                buf_append_bytes(&self.wb, loc.return_body.literal)
+        else:
+            # the length is known only after evaluation: render the body after a gap,
+            # then write the length in front of it
+            mark = self.wb.end
+            buf_append_str(&self.wb, "                    \r\n")
+            self.append_connection()
+            body_start = self.wb.end
+            eval_template(loc.return_body, self, &self.wb)
+            self.write_length_at(mark, self.wb.end - body_start)
+            if self.is_head:
+                self.wb.end = body_start
+        self.response_done()
+
+    cdef void write_length_at(self, size_t mark, size_t length) noexcept:
+        """Fill the 20-space gap at wb[mark] with the decimal length, left aligned, and
+        close the gap by moving the rest of the buffer."""
+        cdef char tmp[24]
+        cdef int n = snprintf(tmp, 24, "%zu", length)
+        cdef size_t gap = 20 - <size_t>n
+        memcpy(self.wb.data + mark, tmp, n)
+        memmove(self.wb.data + mark + n, self.wb.data + mark + 20, self.wb.end - mark - 20)
+        self.wb.end -= gap
+
+    cdef void response_done(self):
+        """The response is fully queued in wb. Keep the connection or close it after."""
+        self.up = None
+        if not self.keepalive:
+            self.state = CS_CLOSING
+            self.drive()
+            return
+        self.state = CS_HEAD
+        self.reset_request()
+
+    # ---- proxy hand-off ---------------------------------------------------------------------
+
+    cdef void start_proxy(self):
+        cdef Location loc = self.loc
+        if build_upstream_head(self, loc, &self.pbuf) < 0:
+            self.send_error(500)
+            return
+        if self.expect_continue and self.body_kind != BODY_NONE and buf_len(&self.rb) == 0:
+            # we answer 100-continue ourselves; the upstream never sees Expect
+            buf_append_str(&self.wb, "HTTP/1.1 100 Continue\r\n\r\n")
+        self.state = CS_PROXY
+        timer_stop(self)
+        self.connect_next_peer()
+
+    cdef void connect_next_peer(self):
+        cdef Upstream ups = self.loc.upstream
+        cdef int peer = ups.pick(g_now, self.tried_peers)
+        cdef UpConn up
+        if peer < 0:
+            self.send_error(502)
+            return
+        if peer < 64:
+            self.tried_peers |= (<uint64_t>1) << peer
+        self.tries += 1
+        up = upstream_connection(ups, peer, self)
+        if up is None:
+            ups.peer_failed(peer, g_now)
+            self.retry_or_fail(502)
+            return
+        self.up = up
+        up.start_request(self)
+
+    cdef void retry_or_fail(self, int status):
+        """A peer failed before any response byte reached the client: try the next one,
+        as nginx's proxy_next_upstream error timeout does, while the request can still be
+        replayed (its body has not been streamed)."""
+        cdef Upstream ups = self.loc.upstream
+        self.up = None
+        if self.response_started:
+            self.close()
+            return
+        if self.tries < ups.npeers and self.body_replayable():
+            self.connect_next_peer()
+            return
+        if self.body_done:
+            self.finish_error_keepalive(status)
+        else:
+            self.send_error(status)
+
+    cdef bint body_replayable(self) noexcept:
+        return self.body_kind == BODY_NONE
+
+    cdef void finish_error_keepalive(self, int status):
+        cdef bytes head = error_head(status)
+        self.state = CS_HEAD
+        buf_append_bytes(&self.wb, head)
+        self.append_date()
+        self.append_connection()
+        if not self.is_head:
+            buf_append_bytes(&self.wb, error_body(status))
+        self.response_done()
+        if self.state == CS_HEAD:
+            self.serve_heads()
+
+    cdef void proxy_finished(self):
+        """Called by the upstream side once the whole response is queued and sent."""
+        self.up = None
+        if not self.body_done or self.peer_closed:
+            self.keepalive = False
+        if not self.keepalive:
+            self.state = CS_CLOSING
+            self.drive()
+            return
+        self.state = CS_HEAD
+        self.reset_request()
+        self.serve_heads()

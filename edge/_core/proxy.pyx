@@ -1,0 +1,743 @@
+# The proxy: upstream connections, the request head sent upstream, streaming both ways.
+#
+# An UpConn belongs to one client request at a time. Request body bytes go from the
+# client's rb straight into writev on the upstream socket (a window into rb); response
+# bytes go from the UpConn's rb into writev on the client socket. Chunked bodies are decoded
+# in place and re-chunked, so what we send is always framed by us: a smuggled second
+# request inside a body can never reach the upstream as its own request.
+
+DEF UP_HEAD_MAX = 65536
+
+cdef enum UpState:
+    US_CONNECTING = 0
+    US_ACTIVE = 1
+    US_IDLE = 2
+    US_CLOSED = 3
+
+cdef enum RespKind:
+    RESP_NONE = 0
+    RESP_LENGTH = 1
+    RESP_CHUNKED = 2
+    RESP_CLOSE = 3          # delimited by the upstream closing the connection
+
+cdef enum Failure:
+    FAIL_CONNECT = 1
+    FAIL_TIMEOUT = 2
+    FAIL_IO = 3
+    FAIL_BAD_RESPONSE = 4
+
+
+cdef class UpConn(Handle):
+    cdef Buf rb
+    cdef Buf wb
+    cdef const char *win
+    cdef size_t win_len
+    cdef const char *suf
+    cdef size_t suf_len
+    cdef bint readable
+    cdef bint writable
+    cdef int state
+    cdef Upstream ups
+    cdef int peer
+    cdef Client client
+    cdef bint reused
+    cdef int64_t nrequests
+    cdef bint head_done
+    cdef bint got_bytes
+    cdef bint resp_done
+    cdef bint upstream_keepalive
+    cdef int resp_kind
+    cdef int64_t resp_left
+    cdef edge_chunked_decoder dec
+    cdef bint chunk_to_client   # re-frame the body as chunked for an HTTP/1.1 client
+    cdef int status
+
+    # ---- life cycle -------------------------------------------------------------------
+
+    cdef void close(self):
+        if self.state == US_CLOSED:
+            return
+        timer_stop(self)
+        if self.state == US_IDLE:
+            try:
+                self.ups.idle.remove(self)
+            except ValueError:
+                pass
+        g_loop.unregister(self)
+        close(self.fd)
+        self.fd = -1
+        self.state = US_CLOSED
+        self.client = None
+        buf_free(&self.rb)
+        buf_free(&self.wb)
+
+    cdef void start_request(self, Client c):
+        """Queue c's request head and start (or continue) talking to the upstream."""
+        self.client = c
+        self.head_done = False
+        self.got_bytes = False
+        self.resp_done = False
+        self.win_len = 0
+        self.suf_len = 0
+        buf_reset(&self.rb)
+        buf_reset(&self.wb)
+        buf_append(&self.wb, c.pbuf.data + c.pbuf.start, buf_len(&c.pbuf))
+        self.nrequests += 1
+        if self.state == US_CONNECTING:
+            timer_arm(self, c.loc.t_connect, g_now)
+            return
+        self.state = US_ACTIVE
+        self.drive()
+
+    # ---- events -------------------------------------------------------------------------
+
+    cdef void on_events(self, uint32_t events):
+        cdef int err = 0
+        cdef socklen_t elen = sizeof(int)
+        if self.state == US_IDLE:
+            # an idle pooled connection spoke or closed: it cannot be reused
+            self.close()
+            return
+        if self.state == US_CLOSED:
+            return
+        if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+            self.readable = True
+        if events & (EPOLLOUT | EPOLLHUP | EPOLLERR):
+            self.writable = True
+        if self.state == US_CONNECTING:
+            if not (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)):
+                return
+            getsockopt(self.fd, SOL_SOCKET, SO_ERROR, &err, &elen)
+            if err != 0 or (events & EPOLLERR):
+                self.fail(FAIL_CONNECT)
+                return
+            self.state = US_ACTIVE
+            self.ups.peer_ok(self.peer)
+        self.drive()
+
+    cdef void on_timeout(self):
+        if self.state == US_IDLE:
+            self.close()
+        elif self.state == US_CONNECTING:
+            self.fail(FAIL_TIMEOUT)
+        else:
+            self.fail(FAIL_TIMEOUT)
+
+    cdef void drive(self):
+        """Move bytes: request body to the upstream, response to the client."""
+        cdef int r
+        cdef Client c = self.client
+        if c is None or self.state != US_ACTIVE:
+            return
+        r = self.pump_request()
+        if r < 0:
+            return          # fail() or the client was closed
+        self.pump_response()
+
+    # ---- request ----------------------------------------------------------------------------
+
+    cdef int flush(self) noexcept:
+        """Write queued request bytes. 1: all sent; 0: socket full; -1: error."""
+        cdef iovec iov[3]
+        cdef int n
+        cdef ssize_t r
+        cdef size_t w
+        while True:
+            n = 0
+            if self.wb.end > self.wb.start:
+                iov[n].iov_base = self.wb.data + self.wb.start
+                iov[n].iov_len = self.wb.end - self.wb.start
+                n += 1
+            if self.win_len:
+                iov[n].iov_base = <void *>self.win
+                iov[n].iov_len = self.win_len
+                n += 1
+            if self.suf_len:
+                iov[n].iov_base = <void *>self.suf
+                iov[n].iov_len = self.suf_len
+                n += 1
+            if n == 0:
+                buf_reset(&self.wb)
+                return 1
+            if not self.writable:
+                return 0
+            r = writev(self.fd, iov, n)
+            if r < 0:
+                if errno == EINTR:
+                    continue
+                if errno == EAGAIN:
+                    self.writable = False
+                    return 0
+                return -1
+            w = <size_t>r
+            if w >= self.wb.end - self.wb.start:
+                w -= self.wb.end - self.wb.start
+                buf_reset(&self.wb)
+            else:
+                self.wb.start += w
+                continue
+            if w >= self.win_len:
+                w -= self.win_len
+                self.win_len = 0
+            else:
+                self.win += w
+                self.win_len -= w
+                continue
+            if w >= self.suf_len:
+                self.suf_len = 0
+            else:
+                self.suf += w
+                self.suf_len -= w
+
+    cdef int pump_request(self):
+        """Send the head and stream the request body. 1: all sent; 0: waiting; -1: the
+        exchange ended (failed or aborted)."""
+        cdef Client c = self.client
+        cdef int r, rd
+        cdef size_t avail, n, sz
+        cdef ssize_t ret
+        while True:
+            r = self.flush()
+            if r < 0:
+                self.fail(FAIL_IO)
+                return -1
+            if r == 0:
+                if not self.head_done:
+                    timer_arm(self, c.loc.t_send, g_now)
+                return 0
+            if c.body_done:
+                if not self.head_done and self.tlist is not c.loc.t_read:
+                    timer_arm(self, c.loc.t_read, g_now)
+                return 1
+            avail = buf_len(&c.rb)
+            if avail == 0:
+                if c.output_pending():
+                    return 0        # the 100 Continue still goes out first
+                if not c.readable:
+                    timer_arm(c, c.loc.t_body, g_now)
+                    return 0
+                rd = c.read_more(READ_CHUNK * 4)
+                if rd == RD_AGAIN:
+                    timer_arm(c, c.loc.t_body, g_now)
+                    return 0
+                if rd != RD_DATA:
+                    c.close()       # the client went away mid-body
+                    return -1
+                timer_stop(c)
+                continue
+            if c.body_kind == BODY_LENGTH:
+                n = avail if <int64_t>avail < c.body_left else <size_t>c.body_left
+                self.win = c.rb.data + c.rb.start
+                self.win_len = n
+                c.rb.start += n
+                c.body_left -= n
+                if c.body_left == 0:
+                    c.body_done = True
+                continue
+            # chunked: decode in place, send what was decoded as one chunk of ours
+            sz = avail
+            ret = edge_decode_chunked(&c.body_dec, c.rb.data + c.rb.start, &sz)
+            if ret == -1:
+                c.send_error(400)
+                return -1
+            c.body_received += sz
+            if c.loc.client_max_body_size and c.body_received > c.loc.client_max_body_size:
+                c.send_error(413)
+                return -1
+            if sz:
+                buf_append_hex(&self.wb, sz)
+                buf_append_str(&self.wb, "\r\n")
+                self.win = c.rb.data + c.rb.start
+                self.win_len = sz
+                self.suf = "\r\n"
+                self.suf_len = 2
+            if ret >= 0:
+                c.body_done = True
+                c.rb.end = c.rb.start + sz + <size_t>ret
+                if sz:
+                    self.suf = "\r\n0\r\n\r\n"
+                    self.suf_len = 7
+                else:
+                    buf_append_str(&self.wb, "0\r\n\r\n")
+            else:
+                c.rb.end = c.rb.start + sz
+            c.rb.start += sz
+
+    # ---- response ---------------------------------------------------------------------------
+
+    cdef int read_some(self) noexcept:
+        cdef ssize_t r
+        cdef size_t room
+        if buf_len(&self.rb) == 0:
+            buf_reset(&self.rb)
+        room = READ_CHUNK * 4
+        if not self.head_done:
+            if buf_len(&self.rb) >= UP_HEAD_MAX:
+                return RD_FULL
+            room = UP_HEAD_MAX - buf_len(&self.rb)
+        if self.rb.cap - self.rb.end < room:
+            if buf_reserve(&self.rb, room) < 0:
+                return RD_ERROR
+        while True:
+            r = read(self.fd, self.rb.data + self.rb.end, room)
+            if r > 0:
+                self.rb.end += r
+                self.got_bytes = True
+                return RD_DATA
+            if r == 0:
+                self.readable = False
+                return RD_EOF
+            if errno == EINTR:
+                continue
+            if errno == EAGAIN:
+                self.readable = False
+                return RD_AGAIN
+            return RD_ERROR
+
+    cdef void pump_response(self):
+        cdef Client c = self.client
+        cdef int rd, r
+        cdef size_t avail, n, sz
+        cdef ssize_t ret
+        while c is not None and self.client is c:
+            if c.output_pending():
+                r = c.flush()
+                if r < 0:
+                    c.close()
+                    return
+                if r == 0:
+                    timer_stop(self)    # the client is slow: stop reading, no read timeout
+                    return
+            if self.resp_done:
+                self.finish()
+                return
+            if not self.head_done or buf_len(&self.rb) == 0:
+                if not self.readable:
+                    timer_arm(self, c.loc.t_read, g_now)
+                    return
+                rd = self.read_some()
+                if rd == RD_AGAIN:
+                    timer_arm(self, c.loc.t_read, g_now)
+                    return
+                if rd == RD_EOF:
+                    if self.head_done and self.resp_kind == RESP_CLOSE:
+                        self.upstream_keepalive = False
+                        self.resp_done = True
+                        if self.chunk_to_client:
+                            buf_append_str(&c.wb, "0\r\n\r\n")
+                        continue
+                    self.fail(FAIL_IO)
+                    return
+                if rd != RD_DATA:
+                    self.fail(FAIL_BAD_RESPONSE if rd == RD_FULL else FAIL_IO)
+                    return
+            if not self.head_done:
+                r = self.parse_head()
+                if r == 0:
+                    continue
+                if r < 0:
+                    self.fail(FAIL_BAD_RESPONSE)
+                    return
+                continue
+            avail = buf_len(&self.rb)
+            if avail == 0:
+                continue
+            if self.resp_kind == RESP_LENGTH:
+                n = avail if <int64_t>avail < self.resp_left else <size_t>self.resp_left
+                c.win = self.rb.data + self.rb.start
+                c.win_len = n
+                self.rb.start += n
+                self.resp_left -= n
+                if self.resp_left == 0:
+                    self.resp_done = True
+                    if buf_len(&self.rb):
+                        self.upstream_keepalive = False     # bytes past the end: odd peer
+            elif self.resp_kind == RESP_CHUNKED:
+                sz = avail
+                ret = edge_decode_chunked(&self.dec, self.rb.data + self.rb.start, &sz)
+                if ret == -1:
+                    # the head is out already: all we can do is cut the connection
+                    self.upstream_keepalive = False
+                    c.keepalive = False
+                    c.close()
+                    return
+                if sz:
+                    if self.chunk_to_client:
+                        buf_append_hex(&c.wb, sz)
+                        buf_append_str(&c.wb, "\r\n")
+                        c.suf = "\r\n"
+                        c.suf_len = 2
+                    c.win = self.rb.data + self.rb.start
+                    c.win_len = sz
+                if ret >= 0:
+                    self.resp_done = True
+                    if ret > 0:
+                        self.upstream_keepalive = False
+                    self.rb.end = self.rb.start + sz
+                    if self.chunk_to_client:
+                        if sz:
+                            c.suf = "\r\n0\r\n\r\n"
+                            c.suf_len = 7
+                        else:
+                            buf_append_str(&c.wb, "0\r\n\r\n")
+                else:
+                    self.rb.end = self.rb.start + sz
+                self.rb.start += sz
+            else:   # RESP_CLOSE
+                if self.chunk_to_client:
+                    buf_append_hex(&c.wb, avail)
+                    buf_append_str(&c.wb, "\r\n")
+                    c.suf = "\r\n"
+                    c.suf_len = 2
+                c.win = self.rb.data + self.rb.start
+                c.win_len = avail
+                self.rb.start += avail
+            c.response_started = True
+
+    cdef int parse_head(self):
+        """Parse the response head and queue the client's head. 1 done, 0 need more or
+        skipped an interim 1xx, -1 invalid."""
+        cdef Client c = self.client
+        cdef edge_header hs[MAX_HEADERS]
+        cdef size_t nh = MAX_HEADERS
+        cdef int minor, status
+        cdef const char *msg
+        cdef size_t msg_len
+        cdef int ret
+        cdef size_t i
+        cdef edge_header *h
+        cdef int64_t content_length = -1
+        cdef int64_t v
+        cdef bint chunked = False
+        cdef bint has_te = False
+        cdef int conn_index = -1
+        cdef bint no_body
+        ret = edge_parse_response(self.rb.data + self.rb.start, buf_len(&self.rb), &minor,
+                                  &status, &msg, &msg_len, hs, &nh, 0)
+        if ret == -2:
+            return 0
+        if ret < 0:
+            return -1
+        if status < 100 or status > 999:
+            return -1
+        if status < 200:
+            if status == 101:
+                return -1       # we never ask for an upgrade in this version
+            self.rb.start += <size_t>ret        # 100 / 102 / 103: interim, skip it
+            return 0
+        self.status = status
+        self.upstream_keepalive = minor == 1
+        for i in range(nh):
+            h = &hs[i]
+            if name_is(h.name, h.name_len, "content-length", 14):
+                v = edge_parse_content_length(h.value, h.value_len)
+                if v < 0 or (content_length >= 0 and v != content_length):
+                    return -1
+                content_length = v
+            elif name_is(h.name, h.name_len, "transfer-encoding", 17):
+                has_te = True
+                chunked = token_listed(h.value, h.value_len, "chunked", 7)
+            elif name_is(h.name, h.name_len, "connection", 10):
+                conn_index = <int>i
+                if token_listed(h.value, h.value_len, "close", 5):
+                    self.upstream_keepalive = False
+                elif token_listed(h.value, h.value_len, "keep-alive", 10):
+                    self.upstream_keepalive = True
+        no_body = c.is_head or status == 204 or status == 304
+        if no_body:
+            self.resp_kind = RESP_NONE
+        elif has_te:
+            if not chunked:
+                return -1
+            self.resp_kind = RESP_CHUNKED
+            memset(&self.dec, 0, sizeof(edge_chunked_decoder))
+        elif content_length >= 0:
+            self.resp_kind = RESP_LENGTH
+            self.resp_left = content_length
+        else:
+            self.resp_kind = RESP_CLOSE
+            self.upstream_keepalive = False
+        self.chunk_to_client = (self.resp_kind == RESP_CHUNKED or self.resp_kind == RESP_CLOSE) \
+            and c.minor == 1
+        if (self.resp_kind == RESP_CHUNKED or self.resp_kind == RESP_CLOSE) and c.minor == 0:
+            c.keepalive = False     # an HTTP/1.0 client learns the end from the close
+
+        # the client's head
+        buf_append_str(&c.wb, "HTTP/1.1 ")
+        buf_append_uint(&c.wb, <uint64_t>status)
+        buf_append_str(&c.wb, " ")
+        buf_append(&c.wb, msg, msg_len)
+        buf_append_str(&c.wb, "\r\nServer: edge\r\n")
+        c.append_date()
+        for i in range(nh):
+            h = &hs[i]
+            if name_in_list(h.name, h.name_len, RESPONSE_DROP):
+                continue
+            if conn_index >= 0 and token_listed(hs[conn_index].value, hs[conn_index].value_len,
+                                                h.name, h.name_len):
+                continue
+            buf_append(&c.wb, h.name, h.name_len)
+            buf_append_str(&c.wb, ": ")
+            buf_append(&c.wb, h.value, h.value_len)
+            buf_append_str(&c.wb, "\r\n")
+        if self.resp_kind == RESP_LENGTH or (no_body and content_length >= 0 and status != 204):
+            buf_append_str(&c.wb, "Content-Length: ")
+            buf_append_uint(&c.wb, <uint64_t>content_length)
+            buf_append_str(&c.wb, "\r\n")
+        elif self.chunk_to_client:
+            buf_append_str(&c.wb, "Transfer-Encoding: chunked\r\n")
+        c.append_connection()
+        self.rb.start += <size_t>ret
+        self.head_done = True
+        c.response_started = True
+        if self.resp_kind == RESP_NONE or (self.resp_kind == RESP_LENGTH and self.resp_left == 0):
+            self.resp_done = True
+        return 1
+
+    cdef void finish(self):
+        """The response is complete and sent: pool or close this connection, then let the
+        client go on with its next request."""
+        cdef Client c = self.client
+        cdef Upstream ups = self.ups
+        cdef UpConn oldest
+        self.client = None
+        timer_stop(self)
+        if (ups.keepalive > 0 and self.upstream_keepalive and c.body_done
+                and buf_len(&self.rb) == 0 and self.nrequests < ups.keepalive_requests
+                and not g_loop.quitting):
+            self.state = US_IDLE
+            buf_reset(&self.rb)
+            buf_reset(&self.wb)
+            self.win_len = 0
+            self.suf_len = 0
+            ups.idle.append(self)
+            timer_arm(self, ups.t_idle, g_now)
+            if len(ups.idle) > ups.keepalive:
+                oldest = <UpConn>ups.idle[0]
+                oldest.close()
+        else:
+            self.close()
+        c.proxy_finished()
+
+    cdef void fail(self, int why):
+        """The upstream failed this request. Before any response byte: retry or answer
+        502/504. After the head went out: cut the client connection."""
+        cdef Client c = self.client
+        cdef bint retry_same_peer = False
+        cdef int status
+        if c is None:
+            self.close()
+            return
+        if why == FAIL_CONNECT or why == FAIL_TIMEOUT or why == FAIL_BAD_RESPONSE:
+            if not (why == FAIL_TIMEOUT and self.state == US_ACTIVE and self.head_done):
+                self.ups.peer_failed(self.peer, g_now)
+        # a pooled connection that the upstream closed just before we reused it is not
+        # the peer's fault: replay once on a fresh connection (idempotence is guaranteed
+        # because nothing of the response arrived and no body was streamed)
+        retry_same_peer = self.reused and not self.got_bytes and why == FAIL_IO
+        status = 504 if why == FAIL_TIMEOUT else 502
+        self.client = None
+        self.close()
+        c.up = None
+        if c.response_started:
+            c.close()
+            return
+        if retry_same_peer and c.body_replayable():
+            c.tries -= 1
+            c.tried_peers &= ~((<uint64_t>1) << self.peer) if self.peer < 64 else c.tried_peers
+            c.connect_next_peer()
+            return
+        if why == FAIL_TIMEOUT and self.state != US_CONNECTING:
+            # proxy_read_timeout / proxy_send_timeout: the request may have had effects;
+            # nginx does not replay it on another peer by default for non-idempotent
+            # methods, and we keep it simple: answer 504
+            if c.body_done:
+                c.finish_error_keepalive(504)
+            else:
+                c.send_error(504)
+            return
+        c.retry_or_fail(status)
+
+
+cdef UpConn upstream_connection(Upstream ups, int peer, Client c):
+    """An idle pooled connection to `peer`, or a new non-blocking connect."""
+    cdef UpConn up
+    cdef int i
+    cdef int fd
+    cdef int one = 1
+    cdef Peer *p = &ups.peers[peer]
+    for i in range(len(ups.idle) - 1, -1, -1):
+        up = <UpConn>ups.idle[i]
+        if up.peer == peer:
+            del ups.idle[i]
+            timer_stop(up)
+            up.state = US_ACTIVE
+            up.reused = True
+            up.readable = False
+            up.writable = True
+            if up.rb.data == NULL:
+                buf_init(&up.rb, READ_CHUNK)
+                buf_init(&up.wb, 2048)
+            return up
+    fd = socket(p.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+    if fd < 0:
+        return None
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(int))
+    up = UpConn.__new__(UpConn)
+    up.fd = fd
+    up.kind = K_UPSTREAM
+    up.ups = ups
+    up.peer = peer
+    up.reused = False
+    up.nrequests = 0
+    up.readable = False
+    up.writable = False
+    buf_init(&up.rb, READ_CHUNK)
+    buf_init(&up.wb, 2048)
+    if connect(fd, <sockaddr *>&p.addr, p.addrlen) < 0 and errno != EINPROGRESS:
+        close(fd)
+        up.fd = -1
+        up.state = US_CLOSED
+        return None
+    up.state = US_CONNECTING
+    g_loop.register(up)
+    return up
+
+
+cdef int build_upstream_head(Client c, Location loc, Buf *out) except -1:
+    """The request line and headers sent upstream, into out."""
+    cdef size_t i, mark, value_start
+    cdef edge_header *h
+    cdef edge_header *conn = &c.headers[c.connection_header] if c.connection_header >= 0 else NULL
+    cdef const char *strip = loc.proxy_strip
+    cdef bytes name
+    cdef Template tpl
+    cdef size_t prefix_len
+    buf_reset(out)
+    buf_append(out, c.method, c.method_len)
+    buf_append_str(out, " ")
+    if loc.proxy_uri is None:
+        buf_append(out, c.target, c.target_len)
+    else:
+        # proxy_pass with a URI: the matched location prefix is replaced by it (nginx)
+        buf_append_bytes(out, <bytes>loc.proxy_uri)
+        prefix_len = len(loc.pattern)
+        if loc.kind == LOC_EXACT or prefix_len > buf_len(&c.uri):
+            prefix_len = buf_len(&c.uri)
+        append_escaped_path(out, c.uri.data + prefix_len, buf_len(&c.uri) - prefix_len)
+        if c.has_args:
+            buf_append_str(out, "?")
+            buf_append(out, c.args, c.args_len)
+    buf_append_str(out, " HTTP/1.1\r\n")
+    for i in range(c.nheaders):
+        h = &c.headers[i]
+        if name_in_list(h.name, h.name_len, HOP_BY_HOP):
+            continue
+        if name_in_list(h.name, h.name_len, strip):
+            continue
+        if conn != NULL and token_listed(conn.value, conn.value_len, h.name, h.name_len):
+            continue
+        buf_append(out, h.name, h.name_len)
+        buf_append_str(out, ": ")
+        buf_append(out, h.value, h.value_len)
+        buf_append_str(out, "\r\n")
+    for name, tpl in loc.proxy_headers:
+        mark = out.end
+        buf_append_bytes(out, name)
+        buf_append_str(out, ": ")
+        value_start = out.end
+        eval_template(tpl, c, out)
+        if out.end == value_start:
+            if len(name) == 4 and name.lower() == b"host":
+                # HTTP/1.1 needs a Host: fall back to the upstream's name
+                buf_append_bytes(out, loc.upstream.host_header)
+            else:
+                out.end = mark      # an empty value removes the header, as in nginx
+                continue
+        buf_append_str(out, "\r\n")
+    if c.body_kind == BODY_LENGTH:
+        buf_append_str(out, "Content-Length: ")
+        buf_append_uint(out, <uint64_t>c.body_left)
+        buf_append_str(out, "\r\n")
+    elif c.body_kind == BODY_CHUNKED:
+        buf_append_str(out, "Transfer-Encoding: chunked\r\n")
+    if loc.upstream.keepalive > 0:
+        buf_append_str(out, "Connection: keep-alive\r\n\r\n")
+    else:
+        buf_append_str(out, "Connection: close\r\n\r\n")
+    return 0
+
+
+cdef void eval_template(Template t, Client c, Buf *out) noexcept:
+    cdef int k
+    cdef Segment *s
+    for k in range(t.nsegs):
+        s = &t.segs[k]
+        if s.var == 0:
+            buf_append(out, s.text, s.len)
+        else:
+            append_variable(s, c, out)
+
+
+cdef void append_variable(Segment *s, Client c, Buf *out) noexcept:
+    cdef size_t i
+    cdef bint first = True
+    cdef edge_header *h
+    cdef int v = s.var
+    if v == VAR_HOST:
+        if c.host_len:
+            buf_append(out, c.host, c.host_len)
+        elif c.server is not None:
+            buf_append(out, c.server.first_name, len(c.server.first_name))
+    elif v == VAR_REMOTE_ADDR:
+        buf_append(out, c.remote, c.remote_len)
+    elif v == VAR_REMOTE_PORT:
+        buf_append(out, c.remote_port, c.remote_port_len)
+    elif v == VAR_PROXY_ADD_XFF:
+        for i in range(c.nheaders):
+            h = &c.headers[i]
+            if name_is(h.name, h.name_len, "x-forwarded-for", 15) and h.value_len:
+                buf_append(out, h.value, h.value_len)
+                buf_append_str(out, ", ")
+        buf_append(out, c.remote, c.remote_len)
+    elif v == VAR_SCHEME:
+        buf_append_str(out, "http")
+    elif v == VAR_REQUEST_URI:
+        buf_append(out, c.target, c.target_len)
+    elif v == VAR_URI:
+        buf_append(out, c.uri.data, buf_len(&c.uri))
+    elif v == VAR_ARGS:
+        if c.has_args:
+            buf_append(out, c.args, c.args_len)
+    elif v == VAR_IS_ARGS:
+        if c.has_args:
+            buf_append_str(out, "?")
+    elif v == VAR_REQUEST_METHOD:
+        buf_append(out, c.method, c.method_len)
+    elif v == VAR_SERVER_PORT:
+        buf_append(out, c.binding.server_port, len(c.binding.server_port))
+    elif v == VAR_SERVER_ADDR:
+        buf_append(out, c.binding.server_addr, len(c.binding.server_addr))
+    elif v == VAR_SERVER_NAME:
+        if c.server is not None:
+            buf_append(out, c.server.first_name, len(c.server.first_name))
+    elif v == VAR_SERVER_PROTOCOL:
+        buf_append(out, "HTTP/1.1" if c.minor == 1 else "HTTP/1.0", 8)
+    elif v == VAR_PROXY_HOST:
+        if c.loc is not None and c.loc.upstream is not None:
+            buf_append(out, c.loc.upstream.host_header, len(c.loc.upstream.host_header))
+    elif v == VAR_HTTP or v == VAR_CONTENT_LENGTH or v == VAR_CONTENT_TYPE:
+        for i in range(c.nheaders):
+            h = &c.headers[i]
+            if (v == VAR_HTTP and name_is(h.name, h.name_len, s.text, s.len)) or \
+               (v == VAR_CONTENT_LENGTH and name_is(h.name, h.name_len, "content-length", 14)) or \
+               (v == VAR_CONTENT_TYPE and name_is(h.name, h.name_len, "content-type", 12)):
+                if not first:
+                    buf_append_str(out, ", ")
+                buf_append(out, h.value, h.value_len)
+                first = False
+    elif v == VAR_CAPTURE:
+        if c.loc is not None and c.loc.has_regex and s.index <= c.loc.ncaptures \
+                and c.caps[s.index].rm_so >= 0:
+            buf_append(out, c.uri.data + c.caps[s.index].rm_so,
+                       <size_t>(c.caps[s.index].rm_eo - c.caps[s.index].rm_so))

@@ -1,0 +1,258 @@
+# cython: language_level=3
+# edge's data plane: one epoll loop per worker process.
+#
+# This file is the single translation unit of the compiled hot path (as uvloop's loop.pyx):
+# it includes the other .pyx files so that every call between them is a direct C call.
+# Order matters only for readability; Cython resolves the cdef classes module-wide.
+
+include "includes/system.pxi"
+include "buffers.pyx"
+include "timers.pyx"
+include "status.pyx"
+include "values.pyx"
+include "upstream.pyx"
+include "router.pyx"
+include "uri.pyx"
+include "client.pyx"
+include "proxy.pyx"
+
+DEF MAX_EVENTS = 512
+DEF FREE_CLIENTS_MAX = 4096
+
+cdef enum HandleKind:
+    K_LISTEN = 1
+    K_CLIENT = 2
+    K_UPSTREAM = 3
+    K_SIGNAL = 4
+
+# One loop per process; the globals keep the hot path free of attribute lookups.
+cdef Loop g_loop = None
+cdef int64_t g_now = 0                  # monotonic milliseconds, refreshed once per wake-up
+cdef time_t g_date_second = 0
+cdef char g_date[64]                    # "Date: ...\r\n", rebuilt once a second
+cdef size_t g_date_len = 0
+
+
+cdef void update_time() noexcept:
+    global g_now, g_date_second, g_date_len
+    cdef timespec ts
+    cdef tm t
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    g_now = <int64_t>ts.tv_sec * 1000 + ts.tv_nsec // 1000000
+    clock_gettime(CLOCK_REALTIME, &ts)
+    if ts.tv_sec != g_date_second:
+        g_date_second = ts.tv_sec
+        gmtime_r(&ts.tv_sec, &t)
+        g_date_len = strftime(g_date, 64, "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &t)
+
+
+cdef class Listener(Handle):
+    cdef ListenBinding binding
+    cdef readonly str key
+    cdef bint pending           # connections may be waiting (edge-triggered: remember it)
+
+    cdef void on_events(self, uint32_t events):
+        self.pending = True
+        g_loop.accept_from(self)
+
+
+cdef class SignalHandle(Handle):
+    cdef void on_events(self, uint32_t events):
+        cdef signalfd_siginfo info
+        while read(self.fd, &info, sizeof(info)) == sizeof(info):
+            g_loop.on_signal(info.ssi_signo)
+
+
+cdef class Loop:
+    """The worker's event loop. Loop(plan, {listen key: fd}).run() returns when the worker
+    should exit: after a graceful drain (QUIT) or at once (TERM/INT)."""
+    cdef int epfd
+    cdef list handles               # fd -> Handle
+    cdef list free_clients
+    cdef list listeners
+    cdef Plan plan
+    cdef int nclients
+    cdef int max_clients
+    cdef bint quitting
+    cdef bint stopping
+    cdef int64_t quit_deadline
+    cdef object on_reopen
+    cdef object log
+    cdef readonly dict stats
+
+    def __init__(self, Plan plan, dict listen_fds, on_reopen=None, log=None):
+        global g_loop
+        cdef Listener lst
+        cdef SignalHandle sig
+        cdef sigset_t mask
+        self.plan = plan
+        self.on_reopen = on_reopen
+        self.log = log
+        self.handles = [None] * 4096
+        self.free_clients = []
+        self.listeners = []
+        self.nclients = 0
+        self.max_clients = plan.worker_connections
+        self.quitting = False
+        self.stopping = False
+        self.epfd = epoll_create1(EPOLL_CLOEXEC)
+        if self.epfd < 0:
+            raise OSError(errno, "epoll_create1 failed")
+        g_loop = self
+        update_time()
+        for key, fd in listen_fds.items():
+            lst = Listener()
+            lst.fd = fd
+            lst.kind = K_LISTEN
+            lst.key = key
+            lst.binding = plan.bindings[key]
+            self.listeners.append(lst)
+            self.register(lst)
+        # signals arrive through a signalfd so they are just another event
+        sigemptyset(&mask)
+        for signo in (SIGQUIT, SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH):
+            sigaddset(&mask, signo)
+        sigprocmask(SIG_BLOCK, &mask, NULL)
+        sig = SignalHandle()
+        sig.fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC)
+        sig.kind = K_SIGNAL
+        if sig.fd < 0:
+            raise OSError(errno, "signalfd failed")
+        self.register(sig)
+
+    cdef int register(self, Handle h) except -1:
+        cdef epoll_event ev
+        ev.events = EPOLLIN | EPOLLET
+        if h.kind == K_CLIENT or h.kind == K_UPSTREAM:
+            ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
+        ev.data.u64 = 0
+        ev.data.fd = h.fd
+        while h.fd >= len(self.handles):
+            self.handles.extend([None] * len(self.handles))
+        self.handles[h.fd] = h
+        if epoll_ctl(self.epfd, EPOLL_CTL_ADD, h.fd, &ev) < 0:
+            self.handles[h.fd] = None
+            raise OSError(errno, "epoll_ctl failed")
+        return 0
+
+    cdef void unregister(self, Handle h) noexcept:
+        # close() removes the fd from the epoll set; no epoll_ctl needed
+        if h.fd >= 0 and h.fd < len(self.handles):
+            self.handles[h.fd] = None
+
+    cdef void accept_from(self, Listener lst):
+        cdef sockaddr_storage sa
+        cdef socklen_t salen
+        cdef int fd
+        cdef int one = 1
+        cdef Client c
+        while lst.pending and not self.quitting:
+            if self.nclients >= self.max_clients:
+                return      # resumed by client_closed()
+            salen = sizeof(sa)
+            fd = accept4(lst.fd, <sockaddr *>&sa, &salen, SOCK_NONBLOCK | SOCK_CLOEXEC)
+            if fd < 0:
+                if errno == EINTR or errno == ECONNABORTED:
+                    continue
+                if errno != EAGAIN:
+                    self.log_error("accept4() failed (%d)" % errno)
+                lst.pending = False
+                return
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(int))
+            if self.free_clients:
+                c = <Client>self.free_clients.pop()
+            else:
+                c = Client.__new__(Client)
+            c.setup(fd, lst.binding, &sa)
+            self.nclients += 1
+            self.register(c)
+
+    cdef void client_closed(self, Client c):
+        cdef Listener lst
+        self.nclients -= 1
+        if c.rb.cap > 65536:
+            buf_free(&c.rb)
+        if c.wb.cap > 65536:
+            buf_free(&c.wb)
+        if len(self.free_clients) < FREE_CLIENTS_MAX:
+            self.free_clients.append(c)
+        if self.nclients == self.max_clients - 1:
+            for lst in self.listeners:
+                if lst.pending:
+                    self.accept_from(lst)
+
+    cdef void on_signal(self, uint32_t signo):
+        if signo == SIGQUIT:
+            self.begin_quit()
+        elif signo == SIGTERM or signo == SIGINT:
+            self.stopping = True
+        elif signo == SIGUSR1:
+            if self.on_reopen is not None:
+                self.on_reopen()
+
+    cdef void begin_quit(self):
+        """Graceful stop: no new connections; idle keep-alive connections close now, busy
+        ones after their current response."""
+        cdef Listener lst
+        cdef Handle h
+        cdef Client c
+        if self.quitting:
+            return
+        self.quitting = True
+        self.quit_deadline = g_now + self.plan.shutdown_timeout_ms
+        for lst in self.listeners:
+            epoll_ctl(self.epfd, EPOLL_CTL_DEL, lst.fd, NULL)
+            self.handles[lst.fd] = None
+            close(lst.fd)     # the master keeps its copy: queued connections are not lost
+        self.listeners = []
+        for h in list(self.handles):
+            if h is not None and h.kind == K_CLIENT:
+                c = <Client>h
+                if c.state == CS_HEAD and buf_len(&c.rb) == 0 and not c.output_pending():
+                    c.close()
+            elif h is not None and h.kind == K_UPSTREAM and (<UpConn>h).state == US_IDLE:
+                (<UpConn>h).close()
+
+    cdef void log_error(self, str msg):
+        if self.log is not None:
+            try:
+                self.log("error", msg)
+            except Exception:
+                pass
+
+    def run(self):
+        cdef epoll_event events[MAX_EVENTS]
+        cdef int n, i
+        cdef int64_t timeout
+        cdef Handle h
+        cdef object handles = self.handles
+        while True:
+            timeout = timers_next_ms(g_now)
+            if self.quitting:
+                if timeout < 0 or timeout > self.quit_deadline - g_now:
+                    timeout = max(0, self.quit_deadline - g_now)
+            if timeout > 1000 or timeout < 0:
+                timeout = 1000      # wake at least once a second (date cache, quit checks)
+            n = epoll_wait(self.epfd, events, MAX_EVENTS, <int>timeout)
+            update_time()
+            if n < 0:
+                if errno == EINTR:
+                    continue
+                raise OSError(errno, "epoll_wait failed")
+            handles = self.handles
+            for i in range(n):
+                h = <Handle>handles[events[i].data.fd]
+                if h is not None:
+                    h.on_events(events[i].events)
+            timers_fire(g_now)
+            if self.stopping:
+                return "stop"
+            if self.quitting and (self.nclients == 0 or g_now >= self.quit_deadline):
+                return "quit"
+
+    def quit(self):
+        self.begin_quit()
+
+    @property
+    def connections(self):
+        return self.nclients

@@ -1,0 +1,449 @@
+# Request routing: server by listen address and Host, then location by nginx's rules.
+#
+# Location precedence (nginx's):
+#   1. `location = /x` exact matches win at once;
+#   2. otherwise the longest matching prefix is remembered; if it is `^~`, stop there;
+#   3. otherwise the regex locations (`~` case-sensitive, `~*` case-insensitive) are tried in
+#      config order and the first match wins;
+#   4. otherwise the remembered longest prefix is used.
+# Prefixes live in a byte trie compiled at config time, so the lookup is one pass over the
+# path. Regexes are POSIX extended regexes (glibc), with the common PCRE escapes \d \D
+# translated at config time; anything else PCRE-only is refused with a clear error.
+
+cdef enum ContentKind:
+    CONTENT_NONE = 0        # no content handler: 404, as nginx without a root
+    CONTENT_RETURN = 1
+    CONTENT_PROXY = 2
+
+cdef enum LocationKind:
+    LOC_PREFIX = 0
+    LOC_EXACT = 1
+    LOC_CARET = 2           # ^~ prefix: stops the regex search
+    LOC_REGEX = 3
+    LOC_REGEX_ICASE = 4
+
+DEF MAX_CAPTURES = 10
+
+
+cdef struct TrieNode:
+    int first_child         # index of the first child in the node array, children contiguous
+    int nchildren
+    unsigned char byte
+    int prefix_loc          # index into Server.locations or -1
+    int exact_loc
+
+
+cdef class Location:
+    """One `location` block, compiled. Modules fill it through the set_* methods."""
+    cdef readonly int kind
+    cdef readonly bytes pattern
+    cdef readonly str file
+    cdef readonly int line
+    cdef regex_t regex
+    cdef bint has_regex
+    cdef readonly int ncaptures
+
+    # content
+    cdef public int content
+    cdef public int return_status
+    cdef public Template return_body
+    cdef public Template return_location
+    cdef bytes return_head          # prebuilt status line + fixed headers
+    cdef public bytes default_type
+
+    # proxy
+    cdef public Upstream upstream
+    cdef public object proxy_uri     # bytes or None: the URI part of proxy_pass
+    cdef public list proxy_headers   # [(name bytes, Template)] sent to the upstream
+    cdef bytes proxy_strip           # lowercased names, \0 separated, removed from the client's headers
+    cdef public int64_t proxy_connect_timeout_ms
+    cdef public int64_t proxy_read_timeout_ms
+    cdef public int64_t proxy_send_timeout_ms
+    cdef TimerList t_connect, t_read, t_send
+
+    # client-side limits and timeouts that may differ per location
+    cdef public int64_t keepalive_timeout_ms
+    cdef public int64_t keepalive_requests
+    cdef public int64_t client_body_timeout_ms
+    cdef public int64_t send_timeout_ms
+    cdef public int64_t client_max_body_size
+    cdef TimerList t_keepalive, t_body, t_send_client
+
+    def __cinit__(self):
+        self.has_regex = False
+
+    def __init__(self, str kind, bytes pattern, str file="", int line=0):
+        kinds = {"": LOC_PREFIX, "=": LOC_EXACT, "^~": LOC_CARET, "~": LOC_REGEX, "~*": LOC_REGEX_ICASE}
+        if kind not in kinds:
+            raise ValueError('invalid location modifier "%s"' % kind)
+        self.kind = kinds[kind]
+        self.pattern = pattern
+        self.file = file
+        self.line = line
+        self.content = CONTENT_NONE
+        self.default_type = b"text/plain"
+        self.proxy_headers = []
+        self.proxy_uri = None
+        self.keepalive_timeout_ms = 75000
+        self.keepalive_requests = 1000
+        self.client_body_timeout_ms = 60000
+        self.send_timeout_ms = 60000
+        self.client_max_body_size = 1024 * 1024
+        self.proxy_connect_timeout_ms = 60000
+        self.proxy_read_timeout_ms = 60000
+        self.proxy_send_timeout_ms = 60000
+        if self.kind in (LOC_REGEX, LOC_REGEX_ICASE):
+            self._compile_regex()
+
+    def __dealloc__(self):
+        if self.has_regex:
+            regfree(&self.regex)
+
+    cdef _compile_regex(self):
+        cdef bytes translated = translate_regex(self.pattern)
+        cdef int flags = REG_EXTENDED
+        cdef char err[256]
+        cdef int rc
+        if self.kind == LOC_REGEX_ICASE:
+            flags |= REG_ICASE
+        rc = regcomp(&self.regex, translated, flags)
+        if rc != 0:
+            regerror(rc, &self.regex, err, sizeof(err))
+            raise ValueError('invalid regex "%s": %s' % (self.pattern.decode("latin-1"),
+                                                       err.decode("latin-1")))
+        self.has_regex = True
+        self.ncaptures = <int>self.regex.re_nsub
+
+    def set_return(self, int status, Template body=None, Template location=None):
+        self.content = CONTENT_RETURN
+        self.return_status = status
+        self.return_body = body
+        self.return_location = location
+
+    def set_proxy(self, Upstream upstream, uri, list headers, list strip_names):
+        """headers: [(b"Name", Template)], the full list sent after the client's own
+        (empty values are skipped at run time, as nginx does); strip_names: lowercase header
+        names never copied from the client."""
+        self.content = CONTENT_PROXY
+        self.upstream = upstream
+        self.proxy_uri = uri
+        self.proxy_headers = headers
+        self.proxy_strip = b"".join(n.lower() + b"\0" for n in strip_names)
+
+    cdef void prepare(self):
+        """Called once the plan is complete: prebuilt heads and timer classes."""
+        cdef bytes reason
+        if self.content == CONTENT_RETURN:
+            reason = status_reason(self.return_status)
+            self.return_head = b"HTTP/1.1 %d %s\r\nServer: edge\r\n" % (self.return_status, reason)
+        self.t_keepalive = timer_list(self.keepalive_timeout_ms)
+        self.t_body = timer_list(self.client_body_timeout_ms)
+        self.t_send_client = timer_list(self.send_timeout_ms)
+        self.t_connect = timer_list(self.proxy_connect_timeout_ms)
+        self.t_read = timer_list(self.proxy_read_timeout_ms)
+        self.t_send = timer_list(self.proxy_send_timeout_ms)
+
+    def __repr__(self):
+        return "Location(%s %r)" % ({0: "", 1: "=", 2: "^~", 3: "~", 4: "~*"}[self.kind],
+                                    self.pattern)
+
+
+def translate_regex(bytes pattern):
+    """PCRE spellings that POSIX ERE lacks, mapped to equivalents; refuse the rest."""
+    cdef list out = []
+    cdef int i = 0
+    cdef int n = len(pattern)
+    s = pattern.decode("latin-1")
+    while i < n:
+        ch = s[i]
+        if ch == "\\" and i + 1 < n:
+            nxt = s[i + 1]
+            if nxt == "d":
+                out.append("[0-9]")
+            elif nxt == "D":
+                out.append("[^0-9]")
+            elif nxt in "wWsSbB.\\/^$|()[]{}*+?-":
+                out.append(ch + nxt)
+            else:
+                raise ValueError('regex "%s": the escape \\%s is not supported' % (s, nxt))
+            i += 2
+            continue
+        if ch == "(" and i + 1 < n and s[i + 1] == "?":
+            raise ValueError('regex "%s": (?...) groups are not supported' % s)
+        if ch in "*+?}" and i + 1 < n and s[i + 1] == "?":
+            raise ValueError('regex "%s": lazy quantifiers are not supported' % s)
+        out.append(ch)
+        i += 1
+    return "".join(out).encode("latin-1")
+
+
+cdef struct ServerName:
+    const char *name        # lowercase; for wildcards the part without the '*'
+    size_t len
+    int kind                # 0 exact, 1 "*.suffix" / ".suffix", 2 "prefix.*"
+
+
+cdef class Server:
+    """One `server` block: names and the compiled location matcher."""
+    cdef readonly list names
+    cdef list keep
+    cdef ServerName *cnames
+    cdef int ncnames
+    cdef readonly list locations
+    cdef list regex_locations
+    cdef TrieNode *trie
+    cdef int ntrie
+    cdef readonly bytes first_name
+    cdef readonly str file
+    cdef readonly int line
+
+    def __init__(self, list names, str file="", int line=0):
+        self.names = [n.lower() for n in names]
+        self.locations = []
+        self.regex_locations = []
+        self.file = file
+        self.line = line
+        self.first_name = (self.names[0].encode("latin-1") if self.names else b"")
+
+    def __dealloc__(self):
+        if self.cnames != NULL:
+            free(self.cnames)
+        if self.trie != NULL:
+            free(self.trie)
+
+    def add_location(self, Location loc):
+        for other in self.locations:
+            if (<Location>other).kind == loc.kind and (<Location>other).pattern == loc.pattern \
+                    and loc.kind not in (LOC_REGEX, LOC_REGEX_ICASE):
+                raise ValueError('duplicate location "%s"' % loc.pattern.decode("latin-1"))
+            if loc.kind in (LOC_PREFIX, LOC_CARET) and (<Location>other).kind in (LOC_PREFIX, LOC_CARET) \
+                    and (<Location>other).pattern == loc.pattern:
+                raise ValueError('duplicate location "%s"' % loc.pattern.decode("latin-1"))
+        self.locations.append(loc)
+        if loc.kind in (LOC_REGEX, LOC_REGEX_ICASE):
+            self.regex_locations.append(loc)
+
+    def finalize(self):
+        self._compile_names()
+        self._compile_trie()
+        for loc in self.locations:
+            (<Location>loc).prepare()
+
+    cdef _compile_names(self):
+        self.keep = []
+        self.ncnames = len(self.names)
+        self.cnames = <ServerName *>malloc(sizeof(ServerName) * (self.ncnames or 1))
+        for i, name in enumerate(self.names):
+            kind = 0
+            if name.startswith("*."):
+                text, kind = name[1:], 1        # ".example.com"
+            elif name.startswith("."):
+                text, kind = name, 1            # also matches example.com itself
+            elif name.endswith(".*"):
+                text, kind = name[:-1], 2       # "www."
+            else:
+                text = name
+            b = text.encode("latin-1")
+            self.keep.append(b)
+            self.cnames[i].name = <const char *>(<bytes>b)
+            self.cnames[i].len = len(b)
+            self.cnames[i].kind = kind
+            if name.startswith(".") and not name.startswith("*."):
+                self.cnames[i].kind = 3
+
+    cdef _compile_trie(self):
+        # Build a dict trie in Python, then flatten it breadth-first into one C array with
+        # each node's children contiguous and sorted, so lookup needs no allocation.
+        root = {"children": {}, "prefix": -1, "exact": -1}
+        for idx, loc in enumerate(self.locations):
+            l = <Location>loc
+            if l.kind in (LOC_REGEX, LOC_REGEX_ICASE):
+                continue
+            node = root
+            for byte in l.pattern:
+                node = node["children"].setdefault(byte, {"children": {}, "prefix": -1, "exact": -1})
+            if l.kind == LOC_EXACT:
+                node["exact"] = idx
+            else:
+                node["prefix"] = idx
+        order = [(root, 0)]
+        k = 0
+        while k < len(order):
+            node = order[k][0]
+            for byte in sorted(node["children"]):
+                order.append((node["children"][byte], byte))
+            k += 1
+        self.ntrie = len(order)
+        self.trie = <TrieNode *>malloc(sizeof(TrieNode) * self.ntrie)
+        position = {id(node): i for i, (node, _) in enumerate(order)}
+        for i, (node, byte) in enumerate(order):
+            self.trie[i].byte = byte
+            self.trie[i].prefix_loc = node["prefix"]
+            self.trie[i].exact_loc = node["exact"]
+            self.trie[i].nchildren = len(node["children"])
+            if node["children"]:
+                first = min(position[id(c)] for c in node["children"].values())
+                self.trie[i].first_child = first
+            else:
+                self.trie[i].first_child = 0
+
+    cdef int match_name(self, const char *host, size_t n) noexcept:
+        """1 when this server answers to `host` (already lowercase, no port)."""
+        cdef int i
+        cdef ServerName *sn
+        for i in range(self.ncnames):
+            sn = &self.cnames[i]
+            if sn.kind == 0:
+                if sn.len == n and memcmp(sn.name, host, n) == 0:
+                    return 1
+            elif sn.kind == 1 or sn.kind == 3:
+                # ".example.com": any subdomain; kind 3 ("." form) also the bare domain
+                if n > sn.len and memcmp(sn.name, host + n - sn.len, sn.len) == 0:
+                    return 1
+                if sn.kind == 3 and n == sn.len - 1 and memcmp(sn.name + 1, host, n) == 0:
+                    return 1
+            elif sn.kind == 2:
+                if n > sn.len and memcmp(sn.name, host, sn.len) == 0:
+                    return 1
+        return 0
+
+    cdef Location find_location(self, const char *uri, size_t n, regmatch_t *caps):
+        """The location for a normalized, NUL-terminated path, or None."""
+        cdef int node = 0
+        cdef int longest = self.trie[0].prefix_loc if self.ntrie else -1
+        cdef size_t i
+        cdef int lo, hi, mid
+        cdef unsigned char ch
+        cdef TrieNode *t
+        cdef Location loc
+        if self.ntrie:
+            for i in range(n):
+                t = &self.trie[node]
+                ch = <unsigned char>uri[i]
+                lo = t.first_child
+                hi = lo + t.nchildren - 1
+                node = -1
+                while lo <= hi:
+                    mid = (lo + hi) >> 1
+                    if self.trie[mid].byte == ch:
+                        node = mid
+                        break
+                    if self.trie[mid].byte < ch:
+                        lo = mid + 1
+                    else:
+                        hi = mid - 1
+                if node < 0:
+                    break
+                if self.trie[node].prefix_loc >= 0:
+                    longest = self.trie[node].prefix_loc
+            else:
+                if self.trie[node].exact_loc >= 0:
+                    return <Location>self.locations[self.trie[node].exact_loc]
+        if longest >= 0:
+            loc = <Location>self.locations[longest]
+            if loc.kind == LOC_CARET:
+                return loc
+        for r in self.regex_locations:
+            if regexec(&(<Location>r).regex, uri, MAX_CAPTURES, caps, 0) == 0:
+                return <Location>r
+        if longest >= 0:
+            return <Location>self.locations[longest]
+        return None
+
+    def lookup(self, str path):
+        """Python entry for tests and `edge -T`: the location a path selects."""
+        cdef bytes b = path.encode("latin-1")
+        cdef regmatch_t caps[MAX_CAPTURES]
+        return self.find_location(b, len(b), caps)
+
+    def __repr__(self):
+        return "Server(%r)" % (self.names,)
+
+
+cdef class ListenBinding:
+    """The servers on one listen address:port, in config order, and its default."""
+    cdef readonly str key
+    cdef readonly list servers
+    cdef readonly Server default
+    cdef public bint proxy_protocol
+    cdef public bytes server_port
+    cdef public bytes server_addr
+    # request-head limits come from the default server, as in nginx
+    cdef public int64_t client_header_timeout_ms
+    cdef public size_t client_header_buffer_size
+    cdef public size_t large_header_buffer_size
+    cdef public int large_header_buffers
+    cdef TimerList t_header
+
+    def __init__(self, str key):
+        self.key = key
+        self.servers = []
+        self.default = None
+        self.client_header_timeout_ms = 60000
+        self.client_header_buffer_size = 1024
+        self.large_header_buffer_size = 8192
+        self.large_header_buffers = 4
+        host, _, port = key.rpartition(":")
+        self.server_port = port.encode()
+        self.server_addr = host.strip("[]").encode()
+
+    def add_server(self, Server server, bint default=False):
+        if default:
+            if self.default is not None and self.default in self.servers and self._explicit_default:
+                raise ValueError("a duplicate default server for %s" % self.key)
+            self.default = server
+            self._explicit_default = True
+        elif self.default is None:
+            self.default = server
+        self.servers.append(server)
+
+    cdef bint _explicit_default
+
+    def finalize(self):
+        self.t_header = timer_list(self.client_header_timeout_ms)
+
+    cdef Server find_server(self, const char *host, size_t n):
+        cdef Server s
+        if n:
+            for s in self.servers:
+                if s.match_name(host, n):
+                    return s
+        return self.default
+
+    def lookup(self, str host):
+        cdef bytes b = host.lower().encode("latin-1")
+        return self.find_server(b, len(b))
+
+
+cdef class Plan:
+    """A whole compiled configuration generation, as the workers run it."""
+    cdef readonly dict bindings      # listen key -> ListenBinding
+    cdef readonly list upstreams
+    cdef public int worker_connections
+    cdef public int64_t shutdown_timeout_ms
+
+    def __init__(self):
+        self.bindings = {}
+        self.upstreams = []
+        self.worker_connections = 1024
+        self.shutdown_timeout_ms = 10000
+
+    def binding(self, str key):
+        b = self.bindings.get(key)
+        if b is None:
+            b = self.bindings[key] = ListenBinding(key)
+        return b
+
+    def add_upstream(self, Upstream u):
+        self.upstreams.append(u)
+
+    def finalize(self):
+        seen = set()
+        for b in self.bindings.values():
+            (<ListenBinding>b).finalize()
+            for s in (<ListenBinding>b).servers:
+                if id(s) not in seen:
+                    seen.add(id(s))
+                    s.finalize()
+        for u in self.upstreams:
+            (<Upstream>u).finalize()

@@ -1,0 +1,149 @@
+# Variables and templates ("complex values" in nginx): a directive value such as
+# `proxy_set_header X-Client $remote_addr:$remote_port` is compiled once into literal and
+# variable segments, then evaluated per request straight into an output buffer.
+
+cdef enum VarId:
+    VAR_HOST = 1
+    VAR_HTTP_HOST
+    VAR_REMOTE_ADDR
+    VAR_REMOTE_PORT
+    VAR_PROXY_ADD_XFF
+    VAR_SCHEME
+    VAR_REQUEST_URI
+    VAR_URI
+    VAR_ARGS
+    VAR_IS_ARGS
+    VAR_REQUEST_METHOD
+    VAR_SERVER_PORT
+    VAR_SERVER_ADDR
+    VAR_SERVER_NAME
+    VAR_SERVER_PROTOCOL
+    VAR_PROXY_HOST
+    VAR_HTTP                # $http_<name>: a request header
+    VAR_CAPTURE             # $1 .. $9 from a regex location
+    VAR_CONTENT_LENGTH
+    VAR_CONTENT_TYPE
+
+# name -> id; `$http_*` and `$1`..`$9` are handled by prefix.
+VARIABLES = {
+    "host": VAR_HOST,
+    "remote_addr": VAR_REMOTE_ADDR,
+    "remote_port": VAR_REMOTE_PORT,
+    "proxy_add_x_forwarded_for": VAR_PROXY_ADD_XFF,
+    "scheme": VAR_SCHEME,
+    "request_uri": VAR_REQUEST_URI,
+    "uri": VAR_URI,
+    "document_uri": VAR_URI,
+    "args": VAR_ARGS,
+    "query_string": VAR_ARGS,
+    "is_args": VAR_IS_ARGS,
+    "request_method": VAR_REQUEST_METHOD,
+    "server_port": VAR_SERVER_PORT,
+    "server_addr": VAR_SERVER_ADDR,
+    "server_name": VAR_SERVER_NAME,
+    "server_protocol": VAR_SERVER_PROTOCOL,
+    "proxy_host": VAR_PROXY_HOST,
+    "content_length": VAR_CONTENT_LENGTH,
+    "content_type": VAR_CONTENT_TYPE,
+}
+
+
+cdef struct Segment:
+    int var                 # 0 for a literal
+    const char *text        # the literal, or the header name for VAR_HTTP
+    size_t len
+    int index               # capture number for VAR_CAPTURE
+
+
+cdef class Template:
+    """A compiled directive value. Build with Template.compile("text $var ${var}x")."""
+    cdef Segment *segs
+    cdef int nsegs
+    cdef list keep          # bytes objects the segments point into
+    cdef readonly str source
+    cdef readonly bint is_literal
+    cdef readonly bytes literal
+    cdef readonly int max_capture
+
+    def __dealloc__(self):
+        if self.segs != NULL:
+            free(self.segs)
+
+    @staticmethod
+    def compile(str source):
+        """Parse `$name` / `${name}` references. Unknown variables raise ValueError."""
+        cdef Template t = Template.__new__(Template)
+        parts = []          # (var, text bytes, index)
+        literal = []
+        i = 0
+        n = len(source)
+        while i < n:
+            ch = source[i]
+            if ch != "$" or i + 1 >= n:
+                literal.append(ch)
+                i += 1
+                continue
+            if source[i + 1] == "{":
+                j = source.find("}", i + 2)
+                if j < 0:
+                    raise ValueError('the closing bracket in "%s" variable is missing' % source[i + 2:])
+                name = source[i + 2:j]
+                i = j + 1
+            else:
+                j = i + 1
+                if source[j].isdigit():
+                    j += 1
+                else:
+                    while j < n and (source[j].isalnum() or source[j] == "_"):
+                        j += 1
+                name = source[i + 1:j]
+                if not name:
+                    literal.append("$")
+                    i += 1
+                    continue
+                i = j
+            if literal:
+                parts.append((0, "".join(literal).encode("latin-1"), 0))
+                literal = []
+            parts.append(_variable_segment(name))
+        if literal:
+            parts.append((0, "".join(literal).encode("latin-1"), 0))
+        t.source = source
+        t.keep = []
+        t.nsegs = len(parts)
+        t.segs = <Segment *>malloc(sizeof(Segment) * (t.nsegs or 1))
+        if t.segs == NULL:
+            raise MemoryError()
+        t.max_capture = 0
+        for k, (var, text, index) in enumerate(parts):
+            t.keep.append(text)
+            t.segs[k].var = var
+            t.segs[k].text = <const char *>(<bytes>text)
+            t.segs[k].len = len(text)
+            t.segs[k].index = index
+            if var == VAR_CAPTURE and index > t.max_capture:
+                t.max_capture = index
+        t.is_literal = all(p[0] == 0 for p in parts)
+        t.literal = b"".join(p[1] for p in parts) if t.is_literal else None
+        return t
+
+    def __repr__(self):
+        return "Template(%r)" % self.source
+
+
+def _variable_segment(str name):
+    if name.isdigit():
+        if not 1 <= int(name) <= 9:
+            raise ValueError('unknown "%s" variable' % name)
+        return (VAR_CAPTURE, b"", int(name))
+    if name.startswith("http_") and len(name) > 5:
+        # $http_x_forwarded_for names the X-Forwarded-For header.
+        return (VAR_HTTP, name[5:].replace("_", "-").encode("latin-1"), 0)
+    if name in VARIABLES:
+        return (VARIABLES[name], b"", 0)
+    raise ValueError('unknown "%s" variable' % name)
+
+
+def template_variables():
+    """The names a template may use, for docs."""
+    return sorted(VARIABLES) + ["http_NAME", "1..9"]

@@ -1,0 +1,132 @@
+"""One configuration generation (nginx's cycle).
+
+`load(path)` parses the files, lets each module compile its directives, and returns a
+`Cycle` holding the process settings the master needs and the compiled `Plan` the workers
+run. It opens no socket. A failure raises `ConfigError` naming file:line, so a caller that
+already serves keeps its running generation.
+"""
+
+import socket
+from dataclasses import dataclass
+
+from edge._core.reactor import Location, Plan
+from edge.config import ConfigError, build, parse_file
+from edge.modules import core, http_core, proxy, return_, upstream
+
+# The single list of features. A new module is a file in edge/modules/ added here.
+MODULES = [core, http_core, upstream, proxy, return_]
+
+
+@dataclass(frozen=True)
+class ListenSpec:
+    key: str
+    host: str
+    port: int
+    family: int
+    backlog: int
+    reuseport: bool
+    proxy_protocol: bool
+
+
+class Runtime:
+    """What modules build into while compiling: the plan and named objects."""
+
+    def __init__(self):
+        self.plan = Plan()
+        self.upstreams = {}             # upstream block name -> Upstream
+        self.address_upstreams = {}     # "host:port" used directly in proxy_pass -> Upstream
+
+
+class Cycle:
+    def __init__(self, path, files, root, runtime, listens):
+        self.path = path
+        self.files = files
+        self.root = root
+        self.runtime = runtime
+        self.plan = runtime.plan
+        self.listens = listens
+        self.worker_processes = core.worker_count(root)
+        self.pid_path = root.get("pid")
+        self.error_log = root.get("error_log")
+        self.worker_shutdown_timeout = root.get("worker_shutdown_timeout")
+
+    def build_runtime(self):
+        """The compiled data plane. Built (and validated) at load time in the master, so
+        the workers inherit it through fork."""
+        return self.plan
+
+
+def all_directives():
+    return [d for module in MODULES for d in module.DIRECTIVES]
+
+
+def load(path):
+    parsed = parse_file(path)
+    root = build(parsed, all_directives())
+    runtime = Runtime()
+    core.compile_main(root, runtime)
+    https = root.blocks("http")
+    listens = {}
+    if https:
+        _compile_http(https[0], runtime, listens)
+    runtime.plan.finalize()
+    return Cycle(path, parsed.files, root, runtime, list(listens.values()))
+
+
+def _compile_http(http, runtime, listens):
+    for module in MODULES:
+        hook = getattr(module, "compile_http", None)
+        if hook is not None:
+            hook(http, runtime)
+    for server_conf in http.blocks("server"):
+        server = http_core.new_server(server_conf)
+        _compile_locations(server_conf, server, runtime)
+        for listen, node in _listens_of(server_conf):
+            spec = ListenSpec(listen.key, listen.host, listen.port, listen.family,
+                              listen.backlog, listen.reuseport, listen.proxy_protocol)
+            known = listens.get(spec.key)
+            if known is not None and known.proxy_protocol != spec.proxy_protocol:
+                raise ConfigError(f'conflicting parameters for "{spec.key}"', node.file, node.line)
+            listens.setdefault(spec.key, spec)
+            binding = runtime.plan.binding(spec.key)
+            fresh = not binding.servers
+            try:
+                binding.add_server(server, listen.default_server)
+            except ValueError as e:
+                raise ConfigError(str(e), node.file, node.line)
+            binding.proxy_protocol = spec.proxy_protocol
+            if fresh or listen.default_server:
+                http_core.configure_binding(binding, server_conf)
+
+
+def _listens_of(server_conf):
+    values = server_conf.local("listen")
+    if not values:
+        # nginx's default: *:80 (8000 when not root); edge keeps 80 and documents it
+        default = http_core.Listen("0.0.0.0", 80, socket.AF_INET, False, False, 511, False)
+        return [(default, server_conf)]
+    return list(zip(values, server_conf.node("listen")))
+
+
+def _compile_locations(server_conf, server, runtime):
+    location_confs = server_conf.blocks("location")
+    if server_conf.local("return") is not None:
+        # a server-level return runs before location matching: it answers everything
+        location_confs = []
+        implicit = Location("", b"/", server_conf.file, server_conf.line)
+        _apply_location_hooks(server_conf, implicit, runtime)
+        server.add_location(implicit)
+    for conf in location_confs:
+        location = http_core.new_location(conf)
+        _apply_location_hooks(conf, location, runtime)
+        try:
+            server.add_location(location)
+        except ValueError as e:
+            raise ConfigError(str(e), conf.file, conf.line)
+
+
+def _apply_location_hooks(conf, location, runtime):
+    for module in MODULES:
+        hook = getattr(module, "compile_location", None)
+        if hook is not None:
+            hook(conf, location, runtime)

@@ -1,0 +1,171 @@
+"""http_core — servers, listen addresses, names, locations, client limits and timeouts."""
+
+import socket
+
+from edge._core.reactor import Location, Server
+from edge.config import HTTP, LOCATION, SERVER, ConfigError, Directive, types
+
+
+class Listen:
+    """One parsed `listen` directive."""
+
+    def __init__(self, host, port, family, default_server, reuseport, backlog, proxy_protocol):
+        self.host = host
+        self.port = port
+        self.family = family
+        self.default_server = default_server
+        self.reuseport = reuseport
+        self.backlog = backlog
+        self.proxy_protocol = proxy_protocol
+
+    @property
+    def key(self):
+        return f"[{self.host}]:{self.port}" if self.family == socket.AF_INET6 else f"{self.host}:{self.port}"
+
+
+def _port(text):
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ConfigError(f'invalid port in "{text}" of the "listen" directive')
+    return int(text)
+
+
+def _listen(node):
+    address = node.args[0]
+    if address.startswith("["):
+        host, _, rest = address[1:].partition("]")
+        port = _port(rest[1:]) if rest.startswith(":") else 80
+        family = socket.AF_INET6
+    elif ":" in address:
+        host, _, port_text = address.rpartition(":")
+        port = _port(port_text)
+        family = socket.AF_INET
+    elif address.isdigit():
+        host, port, family = "0.0.0.0", _port(address), socket.AF_INET
+    else:
+        host, port, family = address, 80, socket.AF_INET
+    if host in ("*", ""):
+        host = "0.0.0.0"
+    if family == socket.AF_INET:
+        try:
+            socket.inet_pton(socket.AF_INET, host)
+        except OSError:
+            try:
+                host = socket.gethostbyname(host)
+            except OSError:
+                raise ConfigError(f'host not found in "{address}" of the "listen" directive')
+    default_server = reuseport = proxy_protocol = False
+    backlog = 511
+    for option in node.args[1:]:
+        if option in ("default_server", "default"):
+            default_server = True
+        elif option == "reuseport":
+            reuseport = True
+        elif option == "proxy_protocol":
+            proxy_protocol = True
+        elif option.startswith("backlog=") and option[8:].isdigit():
+            backlog = int(option[8:])
+        else:
+            raise ConfigError(f'invalid parameter "{option}"')
+    return Listen(host, port, family, default_server, reuseport, backlog, proxy_protocol)
+
+
+def _location(node):
+    if len(node.args) == 2:
+        modifier, uri = node.args
+        if modifier not in ("=", "~", "~*", "^~"):
+            raise ConfigError(f'invalid location modifier "{modifier}"')
+    else:
+        modifier, uri = "", node.args[0]
+        # nginx also accepts the modifier glued to the URI: "=/x", "~*\.jpg$"
+        for m in ("^~", "~*", "=", "~"):
+            if uri.startswith(m) and len(uri) > len(m):
+                modifier, uri = m, uri[len(m):]
+                break
+    return (modifier, uri)
+
+
+def _large_buffers(node):
+    if len(node.args) != 2:
+        raise ConfigError('invalid number of arguments in "large_client_header_buffers" directive')
+    number = node.args[0]
+    if not number.isdigit() or int(number) < 1:
+        raise ConfigError(f'invalid value "{number}"')
+    return (int(number), types.parse_size(node.args[1]))
+
+
+HSL = (HTTP, SERVER, LOCATION)
+
+DIRECTIVES = [
+    Directive("server", (HTTP,), (0, 0), multi=True, block=SERVER, syntax="server { ... }",
+              doc="A virtual server: its listen addresses, names and locations."),
+    Directive("listen", (SERVER,), (1, 5), parse=_listen, multi=True,
+              syntax="listen address[:port] | port [default_server] [reuseport] [backlog=N];",
+              doc="An address and port to accept connections on. `default_server` makes this "
+                  "server answer requests whose Host matches no server_name on that address. "
+                  "Every listen is SO_REUSEPORT with one socket per worker."),
+    Directive("server_name", (SERVER,), (1, None), parse=types.strings, multi=True,
+              syntax="server_name name ...;",
+              doc="Host names this server answers: exact, `*.example.com`, `.example.com` "
+                  "(the domain and its subdomains) or `www.example.*`."),
+    Directive("location", (SERVER,), (1, 2), parse=_location, multi=True, block=LOCATION,
+              syntax="location [= | ^~ | ~ | ~*] uri { ... }",
+              doc="Settings for matching request paths, chosen with nginx's precedence: exact, "
+                  "then the longest prefix (`^~` stops there), then regexes in order, then the "
+                  "longest prefix."),
+    Directive("client_header_timeout", HSL[:2], (1, 1), parse=types.time, default=60.0,
+              doc="How long a client may take to send a request head; then 408."),
+    Directive("client_body_timeout", HSL, (1, 1), parse=types.time, default=60.0,
+              doc="The longest pause between two reads of a request body; then 408."),
+    Directive("keepalive_timeout", HSL, (1, 1), parse=types.time, default=75.0,
+              doc="How long an idle keep-alive client connection stays open."),
+    Directive("keepalive_requests", HSL, (1, 1), parse=types.number, default=1000,
+              doc="The most requests served on one client connection."),
+    Directive("send_timeout", HSL, (1, 1), parse=types.time, default=60.0,
+              doc="The longest pause between two writes to a client; then the connection closes."),
+    Directive("client_header_buffer_size", HSL[:2], (1, 1), parse=types.size, default=1024,
+              doc="The usual request head size; kept for nginx compatibility (buffers grow "
+                  "up to large_client_header_buffers)."),
+    Directive("large_client_header_buffers", HSL[:2], (2, 2), parse=_large_buffers,
+              default=(4, 8192), syntax="large_client_header_buffers number size;",
+              doc="Limits for request heads: the request line must fit in `size` (else 414) "
+                  "and the whole head in `number` × `size` (else 431)."),
+    Directive("client_max_body_size", HSL, (1, 1), parse=types.size, default=1024 * 1024,
+              doc="The largest request body accepted (413 beyond it); 0 disables the check."),
+    Directive("default_type", HSL, (1, 1), default="text/plain",
+              doc="Content-Type of responses made by `return` with a body."),
+]
+
+
+def compile_server(conf, server_runtime):
+    """Apply server-level settings; locations are built by the cycle."""
+
+
+def compile_location(conf, location, runtime):
+    location.keepalive_timeout_ms = int(conf.get("keepalive_timeout") * 1000)
+    location.keepalive_requests = conf.get("keepalive_requests")
+    location.client_body_timeout_ms = int(conf.get("client_body_timeout") * 1000)
+    location.send_timeout_ms = int(conf.get("send_timeout") * 1000)
+    location.client_max_body_size = conf.get("client_max_body_size")
+    location.default_type = conf.get("default_type").encode("latin-1")
+
+
+def configure_binding(binding, server_conf):
+    """Head limits come from the default server of each address, as in nginx."""
+    binding.client_header_timeout_ms = int(server_conf.get("client_header_timeout") * 1000)
+    binding.client_header_buffer_size = server_conf.get("client_header_buffer_size")
+    number, size = server_conf.get("large_client_header_buffers")
+    binding.large_header_buffers = number
+    binding.large_header_buffer_size = size
+
+
+def new_location(conf):
+    modifier, uri = conf.value
+    try:
+        return Location(modifier, uri.encode("latin-1"), conf.file, conf.line)
+    except ValueError as e:
+        raise ConfigError(str(e), conf.file, conf.line)
+
+
+def new_server(conf):
+    names = [n for values in (conf.local("server_name") or []) for n in values]
+    return Server(names or [""], conf.file, conf.line)

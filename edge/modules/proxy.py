@@ -1,0 +1,98 @@
+"""proxy — `proxy_pass` to an upstream group or an address, header forwarding rules and
+upstream timeouts. Bodies stream both ways; edge re-frames them itself."""
+
+from edge._core.reactor import Template, Upstream
+from edge.config import HTTP, LOCATION, SERVER, ConfigError, Directive, types
+from edge.modules.upstream import split_host_port
+
+# What the upstream gets unless proxy_set_header says otherwise. Unlike nginx (which
+# sends `Host: $proxy_host`), edge passes the client's Host through, as APISIX's
+# pass_host=pass and Kong's preserve_host do: that is what an API gateway's backends
+# expect. `proxy_set_header Host $proxy_host;` gives nginx's behaviour.
+DEFAULT_HEADERS = [
+    ("Host", "$http_host"),
+    ("X-Forwarded-For", "$proxy_add_x_forwarded_for"),
+    ("X-Real-IP", "$remote_addr"),
+    ("X-Forwarded-Proto", "$scheme"),
+]
+
+
+def _proxy_pass(node):
+    url = node.args[0]
+    if url.startswith("https://"):
+        raise ConfigError('https upstreams are not supported yet in "proxy_pass"')
+    if not url.startswith("http://"):
+        raise ConfigError(f'invalid URL prefix in "{url}"')
+    rest = url[7:]
+    slash = rest.find("/")
+    authority, uri = (rest, None) if slash < 0 else (rest[:slash], rest[slash:])
+    if not authority:
+        raise ConfigError(f'no host in "{url}"')
+    return (authority, uri)
+
+
+def _set_header(node):
+    name, value = node.args
+    if not name or any(c in name for c in ' :\t\r\n'):
+        raise ConfigError(f'invalid header name "{name}"')
+    try:
+        return (name, Template.compile(value))
+    except ValueError as e:
+        raise ConfigError(str(e))
+
+
+HSL = (HTTP, SERVER, LOCATION)
+
+DIRECTIVES = [
+    Directive("proxy_pass", (LOCATION,), (1, 1), parse=_proxy_pass,
+              syntax="proxy_pass http://upstream_name[/uri] | http://host[:port][/uri];",
+              doc="Send requests to an upstream group or an address. With a URI part, the "
+                  "matched location prefix is replaced by it; without one the request URI "
+                  "passes unchanged."),
+    Directive("proxy_set_header", HSL, (2, 2), parse=_set_header, multi=True,
+              syntax="proxy_set_header field value;",
+              doc="Set a request header sent upstream (variables allowed; an empty value "
+                  "removes it). Defaults: Host $http_host, X-Forwarded-For "
+                  "$proxy_add_x_forwarded_for, X-Real-IP $remote_addr, X-Forwarded-Proto $scheme. "
+                  "Inherited only when the block sets none itself, as in nginx."),
+    Directive("proxy_connect_timeout", HSL, (1, 1), parse=types.time, default=60.0,
+              doc="How long connecting to an upstream may take before the next one is tried (504 when none is left)."),
+    Directive("proxy_read_timeout", HSL, (1, 1), parse=types.time, default=60.0,
+              doc="The longest wait between two reads from the upstream; 504 before the response head."),
+    Directive("proxy_send_timeout", HSL, (1, 1), parse=types.time, default=60.0,
+              doc="The longest wait between two writes to the upstream; then 504."),
+]
+
+
+def compile_location(conf, location, runtime):
+    value = conf.local("proxy_pass")
+    if value is None:
+        return
+    node = conf.node("proxy_pass")
+    authority, uri = value
+    if uri is not None and location.kind >= 3:
+        raise ConfigError('"proxy_pass" cannot have URI part in location given by regular '
+                          'expression', node.file, node.line)
+    group = runtime.upstreams.get(authority)
+    if group is None:
+        group = runtime.address_upstreams.get(authority)
+    if group is None:
+        try:
+            host, port = split_host_port(authority, default_port=80)
+            group = Upstream(authority, 0)
+            group.add_peer(host, port, 1, 1, 10.0)
+        except (ValueError, ConfigError) as e:
+            raise ConfigError(str(e), node.file, node.line)
+        runtime.address_upstreams[authority] = group
+        runtime.plan.add_upstream(group)
+
+    own = conf.get("proxy_set_header") or []
+    own_names = {name.lower() for name, _ in own}
+    headers = [(name.encode("latin-1"), Template.compile(value))
+               for name, value in DEFAULT_HEADERS if name.lower() not in own_names]
+    headers += [(name.encode("latin-1"), template) for name, template in own]
+    strip = [name for name, _ in headers]
+    location.set_proxy(group, uri.encode("latin-1") if uri is not None else None, headers, strip)
+    location.proxy_connect_timeout_ms = int(conf.get("proxy_connect_timeout") * 1000)
+    location.proxy_read_timeout_ms = int(conf.get("proxy_read_timeout") * 1000)
+    location.proxy_send_timeout_ms = int(conf.get("proxy_send_timeout") * 1000)

@@ -1,0 +1,55 @@
+"""return — direct responses and redirects (`return code [text | URL]`, `return URL`)."""
+
+from edge._core.reactor import Template
+from edge.config import LOCATION, SERVER, ConfigError, Directive
+
+REDIRECTS = (301, 302, 303, 307, 308)
+
+
+def _template(text):
+    try:
+        return Template.compile(text)
+    except ValueError as e:
+        raise ConfigError(str(e))
+
+
+def _return(node):
+    args = node.args
+    first = args[0]
+    if not first.isdigit():
+        # `return URL;` is a 302, and only an absolute URL or a variable may stand alone
+        if len(args) != 1 or not first.startswith(("http://", "https://", "$scheme")):
+            raise ConfigError(f'invalid return code "{first}"')
+        return (302, None, _template(first))
+    status = int(first)
+    if not 100 <= status <= 999 or status in (101,):
+        raise ConfigError(f'invalid return code "{first}"')
+    if len(args) == 1:
+        return (status, None, None)
+    if status in REDIRECTS:
+        return (status, None, _template(args[1]))
+    return (status, _template(args[1]), None)
+
+
+DIRECTIVES = [
+    Directive("return", (SERVER, LOCATION), (1, 2), parse=_return,
+              syntax="return code [text]; return code URL; return URL;",
+              doc="Stop processing and answer: `code text` sends the text (variables "
+                  "allowed) with `default_type`; 301/302/303/307/308 with a URL redirect; "
+                  "a bare URL is a 302."),
+]
+
+
+def compile_location(conf, location, runtime):
+    value = conf.local("return")
+    if value is None and conf.parent is not None:
+        value = conf.parent.local("return")     # server-level return applies to every location
+    if value is None:
+        return
+    status, body, url = value
+    location.set_return(status, body, url)
+
+
+def compile_server_fallback(conf):
+    """A server-level `return` with no location still answers everything."""
+    return conf.local("return")

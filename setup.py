@@ -1,0 +1,45 @@
+"""Build edge's compiled hot path.
+
+- `edge._core.reactor`: one Cython extension (reactor.pyx includes the rest, as uvloop's
+  loop.pyx does) linked with our C HTTP parser, so parser calls are direct C calls.
+- `edge._http_cffi`: the same parser bound with cffi for tests and the fuzzer.
+
+EDGE_DEBUG=1 builds with Cython line tracing and bounds checks (`make debug`).
+"""
+import os
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = os.environ.get("EDGE_DEBUG") == "1"
+
+# -O2 as a floor; SSE4.2 is chosen at run time by the parser (__builtin_cpu_supports),
+# so one binary runs on every x86-64 and still uses the vector scan where it can.
+compile_args = ["-O0", "-g"] if DEBUG else ["-O3"]
+macros = [("CYTHON_TRACE", "1"), ("CYTHON_TRACE_NOGIL", "1")] if DEBUG else []
+
+directives = {
+    "language_level": 3,
+    "boundscheck": DEBUG,
+    "wraparound": DEBUG,
+    "initializedcheck": DEBUG,
+    "cdivision": True,
+    "linetrace": DEBUG,
+    "embedsignature": False,
+}
+
+extensions = [
+    Extension(
+        "edge._core.reactor",
+        ["edge/_core/reactor.pyx", "edge/_core/http_parser.c"],
+        include_dirs=["edge/_core"],
+        extra_compile_args=compile_args + ["-Wno-unused-function"],
+        define_macros=macros,
+    ),
+]
+
+setup(
+    ext_modules=cythonize(extensions, compiler_directives=directives,
+                          annotate=DEBUG, force=DEBUG),
+    cffi_modules=["edge/_http_build.py:ffibuilder"],
+)

@@ -592,8 +592,10 @@ ssize_t edge_decode_chunked(struct edge_chunked_decoder *d, char *buf, size_t *b
                 d->state = CH_SIZE_LF;
             } else if (c == ';') {
                 d->state = CH_EXT;
+                d->line_len = 1;
             } else if (c == ' ' || c == '\t') {
                 d->state = CH_SIZE_BWS;
+                d->line_len = 1;
             } else {
                 goto error;
             }
@@ -673,7 +675,7 @@ ssize_t edge_decode_chunked(struct edge_chunked_decoder *d, char *buf, size_t *b
             d->state = CH_TRAILER_START;
             break;
         case CH_END_LF:
-            if (c != '\n')
+            if (++d->line_len > EDGE_TRAILER_MAX || c != '\n')
                 goto error;
             goto done;
         default: /* a corrupted decoder */

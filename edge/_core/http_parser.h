@@ -32,10 +32,12 @@ extern "C" {
 
 /* Limits of the chunked decoder (compile-time; override with -D). */
 #ifndef EDGE_CHUNK_LINE_MAX
-#define EDGE_CHUNK_LINE_MAX 4096 /* bytes in one chunk-size line, extensions included */
+/* bytes after the hex digits of one chunk-size line (BWS and chunk-ext), CRLF excluded */
+#define EDGE_CHUNK_LINE_MAX 4096
 #endif
 #ifndef EDGE_TRAILER_MAX
-#define EDGE_TRAILER_MAX 65536 /* bytes in the whole trailer section, final CRLF included */
+/* bytes after the last-chunk line: trailer fields and the final CRLF */
+#define EDGE_TRAILER_MAX 65536
 #endif
 
 struct edge_header {

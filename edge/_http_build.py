@@ -10,8 +10,16 @@ fails the build instead of crashing at run time.
   builds in build/cffi/ and copies the extension next to edge/http.py.
 """
 import os
+import sys
 
-from cffi import FFI
+if __name__ == "__main__":
+    # Run as a script, Python puts edge/ first on sys.path, and our http.py
+    # would then shadow the standard library's http package (which setuptools
+    # imports while compiling).
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+
+from cffi import FFI  # noqa: E402
 
 CDEF = """
 #define EDGE_PARSE_ERROR ...

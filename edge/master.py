@@ -421,7 +421,10 @@ class Master:
         elif signum == signal.SIGUSR1:
             log.error("notice", f"signal {signum} ({name}) received, reopening logs")
             self.reopen_logs()
-        else:  # WINCH, USR2: the binary upgrade, not built yet
+        else:
+            # WINCH, USR2: the binary upgrade, not built yet. Note for that work: a
+            # terminal sends WINCH to its foreground group on every resize, so (as
+            # nginx does) WINCH may only mean "stop the workers" when not on a tty.
             log.error("notice", f"signal {signum} ({name}) received, ignored "
                                 "(binary upgrade is not supported yet)")
 
@@ -598,7 +601,11 @@ class Master:
             self._reload_wanted.clear()
             if self.stopping:
                 return
-            self.reload()
+            try:
+                self.reload()
+            except Exception:
+                # A bug here must not end the task: later HUPs would then do nothing.
+                log.error("alert", "reload failed: " + traceback.format_exc().rstrip())
 
     def reload(self):
         """Load the config again and switch to it; on any failure keep the old one."""

@@ -10,9 +10,10 @@
   "host:port". `edge.create(...)` returns one that is not started yet. Every edge is
   stopped with QUIT at the end of the test; a master that does not exit, exits non-zero,
   or leaves processes behind fails the test at teardown.
-- `upstream`, `upstream_factory(name)`, `blackhole`, `slammer`: servers from
+- `upstream`, `upstream_factory(name)`, `blackhole`, `slammer`, `tarpit`: servers from
   support/upstream.py on free ports, stopped at the end. An upstream that saw a
-  malformed request fails the test at teardown.
+  malformed request fails the test at teardown (unless the test sets
+  `upstream.allow_errors = True`, for requests that are cut on purpose).
 - Tests that use these fixtures get a hard time limit (SIGALRM, 60 s by default,
   `@pytest.mark.timeout(N)` to change), so no hang outlives its test.
 """
@@ -26,9 +27,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from support import IMPL, Blackhole, EdgeError, EdgeProcess, Slammer, Upstream  # noqa: E402
-from support.upstream import _Server  # noqa: E402
+from support.upstream import Tarpit  # noqa: E402
 
-_OUR_FIXTURES = {"edge", "upstream", "upstream_factory", "blackhole", "slammer"}
+_OUR_FIXTURES = {"edge", "upstream", "upstream_factory", "blackhole", "slammer", "tarpit"}
 
 
 def pytest_configure(config):
@@ -76,7 +77,7 @@ class _EdgeFactory:
         self.procs: list[EdgeProcess] = []
 
     def create(self, template: str, **subst) -> EdgeProcess:
-        values = {k: (v.addr if isinstance(v, _Server) else v) for k, v in subst.items()}
+        values = {k: (v.addr if hasattr(v, "addr") else v) for k, v in subst.items()}
         kw = {}
         for opt in ("start_timeout", "stop_timeout", "defaults"):
             if opt in values:
@@ -124,7 +125,7 @@ def upstream_factory():
     yield make
     for s in servers:
         s.stop()
-    errors = [f"{s.name}: {e}" for s in servers for e in s.errors]
+    errors = [f"{s.name}: {e}" for s in servers if not s.allow_errors for e in s.errors]
     if errors:
         raise AssertionError("upstream saw bad input:\n" + "\n".join(errors))
 
@@ -144,5 +145,12 @@ def blackhole():
 @pytest.fixture
 def slammer():
     s = Slammer("slammer").start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def tarpit():
+    s = Tarpit().start()
     yield s
     s.stop()

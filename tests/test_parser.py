@@ -617,48 +617,13 @@ def tagged(strategy, kind):
 
 
 token = st.text(TCHARS, min_size=1, max_size=12).map(latin1)
-methods = st.one_of(
-    tagged(st.sampled_from([b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"OPTIONS", b"PATCH"]), P_OK),
-    tagged(token, P_OK),
-    tagged(st.sampled_from([b"GE(T", b"G\x00T", b"G\xc3T", b"GET@", b"\x7fGET"]), P_BOTH),
-)
-seps = st.one_of(
-    tagged(st.just(b" "), P_OK),
-    tagged(st.sampled_from([b"  ", b"\t", b" \t"]), P_BOTH),
-)
-targets = st.one_of(
-    tagged(st.text(VCHAR, max_size=40).map(lambda s: b"/" + latin1(s)), P_OK),
-    tagged(st.sampled_from([b"*", b"http://a.example:8080/x?y=1", b"a.example:443"]), P_OK),
-    tagged(
-        st.tuples(st.text(VCHAR, max_size=10), st.text(OBS_TEXT, min_size=1, max_size=4)).map(
-            lambda t: b"/" + latin1(t[0]) + latin1(t[1])
-        ),
-        P_H11,
-    ),
-    tagged(st.sampled_from([b"/a\x00", b"/a\x01b", b"/\x7f", b"/a\rb"]), P_BOTH),
-)
-versions = st.one_of(
-    tagged(st.sampled_from([b"HTTP/1.1", b"HTTP/1.0"]), P_OK),
-    tagged(st.sampled_from([b"HTTP/2.0", b"HTTP/1.2", b"HTTP/0.9", b"HTTP/3.7"]), P_EDGE),
-    tagged(st.sampled_from([b"http/1.1", b"HTTP/1.10", b"HTTP/11", b"HTTP/1", b"HTTP/1.1 ", b"HTTPS/1.1"]), P_BOTH),
-)
-eols = st.one_of(
-    tagged(st.just(b"\r\n"), P_OK),
-    tagged(st.just(b"\n"), P_EDGE),
-)
-names = st.one_of(
-    tagged(
-        st.sampled_from([b"Accept", b"User-Agent", b"Cookie", b"X-Forwarded-For", b"cache-control", b"Accept-Encoding"]),
-        P_OK,
-    ),
-    tagged(token.map(lambda t: b"X-" + t), P_OK),
-    tagged(st.sampled_from([b"", b"X-Bad Name", b"X-Bad\x00", b"X-Caf\xe9", b"X-A/B", b"X-(a)", b"X-Name ", b"X-Name\t"]), P_BOTH),
-)
 ows = st.sampled_from([b"", b" ", b"  ", b"\t", b" \t "])
 plain_value = st.text(VCHAR + OBS_TEXT + [" ", "\t"], max_size=30).map(latin1)
 
 
 def with_inserted(kind, chars):
+    """plain_value with one of `chars` inserted somewhere."""
+
     def build(t):
         v, i, c = t
         i = min(i, len(v))
@@ -667,56 +632,145 @@ def with_inserted(kind, chars):
     return tagged(st.tuples(plain_value, st.integers(0, 30), st.sampled_from(chars)).map(build), kind)
 
 
-values = st.one_of(
+# Each piece: (valid strategy, faulty strategy[, valid for edge only]); all
+# yield (bytes, kind).
+METHOD = (
+    st.one_of(
+        tagged(st.sampled_from([b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"OPTIONS", b"PATCH"]), P_OK),
+        tagged(token, P_OK),
+    ),
+    tagged(st.sampled_from([b"GE(T", b"G\x00T", b"G\xc3T", b"GET@", b"\x7fGET"]), P_BOTH),
+)
+SEP = (
+    tagged(st.just(b" "), P_OK),
+    tagged(st.sampled_from([b"  ", b"\t", b" \t"]), P_BOTH),
+)
+TARGET = (
+    st.one_of(
+        tagged(st.text(VCHAR, max_size=40).map(lambda s: b"/" + latin1(s)), P_OK),
+        tagged(st.sampled_from([b"*", b"http://a.example:8080/x?y=1", b"a.example:443"]), P_OK),
+    ),
+    tagged(st.sampled_from([b"/a\x00", b"/a\x01b", b"/\x7f", b"/a\rb"]), P_BOTH),
+    # valid for edge, refused by h11 (the third element: see Pieces)
+    tagged(
+        st.tuples(st.text(VCHAR, max_size=10), st.text(OBS_TEXT, min_size=1, max_size=4)).map(
+            lambda t: b"/" + latin1(t[0]) + latin1(t[1])
+        ),
+        P_H11,
+    ),
+)
+VERSION = (
+    tagged(st.sampled_from([b"HTTP/1.1", b"HTTP/1.0"]), P_OK),
+    st.one_of(
+        tagged(st.sampled_from([b"HTTP/2.0", b"HTTP/1.2", b"HTTP/0.9", b"HTTP/3.7"]), P_EDGE),
+        tagged(st.sampled_from([b"http/1.1", b"HTTP/1.10", b"HTTP/11", b"HTTP/1", b"HTTP/1.1 ", b"HTTPS/1.1"]), P_BOTH),
+    ),
+)
+EOL = (tagged(st.just(b"\r\n"), P_OK), tagged(st.just(b"\n"), P_EDGE))
+LEAD = (
+    tagged(st.just(b""), P_OK),
+    tagged(st.just(b"\n"), P_BOTH),
+    tagged(st.sampled_from([b"\r\n", b"\r\n\r\n"]), P_H11),
+)
+NAME = (
+    st.one_of(
+        tagged(
+            st.sampled_from([b"Accept", b"User-Agent", b"Cookie", b"X-Forwarded-For", b"cache-control"]),
+            P_OK,
+        ),
+        tagged(token.map(lambda t: b"X-" + t), P_OK),
+    ),
+    tagged(
+        st.sampled_from([b"", b"X-Bad Name", b"X-Bad\x00", b"X-Caf\xe9", b"X-A/B", b"X-(a)", b"X-Name ", b"X-Name\t"]),
+        P_BOTH,
+    ),
+)
+VALUE = (
     tagged(plain_value, P_OK),
-    tagged(plain_value, P_OK),
-    with_inserted(P_EDGE, H11_OK_CTL),
-    with_inserted(P_BOTH, ["\x00", "\x0b", "\x0c", "\rx"]),
+    st.one_of(
+        with_inserted(P_EDGE, H11_OK_CTL),  # h11 lets these CTLs through
+        with_inserted(P_BOTH, ["\x00", "\x0b", "\x0c", "\rx"]),
+    ),
+)
+STATUS = (
+    tagged(st.integers(100, 999).map(lambda n: b"%d" % n), P_OK),
+    tagged(st.sampled_from([b"000", b"099", b"20", b"2000", b"2x0", b" 200"]), P_BOTH),
+)
+REASON = (
+    st.one_of(tagged(st.sampled_from([b"", b" "]), P_OK), tagged(plain_value.map(lambda v: b" " + v), P_OK)),
+    st.one_of(
+        tagged(st.sampled_from([b" O\x01K", b" \x7f"]), P_EDGE),
+        tagged(st.sampled_from([b"OK", b" O\x00K"]), P_BOTH),
+    ),
+)
+RESP_VERSION = (
+    tagged(st.sampled_from([b"HTTP/1.1", b"HTTP/1.0"]), P_OK),
+    st.one_of(
+        tagged(st.sampled_from([b"HTTP/2.0", b"HTTP/1.5"]), P_EDGE),
+        tagged(st.sampled_from([b"HTTP/2", b"http/1.1", b"HTTP/1.1 "]), P_BOTH),
+    ),
 )
 
 
-@st.composite
-def field_lines(draw):
-    """A header line, or an obs-fold continuation line ("fold")."""
-    if draw(st.integers(0, 9)) == 0:
-        lead = draw(st.sampled_from([b" ", b"\t", b"  "]))
-        v, vk = draw(tagged(plain_value, P_OK))
-        eol, ek = draw(eols)
-        return ("fold", lead + v + eol, [vk, ek], None)
-    n, nk = draw(names)
-    o1, o2 = draw(ows), draw(ows)
-    v, vk = draw(values)
-    eol, ek = draw(eols)
-    return ("field", n + b":" + o1 + v + o2 + eol, [nk, vk, ek], (n, (o1 + v + o2).strip(b" \t")))
+class Pieces:
+    """Draws pieces; per example, a fault rate: none (valid head), rare (about
+    one fault) or frequent.  Records the kinds drawn."""
+
+    def __init__(self, draw):
+        self.draw = draw
+        self.one_in = draw(st.sampled_from([0, 0, 20, 4]))
+        self.kinds = []
+
+    def faulty(self):
+        return self.one_in and self.draw(st.integers(0, self.one_in - 1)) == 0
+
+    def __call__(self, piece):
+        good, bad = piece[:2]
+        if self.faulty():
+            good = bad
+        elif len(piece) == 3 and self.draw(st.integers(0, 7)) == 0:
+            good = piece[2]
+        b, kind = self.draw(good)
+        self.kinds.append(kind)
+        return b
+
+
+def header_lines(pc, max_lines):
+    """Field lines and obs-fold continuation lines, as (raw, (name, value) or
+    None for a continuation line)."""
+    lines = []
+    for _ in range(pc.draw(st.integers(0, max_lines))):
+        if pc.faulty() and pc.draw(st.booleans()):
+            lead = pc.draw(st.sampled_from([b" ", b"\t", b"  "]))
+            lines.append((lead + pc.draw(plain_value) + pc(EOL), None))
+            continue
+        n, o1, v, o2 = pc(NAME), pc.draw(ows), pc(VALUE), pc.draw(ows)
+        lines.append((n + b":" + o1 + v + o2 + pc(EOL), (n, (o1 + v + o2).strip(b" \t"))))
+    return lines
+
+
+def assemble(pc, lines):
+    """Join the lines; return (raw, expected headers).  h11 unfolds a
+    continuation line, but refuses one with nothing to continue."""
+    for i, (_, field) in enumerate(lines):
+        if field is None:
+            pc.kinds.append(P_BOTH if i == 0 else P_EDGE)
+    return b"".join(r for r, _ in lines), [f for _, f in lines if f is not None]
 
 
 @st.composite
 def requests(draw):
-    kinds = []
-    lead = draw(st.sampled_from([b"", b"", b"", b"\r\n", b"\r\n\r\n", b"\n"]))
-    if lead:
-        kinds.append(P_BOTH if b"\n" in lead.replace(b"\r\n", b"") else P_H11)
-    (m, k1), (s1, k2), (t, k3), (s2, k4), (v, k5), (eol, k6) = (
-        draw(methods), draw(seps), draw(targets), draw(seps), draw(versions), draw(eols),
+    pc = Pieces(draw)
+    lead, method, s1, target, s2, version, eol = (
+        pc(LEAD), pc(METHOD), pc(SEP), pc(TARGET), pc(SEP), pc(VERSION), pc(EOL),
     )
-    kinds += [k1, k2, k3, k4, k5, k6]
-    lines = draw(st.lists(field_lines(), max_size=12))
-    host_at = draw(st.integers(0, len(lines)))
-    lines.insert(host_at, ("field", b"Host: example.com\r\n", [P_OK], (b"Host", b"example.com")))
-    expected_headers = []
-    for i, (what, raw, ks, parsed) in enumerate(lines):
-        kinds += ks
-        if what == "fold":
-            # h11 refuses a continuation line with nothing to continue
-            kinds.append(P_BOTH if i == 0 else P_EDGE)
-        else:
-            expected_headers.append(parsed)
-    final, kf = draw(eols)
-    kinds.append(kf)
-    head = lead + m + s1 + t + s2 + v + eol + b"".join(raw for _, raw, _, _ in lines) + final
+    lines = header_lines(pc, 12)
+    # h11 wants exactly one Host in HTTP/1.1: put one somewhere among the fields
+    lines.insert(draw(st.integers(0, len(lines))), (b"Host: example.com\r\n", (b"Host", b"example.com")))
+    raw, headers = assemble(pc, lines)
+    head = lead + method + s1 + target + s2 + version + eol + raw + pc(EOL)
     body = draw(st.binary(max_size=16))
-    expected = (m, t, v, expected_headers, len(head))
-    return head + body, kinds, expected
+    return head + body, pc.kinds, (method, target, version, headers, len(head))
 
 
 @MODES
@@ -744,42 +798,14 @@ def test_hypothesis_requests_vs_h11(req, use_simd):
         assert_same_request(ours, theirs, consumed)
 
 
-statuses = st.one_of(
-    tagged(st.integers(100, 999).map(lambda n: b"%d" % n), P_OK),
-    tagged(st.sampled_from([b"000", b"099", b"20", b"2000", b"2x0", b" 200"]), P_BOTH),
-)
-reasons = st.one_of(
-    tagged(st.sampled_from([b"", b" "]), P_OK),
-    tagged(plain_value.map(lambda v: b" " + v), P_OK),
-    tagged(st.sampled_from([b" O\x01K", b" \x7f"]), P_EDGE),
-    tagged(st.sampled_from([b"OK", b" O\x00K"]), P_BOTH),
-)
-resp_versions = st.one_of(
-    tagged(st.sampled_from([b"HTTP/1.1", b"HTTP/1.0"]), P_OK),
-    tagged(st.sampled_from([b"HTTP/2.0", b"HTTP/1.5"]), P_EDGE),
-    tagged(st.sampled_from([b"HTTP/2", b"http/1.1", b"HTTP/1.1 "]), P_BOTH),
-)
-
-
 @st.composite
 def responses(draw):
-    (v, k1), (sp, k2), (s, k3), (r, k4), (eol, k5) = (
-        draw(resp_versions), draw(seps), draw(statuses), draw(reasons), draw(eols),
-    )
-    kinds = [k1, k2, k3, k4, k5]
-    lines = draw(st.lists(field_lines(), max_size=8))
-    expected_headers = []
-    for i, (what, raw, ks, parsed) in enumerate(lines):
-        kinds += ks
-        if what == "fold":
-            kinds.append(P_BOTH if i == 0 else P_EDGE)
-        else:
-            expected_headers.append(parsed)
-    final, kf = draw(eols)
-    kinds.append(kf)
-    head = v + sp + s + r + eol + b"".join(raw for _, raw, _, _ in lines) + final
-    reason = r[1:] if r.startswith(b" ") else r
-    return head + draw(st.binary(max_size=8)), kinds, (v, s, reason, expected_headers, len(head))
+    pc = Pieces(draw)
+    v, sp, status, reason, eol = pc(RESP_VERSION), pc(SEP), pc(STATUS), pc(REASON), pc(EOL)
+    raw, headers = assemble(pc, header_lines(pc, 8))
+    head = v + sp + status + reason + eol + raw + pc(EOL)
+    reason = reason[1:] if reason.startswith(b" ") else reason
+    return head + draw(st.binary(max_size=8)), pc.kinds, (v, status, reason, headers, len(head))
 
 
 @MODES

@@ -22,6 +22,7 @@ from support import (Conn, body_pattern, build_request, chunked_encode, closed_p
 
 BASIC = """
 http {
+    client_max_body_size 64m;
     upstream backend { server @UP@; keepalive 16; }
     server {
         listen 127.0.0.1:@PORT@;
@@ -67,6 +68,18 @@ def test_methods_and_small_bodies(px, upstream, method):
     assert r.status == 200
     j = r.json()
     assert (j["method"], j["body_len"], j["body_sha256"]) == (method, len(body), sha256(body))
+
+
+def test_client_max_body_size_default_is_1m(edge, upstream):
+    e = edge(BASIC.replace("client_max_body_size 64m;", ""), UP=upstream)
+    with Conn(e.port) as c:
+        r = c.request("POST", "/echo", body=body_pattern(1024 * 1024))
+        assert r.status == 200 and r.json()["body_len"] == 1024 * 1024
+    with Conn(e.port) as c:
+        c.send_request("POST", "/echo", headers=[("Content-Length", str(1024 * 1024 + 1))])
+        r = c.read_response()  # answered from the Content-Length alone, before any body byte
+        assert r.status == 413
+    assert len(upstream.requests) == 1, "the oversized request was not forwarded"
 
 
 def test_request_body_content_length_4mb(px, upstream):
@@ -588,3 +601,115 @@ def test_concurrent_slow_requests(px, upstream):
         t.join(20)
     assert results == [200] * 20
     assert time.monotonic() - t0 < 8, "20 one-second upstream requests were served one after another"
+
+
+@pytest.mark.timeout(40)
+def test_connect_timeout_is_504(edge, tarpit, upstream):
+    e = edge("""
+http {
+    server {
+        listen 127.0.0.1:@PORT@;
+        location /tarpit/ { proxy_pass http://@TP@; proxy_connect_timeout 1s; }
+        location /ok/ { proxy_pass http://@UP@; }
+    }
+}
+""", TP=tarpit, UP=upstream)
+    t0 = time.monotonic()
+    c = Conn(e.port, timeout=15)
+    c.send_request("GET", "/tarpit/x")
+    # the worker is not blocked by the pending connect
+    assert get(e.port, "/ok/echo").status == 200
+    r = c.read_response()
+    c.close()
+    assert r.status == 504
+    assert time.monotonic() - t0 < 10, "proxy_connect_timeout 1s took far longer than 1s"
+
+
+@pytest.mark.timeout(40)
+def test_send_timeout_closes_a_client_that_does_not_read(edge, upstream):
+    upstream.allow_errors = True  # the upstream's response is cut when edge gives up
+    e = edge("""
+http {
+    send_timeout 1s;
+    upstream backend { server @UP@; keepalive 16; }
+    server { listen 127.0.0.1:@PORT@; location / { proxy_pass http://backend; proxy_read_timeout 30s; } }
+}
+""", UP=upstream)
+    total = 200_000_000
+    with Conn(e.port, timeout=15) as c:
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        c.send_request("GET", f"/bytes/{total}")
+        time.sleep(5)  # not a timing check: the client stalls well past send_timeout
+        got = 0
+        while True:
+            try:
+                data = c.sock.recv(1 << 20)
+            except ConnectionResetError:
+                break
+            if not data:
+                break
+            got += len(data)
+        assert got < total, "the whole response was delivered although the client stalled past send_timeout"
+
+
+@pytest.mark.timeout(40)
+def test_client_body_timeout(edge, upstream):
+    upstream.allow_errors = True  # a streamed body is cut off at the upstream
+    e = edge("""
+http {
+    client_body_timeout 1s;
+    upstream backend { server @UP@; keepalive 16; }
+    server { listen 127.0.0.1:@PORT@; location / { proxy_pass http://backend; } }
+}
+""", UP=upstream)
+    with Conn(e.port, timeout=15) as c:
+        c.send(build_request("POST", "/echo", headers=[("Content-Length", "1000")]) + b"x" * 10)
+        c.sock.settimeout(8)
+        data = b""
+        try:
+            while True:
+                chunk = c.sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except ConnectionResetError:
+            pass
+        except socket.timeout:
+            pytest.fail("a stalled request body was not timed out by client_body_timeout 1s")
+        assert data == b"" or data.startswith(b"HTTP/1.1 408 "), data[:200]
+
+
+# -- hostile input: each gets a clear status, the connection is closed, and nothing
+#    ambiguous reaches the upstream
+
+SMUGGLING = [
+    ("cl_and_te", b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("two_lengths", b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nabcdef", 400),
+    ("signed_length", b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nabcde", 400),
+    ("unknown_coding", b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nabc", 501),
+    ("obs_fold", b"GET /echo HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n", 400),
+    ("nul_in_header", b"GET /echo HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n", 400),
+    ("space_in_target", b"GET /echo x HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+]
+
+
+@pytest.mark.parametrize("name,raw,status", SMUGGLING, ids=[s[0] for s in SMUGGLING])
+def test_ambiguous_requests_rejected(px, upstream, name, raw, status):
+    with Conn(px.port) as c:
+        c.send(raw)
+        r = c.read_response()
+        assert r.status == status, f"{name}: {r!r}"
+        assert c.wait_closed(5), f"{name}: connection left open after {r.status}"
+    assert upstream.requests == [], f"{name}: forwarded {upstream.requests[0].raw[:300]!r}"
+
+
+def test_bad_chunk_is_400(px, upstream):
+    upstream.allow_errors = True  # a streamed body may be cut off at the upstream
+    with Conn(px.port) as c:
+        c.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\nzz\r\n")
+        r = c.read_response()
+        assert r.status == 400
+        assert c.wait_closed(5)
+    # a cut body must never reach the upstream as a complete request
+    assert upstream.requests == [], upstream.requests[0].raw[:300]

@@ -24,6 +24,7 @@ cdef enum ClientState:
     CS_PROXY = 1        # the request belongs to an upstream connection
     CS_CLOSING = 2      # send what is queued, then close
     CS_LINGER = 3       # response sent, write side shut: drain input briefly, then close
+    CS_DISCARD = 5      # response queued; dropping the rest of the request body
     CS_FREE = 4
 
 cdef enum BodyKind:
@@ -124,6 +125,7 @@ cdef class Client(Handle):
     cdef edge_chunked_decoder body_dec
     cdef UpConn up
     cdef bint response_started
+    cdef bint discarding        # a body we answered without reading is still arriving
     cdef uint64_t tried_peers
     cdef int tries
 
@@ -180,6 +182,7 @@ cdef class Client(Handle):
         self.response_started = False
         self.is_head = False
         self.expect_continue = False
+        self.discarding = False
         self.tried_peers = 0
         self.tries = 0
 
@@ -238,6 +241,8 @@ cdef class Client(Handle):
                 self.start_linger(r)
         elif self.state == CS_LINGER:
             self.linger_read()
+        elif self.state == CS_DISCARD:
+            self.serve_heads()
 
     cdef void on_timeout(self):
         if self.state == CS_HEAD:
@@ -409,6 +414,10 @@ cdef class Client(Handle):
         cdef size_t limit = self.binding.large_header_buffer_size * self.binding.large_header_buffers
         cdef int flushed
         while True:
+            if self.state == CS_DISCARD:
+                self.discard_body()
+            if self.state != CS_HEAD:
+                return
             if self.output_pending():
                 flushed = self.flush()
                 if flushed < 0:
@@ -416,8 +425,6 @@ cdef class Client(Handle):
                     return
                 if flushed == 0 and buf_len(&self.wb) > OUTPUT_HIGH_WATER:
                     return          # wait for the client to read
-            if self.state != CS_HEAD:
-                return
             if buf_len(&self.rb) == 0:
                 if not self.readable:
                     self.arm_idle_timer()
@@ -510,6 +517,15 @@ cdef class Client(Handle):
         if head_len > self.binding.large_header_buffer_size * self.binding.large_header_buffers:
             self.send_error(431)
             return
+        # each line must fit in one large buffer: the request line (414), a header (431)
+        if self.method_len + self.target_len + 11 > self.binding.large_header_buffer_size:
+            self.send_error(414)
+            return
+        for i in range(self.nheaders):
+            h = &self.headers[i]
+            if h.name_len + h.value_len + 4 > self.binding.large_header_buffer_size:
+                self.send_error(431)
+                return
 
         # one pass over the headers for everything framing and routing depend on
         for i in range(self.nheaders):
@@ -685,34 +701,73 @@ cdef class Client(Handle):
         return 0
 
     cdef int skip_request_body(self) noexcept:
-        """Before answering without reading the body (return, errors): drop a body that is
-        already fully buffered. Returns 1 when the connection can stay in sync, else 0."""
-        cdef size_t sz
+        """Drop the request body bytes buffered so far, for responses that do not read it
+        (return, 404): 1 when the whole body is gone, 0 when more is to come, -1 when its
+        framing is broken. nginx discards such bodies the same way to keep the connection."""
+        cdef size_t n, sz
         cdef ssize_t ret
-        if self.body_kind == BODY_NONE:
+        if self.body_done:
             return 1
         if self.body_kind == BODY_LENGTH:
-            if <int64_t>buf_len(&self.rb) >= self.body_left:
-                self.rb.start += <size_t>self.body_left
-                self.body_left = 0
-                self.body_done = True
-                return 1
-            return 0
+            n = buf_len(&self.rb)
+            if <int64_t>n > self.body_left:
+                n = <size_t>self.body_left
+            self.rb.start += n
+            self.body_left -= n
+            self.body_done = self.body_left == 0
+            return 1 if self.body_done else 0
         sz = buf_len(&self.rb)
         ret = edge_decode_chunked(&self.body_dec, self.rb.data + self.rb.start, &sz)
+        if ret == -1:
+            return -1
         if ret >= 0:
             self.rb.end = self.rb.start + sz + <size_t>ret
             self.rb.start += sz
             self.body_done = True
             return 1
+        self.rb.start = self.rb.end
         return 0
+
+    cdef void start_discard(self) noexcept:
+        cdef int r = self.skip_request_body()
+        if r < 0:
+            self.keepalive = False
+        self.discarding = r == 0
+
+    cdef void discard_body(self):
+        """CS_DISCARD: the response is queued; read and drop the rest of the body, then
+        go on with the next request on this connection."""
+        cdef int r, rd
+        while True:
+            if self.output_pending():
+                if self.flush() < 0:
+                    self.close()
+                    return
+            r = self.skip_request_body()
+            if r < 0:
+                self.state = CS_CLOSING
+                self.drive()
+                return
+            if r == 1:
+                self.discarding = False
+                self.state = CS_HEAD
+                self.reset_request()
+                return
+            if not self.readable:
+                timer_arm(self, self.loc.t_body if self.loc is not None else self.binding.t_header, g_now)
+                return
+            rd = self.read_more(READ_CHUNK * 4)
+            if rd == RD_AGAIN:
+                continue
+            if rd != RD_DATA:
+                self.close()
+                return
 
     cdef void finish_without_body(self, int status):
         """A built-in page (404 where no content handler applies) that keeps the
         connection alive when the request body allows it."""
         cdef bytes head = error_head(status)
-        if not self.skip_request_body():
-            self.keepalive = False
+        self.start_discard()
         buf_append_bytes(&self.wb, head)
         self.append_date()
         self.append_connection()
@@ -730,8 +785,7 @@ cdef class Client(Handle):
         cdef int status = loc.return_status
         cdef size_t mark, body_start
         cdef bytes body
-        if not self.skip_request_body():
-            self.keepalive = False
+        self.start_discard()
         buf_append_bytes(&self.wb, loc.return_head)
         self.append_date()
         if loc.return_location is not None:
@@ -791,6 +845,9 @@ cdef class Client(Handle):
         if not self.keepalive:
             self.state = CS_CLOSING
             self.drive()
+            return
+        if self.discarding:
+            self.state = CS_DISCARD     # serve_heads drops the body, then goes on
             return
         self.state = CS_HEAD
         self.reset_request()

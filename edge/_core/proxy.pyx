@@ -528,13 +528,12 @@ cdef class UpConn(Handle):
         if c is None:
             self.close()
             return
-        if why == FAIL_CONNECT or why == FAIL_TIMEOUT or why == FAIL_BAD_RESPONSE:
-            if not (why == FAIL_TIMEOUT and self.state == US_ACTIVE and self.head_done):
-                self.ups.peer_failed(self.peer, g_now)
         # a pooled connection that the upstream closed just before we reused it is not
         # the peer's fault: replay once on a fresh connection (idempotence is guaranteed
         # because nothing of the response arrived and no body was streamed)
         retry_same_peer = self.reused and not self.got_bytes and why == FAIL_IO
+        if not retry_same_peer and not (why == FAIL_TIMEOUT and self.head_done):
+            self.ups.peer_failed(self.peer, g_now)      # counts toward max_fails
         status = 504 if why == FAIL_TIMEOUT else 502
         self.client = None
         self.close()

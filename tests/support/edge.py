@@ -179,7 +179,7 @@ class EdgeProcess:
                 head.append("events { worker_connections 1024; }")
             tmp = self.workdir / "nginx-tmp"
             tmp.mkdir(exist_ok=True)
-            extra = (f"access_log off; client_max_body_size 0; client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy; "
+            extra = (f"access_log off; client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy; "
                      f"fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;")
             body = re.sub(r"(^\s*http\s*\{)", lambda m: m.group(1) + " " + extra, body, count=1, flags=re.M)
         # The added lines go on one line, so line numbers in the template stay right + 1.

@@ -111,6 +111,7 @@ class _Server:
         self._threads: list[threading.Thread] = []
         self.conns: list[ConnRecord] = []
         self.errors: list[str] = []
+        self.allow_errors = False  # set by tests that cut requests on purpose
         self._accept_thread = threading.Thread(target=self._accept_loop, name=f"{self.kind}-{name}-accept",
                                                daemon=True)
 
@@ -226,6 +227,41 @@ class Slammer(_Server):
 
     def handle(self, sock, rec):
         return
+
+
+class Tarpit:
+    """A listening socket whose accept queue is full and never drained: a connect() to
+    it gets no answer (the SYN is dropped), as with a host that does not respond."""
+
+    def __init__(self, host: str = "127.0.0.1"):
+        self.host = host
+        self._lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._lsock.bind((host, 0))
+        self._lsock.listen(0)
+        self.port = self._lsock.getsockname()[1]
+        self._fillers = []
+
+    @property
+    def addr(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self):
+        # fill the accept queue (backlog 0 holds one connection); probe until a connect hangs
+        for _ in range(8):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.settimeout(0.3)
+            try:
+                s.connect((self.host, self.port))
+            except (socket.timeout, BlockingIOError):
+                s.close()
+                return self
+            self._fillers.append(s)
+        raise RuntimeError("could not fill the accept queue of the tarpit")
+
+    def stop(self):
+        for s in self._fillers:
+            s.close()
+        self._lsock.close()
 
 
 class _Reader:

@@ -1,4 +1,4 @@
-"""core — process-wide settings: workers, pid file, error log, shutdown."""
+"""Process-wide settings: workers, pid file, error log, shutdown."""
 
 import os
 

@@ -1,4 +1,4 @@
-"""http_core — servers, listen addresses, names, locations, client limits and timeouts."""
+"""Servers, listen addresses, names, locations, client limits and timeouts."""
 
 import socket
 

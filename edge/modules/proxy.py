@@ -1,5 +1,6 @@
-"""proxy — `proxy_pass` to an upstream group or an address, header forwarding rules and
-upstream timeouts. Bodies stream both ways; edge re-frames them itself."""
+"""Proxying: `proxy_pass`, header forwarding rules and upstream timeouts.
+
+Bodies stream both ways; edge re-frames them itself."""
 
 from edge._core.reactor import Template, Upstream
 from edge.config import HTTP, LOCATION, SERVER, ConfigError, Directive, types

@@ -1,4 +1,4 @@
-"""return — direct responses and redirects (`return code [text | URL]`, `return URL`)."""
+"""Direct responses and redirects (`return code [text | URL]`, `return URL`)."""
 
 from edge._core.reactor import Template
 from edge.config import LOCATION, SERVER, ConfigError, Directive

@@ -1,5 +1,7 @@
-"""upstream — groups of backend servers: weighted round robin, passive health checks
-(max_fails / fail_timeout) and per-worker keep-alive connection pools."""
+"""Upstream groups: weighted round robin, passive health checks, keep-alive pools.
+
+Per worker: peers are picked by smooth weighted round robin, skipped after max_fails
+failures within fail_timeout, and idle connections are pooled for reuse."""
 
 from edge._core.reactor import Upstream
 from edge.config import HTTP, UPSTREAM, ConfigError, Directive, types

@@ -36,8 +36,9 @@ Deliberate differences from h11 (HOSTILE rows with edge != h11):
     - HTTP versions other than 1.0 / 1.1 (the reactor answers 505, using
       edge_request_http_version; h11 passes any D.D through);
     - chunked: a chunk size longer than 16 hex digits or above int64 (h11: 20
-      digits), whitespace after the size not followed by ";" (h11 allows
-      trailing OWS), CTLs in chunk extensions (h11 accepts any byte but LF).
+      digits); whitespace after the size ("1 \r\n", h11 allows trailing OWS;
+      "1 ;x" is refused by h11 too, though RFC 9112 7.1.1 allows that BWS);
+      CTLs in chunk extensions (h11 accepts any byte but LF).
   edge accepts, h11 refuses:
     - obs-text (bytes >= 0x80) in the request-target, as nginx does (clients
       send raw UTF-8 paths; it is one token either way, not ambiguous);
@@ -865,7 +866,7 @@ def decode(pieces):
 BODY = (
     b"5\r\nhello\r\n"
     b"1A;name=value;quoted=\"a b\"\r\nabcdefghijklmnopqrstuvwxyz\r\n"
-    b"3 ; ext\r\n\x00\r\n\r\n"
+    b"3;ext ; more = \"x\"\t\r\n\x00\r\n\r\n"
     b"0;last\r\nTrailer-One: v1\r\nX-Checksum:\tabc def \r\n\r\n"
 )
 BODY_DATA = b"hello" + b"abcdefghijklmnopqrstuvwxyz" + b"\x00\r\n"
@@ -945,12 +946,16 @@ BAD_CHUNKED = [
     ("data-too-long", b"1\r\nxy\r\n0\r\n\r\n"),
     ("no-crlf-after-data", b"1\r\nx0\r\n\r\n"),
     ("bare-lf-after-data", b"1\r\nx\n0\r\n\r\n"),
+    ("lf-lf-after-data", b"1\r\nx\n\n0\r\n\r\n"),
+    ("data-too-long-lf", b"1\r\nxy\n0\r\n\r\n"),
+    ("cr-cr-after-data", b"1\r\nx\r\r0\r\n\r\n"),
     ("ctl-in-ext", b"1;a=\x01\r\nx\r\n0\r\n\r\n"),
     ("nul-in-ext", b"1;a\x00\r\nx\r\n0\r\n\r\n"),
     ("del-in-ext", b"1;\x7f\r\nx\r\n0\r\n\r\n"),
     ("bare-lf-in-ext", b"1;a\nx\r\n0\r\n\r\n"),
     ("ext-too-long", b"1;" + b"a" * 4096 + b"\r\nx\r\n0\r\n\r\n"),
-    ("bws-too-long", b"1" + b" " * 4097 + b";a\r\nx\r\n0\r\n\r\n"),
+    ("bws-before-ext", b"1 ;a\r\nx\r\n0\r\n\r\n"),
+    ("tab-before-ext", b"1\t;a\r\nx\r\n0\r\n\r\n"),
     ("trailer-obs-fold", b"0\r\nA: b\r\n c\r\n\r\n"),
     ("trailer-space-before-colon", b"0\r\nA : b\r\n\r\n"),
     ("trailer-no-colon", b"0\r\nA\r\n\r\n"),

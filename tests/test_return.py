@@ -312,6 +312,10 @@ def test_header_buffers(srv):
         r = c.request("GET", "/a" + "b" * 9000)
         assert r.status == 414, "a request line over 8k is 414"
         assert c.wait_closed(5)
+
+
+@pytest.mark.edge_only
+def test_header_line_over_large_buffer_is_431(srv):
     with Conn(srv.port) as c:
         r = c.request("GET", "/x", headers=[("X-Big", "v" * 9000)])
         # nginx answers 400 here; edge's documented rule (README) is 431 (RFC 6585)

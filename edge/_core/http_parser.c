@@ -517,11 +517,11 @@ int edge_request_http_version(const char *buf, size_t len, int *major, int *mino
 /*   chunk        = chunk-size [ chunk-ext ] CRLF chunk-data CRLF           */
 /*   last-chunk   = 1*("0") [ chunk-ext ] CRLF                              */
 /*   chunk-ext    = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] ) */
+/* (we refuse the BWS before the first ";", see CH_SIZE)                    */
 /* ------------------------------------------------------------------------ */
 
 enum {
     CH_SIZE = 0,      /* chunk-size hex digits; a zeroed decoder starts here */
-    CH_SIZE_BWS,      /* SP/HTAB after the size: only chunk-ext may follow */
     CH_EXT,           /* chunk-ext bytes, up to CR */
     CH_SIZE_LF,       /* LF ending the size line */
     CH_DATA,          /* chunk-data */
@@ -593,25 +593,14 @@ ssize_t edge_decode_chunked(struct edge_chunked_decoder *d, char *buf, size_t *b
             } else if (c == ';') {
                 d->state = CH_EXT;
                 d->line_len = 1;
-            } else if (c == ' ' || c == '\t') {
-                d->state = CH_SIZE_BWS;
-                d->line_len = 1;
             } else {
+                /* Whitespace after the size is refused, even the BWS that
+                 * 7.1.1 allows before ";": implementations read "1 ;x" and
+                 * "1 \r\n" differently, and no real client sends them. */
                 goto error;
             }
             break;
         }
-        case CH_SIZE_BWS:
-            /* BWS is only allowed before a ";": "1 \r\n" is refused, since
-             * whitespace after the size is read differently by different
-             * implementations. */
-            if (++d->line_len > EDGE_CHUNK_LINE_MAX)
-                goto error;
-            if (c == ';')
-                d->state = CH_EXT;
-            else if (c != ' ' && c != '\t')
-                goto error;
-            break;
         case CH_EXT:
             /* Extensions are ignored, but their bytes must be text (no CTL
              * except HTAB), and their length is bounded: a client must not

@@ -32,7 +32,7 @@ extern "C" {
 
 /* Limits of the chunked decoder (compile-time; override with -D). */
 #ifndef EDGE_CHUNK_LINE_MAX
-/* bytes after the hex digits of one chunk-size line (BWS and chunk-ext), CRLF excluded */
+/* bytes of chunk-ext (from the first ";") in one chunk-size line, CRLF excluded */
 #define EDGE_CHUNK_LINE_MAX 4096
 #endif
 #ifndef EDGE_TRAILER_MAX

@@ -283,6 +283,8 @@ cdef class UpConn(Handle):
             if r > 0:
                 self.rb.end += r
                 self.got_bytes = True
+                if <size_t>r < room:
+                    self.readable = False   # drained: the next data raises a new event
                 return RD_DATA
             if r == 0:
                 self.readable = False

@@ -225,7 +225,8 @@ cdef class Loop:
         cdef int n, i
         cdef int64_t timeout
         cdef Handle h
-        cdef object handles = self.handles
+        cdef list handles
+        cdef Py_ssize_t fd
         while True:
             timeout = timers_next_ms(g_now)
             if self.quitting:
@@ -241,7 +242,8 @@ cdef class Loop:
                 raise OSError(errno, "epoll_wait failed")
             handles = self.handles
             for i in range(n):
-                h = <Handle>handles[events[i].data.fd]
+                fd = events[i].data.fd
+                h = <Handle>handles[fd]     # a C-level list access: no int object made
                 if h is not None:
                     h.on_events(events[i].events)
             timers_fire(g_now)

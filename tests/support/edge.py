@@ -121,6 +121,38 @@ def listen_addrs(conf_text: str) -> list[tuple[str, int]]:
     return out
 
 
+def listening_inodes(port: int) -> set[int]:
+    """Inodes of the sockets in LISTEN state on `port` (any address), from /proc/net."""
+    out = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                lines = f.read().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                out.add(int(fields[9]))
+    return out
+
+
+def socket_inodes(pid: int) -> set[int]:
+    out = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except (FileNotFoundError, PermissionError):
+        return out
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            out.add(int(link[8:-1]))
+    return out
+
+
 def _has_main_directive(text: str, name: str) -> bool:
     return re.search(rf"^\s*{name}\s", re.sub(r"#[^\n]*", "", text), re.M) is not None
 
@@ -211,10 +243,10 @@ class EdgeProcess:
         self.conf_text = self.render()
         self.conf_path.write_text(self.conf_text)
         self.returncode = None
-        self.proc = subprocess.Popen(
-            self.command(), cwd=str(REPO), stdin=subprocess.DEVNULL,
-            stdout=open(self.stdout_path, "ab"), stderr=open(self.stderr_path, "ab"),
-            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                self.command(), cwd=str(REPO), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         _live.add(self)
         return self
 
@@ -229,12 +261,14 @@ class EdgeProcess:
             except EdgeError as e:
                 last = e
                 self.kill_group()
-                if self.ports and re.search(r"in use|EADDRINUSE|errno 98", self.output() + self.error_log, re.I):
+                if self.ports and re.search(r"in use|EADDRINUSE|errno 98", self.output(), re.I):
                     continue  # someone took a port between our probe and edge's bind
                 raise
         raise last
 
     def wait_ready(self):
+        """Wait until every listen port has a listening socket that belongs to this
+        process (not some other program on a recycled port) and accepts a connection."""
         addrs = listen_addrs(self.conf_text)
         deadline = time.monotonic() + self.start_timeout
         pending = list(addrs)
@@ -244,17 +278,21 @@ class EdgeProcess:
                 raise EdgeError(f"{self.impl} exited with {self.proc.returncode} before listening"
                                 f" on {pending}\n{self.report()}")
             host, port = pending[0]
-            try:
-                fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-                with socket.socket(fam, socket.SOCK_STREAM) as s:
-                    s.settimeout(0.5)
-                    s.connect((host, port))
-                pending.pop(0)
-                continue
-            except OSError:
-                pass
+            ours = socket_inodes(self.pid)
+            for w in children_of(self.pid):
+                ours |= socket_inodes(w)
+            if listening_inodes(port) & ours:
+                try:
+                    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+                    with socket.socket(fam, socket.SOCK_STREAM) as s:
+                        s.settimeout(0.5)
+                        s.connect((host, port))
+                    pending.pop(0)
+                    continue
+                except OSError:
+                    pass
             if time.monotonic() > deadline:
-                raise EdgeError(f"{self.impl} did not accept on {pending} within {self.start_timeout}s"
+                raise EdgeError(f"{self.impl} did not listen on {pending} within {self.start_timeout}s"
                                 f"\n{self.report()}")
             time.sleep(0.02)
 

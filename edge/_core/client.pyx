@@ -389,11 +389,12 @@ cdef class Client(Handle):
             r = read(self.fd, self.rb.data + self.rb.end, room)
             if r > 0:
                 self.rb.end += r
-                if <size_t>r < room:
+                if <size_t>r < room and not self.peer_closed:
                     # a short read drained the socket; more data will raise a new
                     # edge-triggered event, so skip the read that would say EAGAIN
                     # (as nginx does). Serving one request per connection per wake-up
-                    # also keeps busy connections from starving the others.
+                    # also keeps busy connections from starving the others. Not after
+                    # RDHUP: the end of the stream raises no further event.
                     self.readable = False
                 return RD_DATA
             if r == 0:

@@ -36,6 +36,7 @@ cdef class UpConn(Handle):
     cdef size_t suf_len
     cdef bint readable
     cdef bint writable
+    cdef bint peer_closed       # RDHUP seen: the upstream closed its side
     cdef int state
     cdef Upstream ups
     cdef int peer
@@ -102,6 +103,8 @@ cdef class UpConn(Handle):
             return
         if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
             self.readable = True
+        if events & (EPOLLRDHUP | EPOLLHUP):
+            self.peer_closed = True
         if events & (EPOLLOUT | EPOLLHUP | EPOLLERR):
             self.writable = True
         if self.state == US_CONNECTING:
@@ -283,7 +286,7 @@ cdef class UpConn(Handle):
             if r > 0:
                 self.rb.end += r
                 self.got_bytes = True
-                if <size_t>r < room:
+                if <size_t>r < room and not self.peer_closed:
                     self.readable = False   # drained: the next data raises a new event
                 return RD_DATA
             if r == 0:
@@ -576,6 +579,7 @@ cdef UpConn upstream_connection(Upstream ups, int peer, Client c):
             up.reused = True
             up.readable = False
             up.writable = True
+            up.peer_closed = False
             if up.rb.data == NULL:
                 buf_init(&up.rb, READ_CHUNK)
                 buf_init(&up.wb, 2048)
@@ -593,6 +597,7 @@ cdef UpConn upstream_connection(Upstream ups, int peer, Client c):
     up.nrequests = 0
     up.readable = False
     up.writable = False
+    up.peer_closed = False
     buf_init(&up.rb, READ_CHUNK)
     buf_init(&up.wb, 2048)
     if connect(fd, <sockaddr *>&p.addr, p.addrlen) < 0 and errno != EINPROGRESS:

@@ -1,0 +1,283 @@
+#!/usr/bin/env python3
+"""atheris fuzz target for edge's HTTP/1.x parser (edge/_core/http_parser.c).
+
+    python tests/fuzz/fuzz_parser.py -max_total_time=60
+
+See tests/fuzz/README.md for long runs.  Without corpus directories on the
+command line, new inputs go to a temporary directory and tests/corpus/ seeds
+the run.
+
+Every input goes through all of:
+- edge_parse_request / edge_parse_response, with SSE4.2 and scalar scanners
+  (must agree), checked against a regex reference of the same grammar that
+  decides ERROR / INCOMPLETE / TOO_MANY_HEADERS and the fields exactly
+  (`reference_request`, `reference_response` below), and for the invariants:
+  consumed <= len, every reported field inside the head, values trimmed;
+- the `last_len` resume shortcut against a plain reparse;
+- the chunked decoder, whole and split at an input-chosen point (must agree),
+  decoded + leftover never longer than the input, leftover a suffix of the
+  input, and every body it accepts decoded the same by h11;
+- edge_parse_content_length against int().
+
+The C code is not coverage-instrumented by a plain build; coverage feedback
+comes from the instrumented Python here (the reference's branches follow the
+grammar).  README.md shows how to add ASan/UBSan to the C side.
+"""
+import os
+import re
+import sys
+import tempfile
+
+import atheris
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+with atheris.instrument_imports():
+    import edge.http as eh
+import h11
+
+ERROR, INCOMPLETE, TOO_MANY = eh.ERROR, eh.INCOMPLETE, eh.TOO_MANY_HEADERS
+CAPS = (100, 3)  # header capacities tried on every input
+
+# ---------------------------------------------------------------------------
+# Reference model: the grammar of http_parser.c as regular expressions
+# ---------------------------------------------------------------------------
+
+TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+TARGET = rb"[\x21-\x7e\x80-\xff]"
+FIELD = rb"[\t\x20-\x7e\x80-\xff]"
+FIELDS = rb"((?:" + TCHAR + rb"+:" + FIELD + rb"*\r\n)*)\r\n"
+
+REQUEST_HEAD = re.compile(
+    rb"(?:\r\n)*(" + TCHAR + rb"+) (" + TARGET + rb"+) HTTP/1\.([01])\r\n" + FIELDS
+)
+RESPONSE_HEAD = re.compile(
+    rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: (" + FIELD + rb"*))?\r\n" + FIELDS
+)
+FIELD_LINE = re.compile(rb"(" + TCHAR + rb"+):[ \t]*(" + FIELD + rb"*?)[ \t]*\r\n")
+LEADING_CRLF = re.compile(rb"(?:\r\n)*")
+
+# A prefix is "viable" (INCOMPLETE rather than ERROR) when some completion
+# makes it a valid head.  Each parser state has one of these completions.
+_TAILS = [b"", b"\n", b"\n\r\n", b"\r\n", b"\r\n\r\n", b":\r\n\r\n"]
+REQUEST_COMPLETIONS = _TAILS + [
+    b" / HTTP/1.1\r\n\r\n",
+    b"/ HTTP/1.1\r\n\r\n",
+    b" HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\r\n\r\n",
+    b"\nGET / HTTP/1.1\r\n\r\n",
+] + [b"HTTP/1.1"[k:] + b"\r\n\r\n" for k in range(8)]
+_STATUS_LINE = b"HTTP/1.1 200 OK\r\n\r\n"
+RESPONSE_COMPLETIONS = _TAILS + [_STATUS_LINE[k:] for k in range(len(_STATUS_LINE))]
+
+
+def viable_length(data, head_re, completions):
+    """Length of the longest prefix of data that some completion turns into a
+    valid head (viability is prefix-closed, so binary search)."""
+
+    def viable(n):
+        p = data[:n]
+        return any(head_re.match(p + c) for c in completions)
+
+    lo, hi = 0, len(data)  # viable(lo) holds: the empty prefix is viable
+    if viable(hi):
+        return hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if viable(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def field_lines_started(prefix, skip_crlf):
+    """Field lines begun in a viable prefix (where TOO_MANY_HEADERS triggers)."""
+    start = LEADING_CRLF.match(prefix).end() if skip_crlf else 0
+    eol = prefix.find(b"\r\n", start)
+    if eol < 0:
+        return 0
+    segments = prefix[eol + 2 :].split(b"\r\n")
+    return sum(1 for s in segments if s and not s.startswith(b"\r"))
+
+
+def headers_of(block):
+    return [(m.group(1), m.group(2)) for m in FIELD_LINE.finditer(block)]
+
+
+def reference_request(data, cap):
+    m = REQUEST_HEAD.match(data)
+    if m:
+        headers = headers_of(m.group(4))
+        if len(headers) > cap:
+            return TOO_MANY
+        return (m.group(1), m.group(2), int(m.group(3)), headers, m.end())
+    v = viable_length(data, REQUEST_HEAD, REQUEST_COMPLETIONS)
+    if field_lines_started(data[:v], True) > cap:
+        return TOO_MANY
+    return INCOMPLETE if v == len(data) else ERROR
+
+
+def reference_response(data, cap):
+    m = RESPONSE_HEAD.match(data)
+    if m:
+        headers = headers_of(m.group(4))
+        if len(headers) > cap:
+            return TOO_MANY
+        return (int(m.group(1)), int(m.group(2)), m.group(3) or b"", headers, m.end())
+    v = viable_length(data, RESPONSE_HEAD, RESPONSE_COMPLETIONS)
+    if field_lines_started(data[:v], False) > cap:
+        return TOO_MANY
+    return INCOMPLETE if v == len(data) else ERROR
+
+
+# ---------------------------------------------------------------------------
+# Checks
+# ---------------------------------------------------------------------------
+
+OWS = b" \t"
+
+
+def check_spans(data, ret, spans):
+    for off, n in spans:
+        assert 0 <= off and off + n <= ret <= len(data), (off, n, ret, len(data))
+
+
+def as_request(data, ret, f):
+    (mo, ml), (po, pl), minor, hdrs = f
+    check_spans(data, ret, [(mo, ml), (po, pl)] + [s for h in hdrs for s in h])
+    assert ml > 0 and pl > 0 and minor in (0, 1)
+    headers = [(data[a : a + b], data[c : c + d]) for (a, b), (c, d) in hdrs]
+    for name, value in headers:
+        assert name and (not value or (value[:1] not in OWS and value[-1:] not in OWS))
+    return (data[mo : mo + ml], data[po : po + pl], minor, headers, ret)
+
+
+def as_response(data, ret, f):
+    minor, status, (ro, rl), hdrs = f
+    check_spans(data, ret, [(ro, rl)] + [s for h in hdrs for s in h])
+    assert minor in (0, 1) and 100 <= status <= 999
+    headers = [(data[a : a + b], data[c : c + d]) for (a, b), (c, d) in hdrs]
+    return (minor, status, data[ro : ro + rl], headers, ret)
+
+
+def parse_both_ways(fn, data, cap, last_len=0):
+    """Parse with SSE4.2 (when available) and scalar; they must agree."""
+    results = []
+    for mode in (1, 0):
+        if eh.set_simd(mode) != mode:
+            continue
+        results.append(fn(data, max_headers=cap, last_len=last_len))
+    eh.set_simd(-1)
+    assert all(r == results[0] for r in results), results
+    return results[0]
+
+
+def check_head(data, spans_fn, convert, reference, split):
+    for cap in CAPS:
+        ret, f = parse_both_ways(spans_fn, data, cap)
+        assert ret in (ERROR, INCOMPLETE, TOO_MANY) or 0 < ret <= len(data), ret
+        ours = convert(data, ret, f) if ret > 0 else ret
+        want = reference(data, cap)
+        assert ours == want, (data, cap, ours, want)
+
+    # last_len: resuming after an INCOMPLETE prefix must give the full parse,
+    # or INCOMPLETE while no LF has arrived since.
+    k = split % (len(data) + 1)
+    if spans_fn(data[:k])[0] == INCOMPLETE:
+        full = spans_fn(data)
+        resumed = parse_both_ways(spans_fn, data, CAPS[0], last_len=k)
+        if k and b"\n" not in data[k:]:
+            assert resumed[0] == INCOMPLETE, (data, k, resumed)
+        else:
+            assert resumed == full, (data, k, resumed, full)
+
+
+def chunked(pieces):
+    d = eh.ChunkedDecoder()
+    out, rest, done = [], b"", False
+    try:
+        for p in pieces:
+            if done:
+                _, still, more = d.feed(p)
+                assert still
+                rest += more
+                continue
+            got, done, rest = d.feed(p)
+            out.append(got)
+    except ValueError:
+        return "error"
+    return b"".join(out), done, rest
+
+
+def h11_chunked(encoded):
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
+    conn.send(h11.EndOfMessage())
+    conn.receive_data(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + encoded)
+    out = []
+    while True:
+        try:
+            ev = conn.next_event()
+        except h11.RemoteProtocolError as e:
+            return "h11 error: %s" % e
+        if isinstance(ev, h11.Data):
+            out.append(bytes(ev.data))
+        elif isinstance(ev, h11.EndOfMessage):
+            return b"".join(out)
+        elif ev is h11.NEED_DATA:
+            return "h11 incomplete"
+
+
+H11_SEMANTIC = ("Content-Length", "Transfer-Encoding")
+
+
+def check_chunked(data, split):
+    whole = chunked([data])
+    k = split % (len(data) + 1)
+    assert chunked([data[:k], data[k:]]) == whole, (data, k)
+    if whole == "error":
+        return
+    decoded, done, rest = whole
+    assert len(decoded) + len(rest) <= len(data)
+    if not done:
+        assert rest == b""
+        return
+    assert data.endswith(rest)
+    encoded = data[: len(data) - len(rest)]
+    theirs = h11_chunked(encoded)
+    if isinstance(theirs, str) and any(w in theirs for w in H11_SEMANTIC):
+        return  # h11 validates trailer fields such as Content-Length; we don't
+    assert theirs == decoded, (encoded, decoded, theirs)
+
+
+def check_content_length(data):
+    value = data[:24]
+    want = int(value) if re.fullmatch(rb"[0-9]+", value) and int(value) < 2**63 else -1
+    assert eh.parse_content_length(value) == want, value
+
+
+def TestOneInput(data):
+    split = data[0] * 7 + 3 if data else 0
+    check_head(data, eh.parse_request_spans, as_request, reference_request, split)
+    check_head(data, eh.parse_response_spans, as_response, reference_response, split)
+    check_chunked(data, split)
+    check_content_length(data)
+
+
+def main(argv):
+    args = list(argv)
+    if not any(not a.startswith("-") for a in args[1:]):
+        # libFuzzer writes new inputs into the first directory: a scratch one,
+        # with the checked-in corpus as read-only seeds.
+        scratch = tempfile.mkdtemp(prefix="edge-fuzz-")
+        args += [scratch, os.path.join(ROOT, "tests", "corpus")]
+    atheris.Setup(args, TestOneInput)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 from edge._core.reactor import Location, Plan
 from edge.config import ConfigError, build, parse_file
-from edge.modules import core, http_core, proxy, return_, upstream
+from edge.modules import core, health, http_core, proxy, return_, upstream
 
 # The single list of features. A new module is a file in edge/modules/ added here.
-MODULES = [core, http_core, upstream, proxy, return_]
+MODULES = [core, http_core, upstream, proxy, return_, health]
 
 
 @dataclass(frozen=True)
@@ -38,9 +38,10 @@ class Runtime:
 
 
 class Cycle:
-    def __init__(self, path, files, root, runtime, listens):
+    def __init__(self, path, parsed, root, runtime, listens):
         self.path = path
-        self.files = files
+        self.parsed = parsed
+        self.files = parsed.files
         self.root = root
         self.runtime = runtime
         self.plan = runtime.plan
@@ -61,7 +62,13 @@ def all_directives():
 
 
 def load(path):
-    parsed = parse_file(path)
+    return from_parsed(path, parse_file(path))
+
+
+def from_parsed(path, parsed):
+    """Compile an already parsed config. A worker reloading in place gets the master's
+    ParsedConfig (not the files, which may have changed since the master tested them), so
+    every process of a generation runs exactly the same text."""
     root = build(parsed, all_directives())
     runtime = Runtime()
     core.compile_main(root, runtime)
@@ -70,7 +77,7 @@ def load(path):
     if https:
         _compile_http(https[0], runtime, listens)
     runtime.plan.finalize()
-    return Cycle(path, parsed.files, root, runtime, list(listens.values()))
+    return Cycle(path, parsed, root, runtime, list(listens.values()))
 
 
 def _compile_http(http, runtime, listens):

@@ -91,7 +91,8 @@ cdef class Client(Handle):
     cdef bint writable
     cdef bint peer_closed   # the client shut its write side (RDHUP)
     cdef int state
-    cdef ListenBinding binding
+    cdef Listener listener
+    cdef ListenBinding binding  # of the generation this request runs on
     cdef char remote[64]
     cdef size_t remote_len
     cdef char remote_port[8]
@@ -131,12 +132,14 @@ cdef class Client(Handle):
 
     # ---- life cycle -------------------------------------------------------------------
 
-    cdef int setup(self, int fd, ListenBinding binding, sockaddr_storage *sa) except -1:
+    cdef int setup(self, int fd, Listener listener, sockaddr_storage *sa) except -1:
         cdef sockaddr_in *sin
         cdef sockaddr_in6 *sin6
         cdef uint16_t port
+        cdef ListenBinding binding = listener.binding
         self.fd = fd
         self.kind = K_CLIENT
+        self.listener = listener
         self.binding = binding
         self.state = CS_HEAD
         self.readable = False
@@ -175,6 +178,8 @@ cdef class Client(Handle):
         return 0
 
     cdef void reset_request(self) noexcept:
+        # the next request runs on the newest config generation (reload in place)
+        self.binding = self.listener.binding
         self.body_kind = BODY_NONE
         self.body_left = 0
         self.body_received = 0
@@ -204,6 +209,7 @@ cdef class Client(Handle):
         self.loc = None
         self.server = None
         self.binding = None
+        self.listener = None
         g_loop.client_closed(self)
 
     # ---- events -----------------------------------------------------------------------
@@ -669,6 +675,8 @@ cdef class Client(Handle):
             self.start_proxy()
         elif loc.content == CONTENT_RETURN:
             self.respond_return(loc)
+        elif loc.content == CONTENT_HEALTH:
+            self.respond_health(loc)
         else:
             self.finish_without_body(404)
 
@@ -834,6 +842,35 @@ cdef class Client(Handle):
             self.write_length_at(mark, self.wb.end - body_start)
             if self.is_head:
                 self.wb.end = body_start
+        self.response_done()
+
+    cdef void respond_health(self, Location loc):
+        cdef int code = readiness_code(g_shared) if loc.return_status == 1 else 0
+        cdef const char *body
+        if g_loop.quitting and loc.return_status == 1:
+            code = 4
+        if code == 0:
+            body = '{"status":"ok"}\n'
+        elif code == 1:
+            body = '{"status":"draining"}\n'
+        elif code == 2:
+            body = '{"status":"config failed"}\n'
+        elif code == 3:
+            body = '{"status":"starting"}\n'
+        else:
+            body = '{"status":"stopping"}\n'
+        self.start_discard()
+        if code == 0:
+            buf_append_str(&self.wb, "HTTP/1.1 200 OK\r\nServer: edge\r\n")
+        else:
+            buf_append_str(&self.wb, "HTTP/1.1 503 Service Unavailable\r\nServer: edge\r\n")
+        self.append_date()
+        buf_append_str(&self.wb, "Content-Type: application/json\r\nCache-Control: no-store\r\nContent-Length: ")
+        buf_append_uint(&self.wb, strlen(body))
+        buf_append_str(&self.wb, "\r\n")
+        self.append_connection()
+        if not self.is_head:
+            buf_append_str(&self.wb, body)
         self.response_done()
 
     cdef void write_length_at(self, size_t mark, size_t length) noexcept:

@@ -9,6 +9,7 @@ include "includes/system.pxi"
 include "buffers.pyx"
 include "timers.pyx"
 include "status.pyx"
+include "shm.pyx"
 include "values.pyx"
 include "upstream.pyx"
 include "router.pyx"
@@ -24,6 +25,7 @@ cdef enum HandleKind:
     K_CLIENT = 2
     K_UPSTREAM = 3
     K_SIGNAL = 4
+    K_CONTROL = 5
 
 # One loop per process; the globals keep the hot path free of attribute lookups.
 cdef Loop g_loop = None
@@ -56,6 +58,16 @@ cdef class Listener(Handle):
         g_loop.accept_from(self)
 
 
+cdef class ControlHandle(Handle):
+    """The worker's end of the master's control socket: reload messages arrive here."""
+    cdef void on_events(self, uint32_t events):
+        if g_loop.on_control is not None:
+            try:
+                g_loop.on_control()
+            except Exception as e:
+                g_loop.log_error("control message failed: %r" % (e,))
+
+
 cdef class SignalHandle(Handle):
     cdef void on_events(self, uint32_t events):
         cdef signalfd_siginfo info
@@ -77,16 +89,22 @@ cdef class Loop:
     cdef bint stopping
     cdef int64_t quit_deadline
     cdef object on_reopen
+    cdef object on_control
     cdef object log
+    cdef int worker_index
     cdef readonly dict stats
 
-    def __init__(self, Plan plan, dict listen_fds, on_reopen=None, log=None):
+    def __init__(self, Plan plan, dict listen_fds, on_reopen=None, log=None,
+                 int control_fd=-1, on_control=None, int worker_index=0):
         global g_loop
         cdef Listener lst
         cdef SignalHandle sig
         cdef sigset_t mask
+        cdef ControlHandle ctl
         self.plan = plan
         self.on_reopen = on_reopen
+        self.on_control = on_control
+        self.worker_index = worker_index
         self.log = log
         self.handles = [None] * 4096
         self.free_clients = []
@@ -119,6 +137,29 @@ cdef class Loop:
         if sig.fd < 0:
             raise OSError(errno, "signalfd failed")
         self.register(sig)
+        if control_fd >= 0:
+            ctl = ControlHandle()
+            ctl.fd = control_fd
+            ctl.kind = K_CONTROL
+            self.register(ctl)
+
+    def swap_plan(self, Plan plan):
+        """Serve a new config generation in place (reload with unchanged listeners):
+        new requests use it, in-flight requests finish on the one they started with."""
+        cdef Listener lst
+        cdef Plan old = self.plan
+        cdef UpConn up
+        missing = [lst.key for lst in self.listeners if lst.key not in plan.bindings]
+        if missing:
+            raise ValueError("the new plan has no binding for %s" % ", ".join(missing))
+        for lst in self.listeners:
+            lst.binding = plan.bindings[lst.key]
+        self.plan = plan
+        self.max_clients = plan.worker_connections
+        # idle pooled connections belong to the old groups: nobody will reuse them
+        for group in old.upstreams:
+            for up in list((<Upstream>group).idle):
+                up.close()
 
     cdef int register(self, Handle h) except -1:
         cdef epoll_event ev
@@ -163,7 +204,7 @@ cdef class Loop:
                 c = <Client>self.free_clients.pop()
             else:
                 c = Client.__new__(Client)
-            c.setup(fd, lst.binding, &sa)
+            c.setup(fd, lst, &sa)
             self.nclients += 1
             self.register(c)
 
@@ -236,6 +277,8 @@ cdef class Loop:
                 timeout = 1000      # wake at least once a second (date cache, quit checks)
             n = epoll_wait(self.epfd, events, MAX_EVENTS, <int>timeout)
             update_time()
+            if g_shared != NULL and self.worker_index < SHM_MAX_WORKERS:
+                g_shared.heartbeat_ms[self.worker_index] = g_now
             if n < 0:
                 if errno == EINTR:
                     continue
@@ -254,6 +297,10 @@ cdef class Loop:
 
     def quit(self):
         self.begin_quit()
+
+    def set_worker_generation(self, int64_t generation):
+        if g_shared != NULL and self.worker_index < SHM_MAX_WORKERS:
+            g_shared.worker_generation[self.worker_index] = generation
 
     @property
     def connections(self):

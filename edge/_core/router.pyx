@@ -14,6 +14,7 @@ cdef enum ContentKind:
     CONTENT_NONE = 0        # no content handler: 404, as nginx without a root
     CONTENT_RETURN = 1
     CONTENT_PROXY = 2
+    CONTENT_HEALTH = 3      # liveness / readiness answered by the data plane itself
 
 cdef enum LocationKind:
     LOC_PREFIX = 0
@@ -119,6 +120,12 @@ cdef class Location:
         self.return_status = status
         self.return_body = body
         self.return_location = location
+
+    def set_health(self, bint readiness):
+        """`health live` answers 200 while this worker's loop runs; `health ready` answers
+        503 while the node drains, its config failed to apply, or workers are missing."""
+        self.content = CONTENT_HEALTH
+        self.return_status = 1 if readiness else 0
 
     def set_proxy(self, Upstream upstream, uri, list headers, list strip_names):
         """headers: [(b"Name", Template)], the full list sent after the client's own

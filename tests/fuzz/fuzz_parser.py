@@ -3,28 +3,34 @@
 
     python tests/fuzz/fuzz_parser.py -max_total_time=60
 
-See tests/fuzz/README.md for long runs.  Without corpus directories on the
-command line, new inputs go to a temporary directory and tests/corpus/ seeds
-the run.
+See tests/fuzz/README.md for long runs and the environment switches.  Without
+corpus directories on the command line, new inputs go to a temporary
+directory and tests/corpus/ seeds the run.
 
 Every input goes through all of:
 - edge_parse_request / edge_parse_response, with SSE4.2 and scalar scanners
-  (must agree), checked against a regex reference of the same grammar that
-  decides ERROR / INCOMPLETE / TOO_MANY_HEADERS and the fields exactly
-  (`reference_request`, `reference_response` below), and for the invariants:
-  consumed <= len, every reported field inside the head, values trimmed;
+  (must agree), against a regex reference of the same grammar that decides
+  ERROR / INCOMPLETE / TOO_MANY_HEADERS and the fields exactly
+  (`reference_request`, `reference_response`), and the invariants: consumed
+  <= len, every reported field inside the head, values trimmed;
 - the `last_len` resume shortcut against a plain reparse;
-- the chunked decoder, whole and split at an input-chosen point (must agree),
+- the chunked decoder, whole and split at an input-chosen point (must agree):
   decoded + leftover never longer than the input, leftover a suffix of the
-  input, and every body it accepts decoded the same by h11;
+  input, and every body it accepts is decoded the same by h11;
 - edge_parse_content_length against int().
 
-The C code is not coverage-instrumented by a plain build; coverage feedback
-comes from the instrumented Python here (the reference's branches follow the
-grammar).  README.md shows how to add ASan/UBSan to the C side.
+Coverage of the C code: when clang is available (or EDGE_FUZZ_NATIVE=1), the
+extension is rebuilt with -fsanitize=fuzzer-no-link into a cache directory and
+loaded instead of the in-tree one, so libFuzzer sees the C branches.  With
+EDGE_FUZZ_SANITIZE=1 that build also gets ASan and UBSan (the script re-runs
+itself with the ASan runtime preloaded).  Otherwise only the Python here is
+instrumented, and the reference model's branches are the feedback.
 """
+import hashlib
 import os
 import re
+import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -35,12 +41,133 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-with atheris.instrument_imports():
-    import edge.http as eh
-import h11
+import h11  # noqa: E402
 
-ERROR, INCOMPLETE, TOO_MANY = eh.ERROR, eh.INCOMPLETE, eh.TOO_MANY_HEADERS
+# The C return codes (edge.http is imported late in native mode, see load()).
+ERROR, INCOMPLETE, TOO_MANY = -1, -2, -3
 CAPS = (100, 3)  # header capacities tried on every input
+
+eh = None  # edge.http, once loaded
+
+
+# ---------------------------------------------------------------------------
+# The extension under test
+# ---------------------------------------------------------------------------
+
+
+def find_clang():
+    cc = os.environ.get("EDGE_FUZZ_CC")
+    if cc:
+        return cc
+    for name in ("clang", "clang-19", "clang-18", "clang-17", "clang-16", "clang-15", "clang-14"):
+        if shutil.which(name):
+            return name
+    return None
+
+
+def native_flags():
+    flags = "-g -fsanitize=fuzzer-no-link"
+    if os.environ.get("EDGE_FUZZ_SANITIZE") == "1":
+        flags += ",address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
+    return flags
+
+
+def build_native(cc):
+    """Build edge._http_cffi with SanitizerCoverage; return the .so path.
+    Cached by the hash of the sources and flags."""
+    from edge._http_build import make_builder
+
+    flags = native_flags()
+    h = hashlib.sha256((cc + flags).encode())
+    for rel in ("edge/_core/http_parser.c", "edge/_core/http_parser.h", "edge/_http_build.py"):
+        with open(os.path.join(ROOT, rel), "rb") as f:
+            h.update(f.read())
+    outdir = os.path.join(tempfile.gettempdir(), "edge-fuzz-native-" + h.hexdigest()[:16])
+    for dirpath, _, files in os.walk(outdir):
+        for f in files:
+            if f.startswith("_http_cffi") and f.endswith(".so"):
+                return os.path.join(dirpath, f)
+    saved = {k: os.environ.get(k) for k in ("CC", "CFLAGS", "LDSHARED")}
+    os.environ.update(CC=cc, CFLAGS=flags, LDSHARED=cc + " -shared")
+    try:
+        return make_builder(ROOT).compile(tmpdir=outdir, verbose=False)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def choose_extension():
+    """Path of a coverage-instrumented extension, or None for the in-tree one."""
+    mode = os.environ.get("EDGE_FUZZ_NATIVE", "auto")
+    if mode == "0":
+        return None
+    cc = find_clang()
+    if cc is None:
+        if mode == "1":
+            sys.exit("EDGE_FUZZ_NATIVE=1 but no clang found (set EDGE_FUZZ_CC)")
+        return None
+    try:
+        return build_native(cc)
+    except Exception as e:  # auto mode: fall back to the plain build
+        if mode == "1":
+            raise
+        sys.stderr.write("edge fuzz: native build failed (%s), using the plain build\n" % e)
+        return None
+
+
+def maybe_reexec_with_asan():
+    """ASan must be in the process before Python starts: re-run with it
+    preloaded."""
+    if os.environ.get("EDGE_FUZZ_SANITIZE") != "1" or "asan" in os.environ.get("LD_PRELOAD", ""):
+        return
+    cc = find_clang()
+    if cc is None:
+        sys.exit("EDGE_FUZZ_SANITIZE=1 needs clang")
+    runtime = subprocess.run(
+        [cc, "-print-file-name=libclang_rt.asan-x86_64.so"], capture_output=True, text=True
+    ).stdout.strip()
+    env = dict(os.environ, LD_PRELOAD=runtime)
+    env.setdefault("ASAN_OPTIONS", "detect_leaks=0:abort_on_error=1")
+    env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
+    os.execve(sys.executable, [sys.executable] + sys.argv, env)
+
+
+NATIVE_SO = None  # set in main()
+
+
+def load():
+    """Import edge.http.  A native build is loaded as edge._http_cffi; this has
+    to wait until the fuzzer runs, when atheris has loaded libFuzzer, whose
+    coverage symbols the instrumented extension needs (made global here)."""
+    global eh
+    if NATIVE_SO:
+        import ctypes
+        import importlib.util
+
+        adir = os.path.dirname(atheris.__file__)
+        core = [f for f in os.listdir(adir) if f.startswith("core_with_libfuzzer")][0]
+        ctypes.CDLL(os.path.join(adir, core), mode=os.RTLD_GLOBAL | os.RTLD_NOLOAD)
+        import edge
+
+        spec = importlib.util.spec_from_file_location("edge._http_cffi", NATIVE_SO)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["edge._http_cffi"] = mod
+        spec.loader.exec_module(mod)
+        edge._http_cffi = mod
+    else:
+        try:
+            import edge._http_cffi  # noqa: F401
+        except ImportError:  # not built yet: build in place
+            from edge._http_build import build_inplace
+
+            build_inplace()
+    with atheris.instrument_imports():
+        import edge.http
+    eh = edge.http
+
 
 # ---------------------------------------------------------------------------
 # Reference model: the grammar of http_parser.c as regular expressions
@@ -261,6 +388,8 @@ def check_content_length(data):
 
 
 def TestOneInput(data):
+    if eh is None:
+        load()
     split = data[0] * 7 + 3 if data else 0
     check_head(data, eh.parse_request_spans, as_request, reference_request, split)
     check_head(data, eh.parse_response_spans, as_response, reference_response, split)
@@ -268,7 +397,22 @@ def TestOneInput(data):
     check_content_length(data)
 
 
+# Python-level coverage of the reference model and the checks: the grammar's
+# branches in the reference are feedback even without C coverage.
+for _f in (
+    viable_length, field_lines_started, headers_of, reference_request, reference_response,
+    check_spans, as_request, as_response, check_head, chunked, check_chunked,
+):
+    globals()[_f.__name__] = atheris.instrument_func(_f)
+
+
 def main(argv):
+    global NATIVE_SO
+    maybe_reexec_with_asan()
+    NATIVE_SO = choose_extension()
+    sys.stderr.write("edge fuzz: extension %s\n" % (NATIVE_SO or "in-tree (no C coverage)"))
+    if not NATIVE_SO:
+        load()
     args = list(argv)
     if not any(not a.startswith("-") for a in args[1:]):
         # libFuzzer writes new inputs into the first directory: a scratch one,

@@ -352,7 +352,7 @@ class EdgeProcess:
     def check_no_leftovers(self, timeout: float = 5.0):
         deadline = time.monotonic() + timeout
         while True:
-            left = group_members(self.pid) + [p for p in self.seen_workers if alive(p)]
+            left = group_members(self.pid) + self._live_seen_workers()
             if not left:
                 break
             if time.monotonic() > deadline:
@@ -362,10 +362,20 @@ class EdgeProcess:
             time.sleep(0.02)
         _live.discard(self)
 
+    def _live_seen_workers(self) -> list[int]:
+        """Workers seen earlier that still run, in the master's process group or orphaned
+        to init (a recycled pid of some unrelated process is not counted)."""
+        out = []
+        for p in self.seen_workers:
+            st = proc_stat(p)
+            if st and st[0] not in ("Z", "X") and (st[2] == self.pid or st[1] == self.pid):
+                out.append(p)
+        return out
+
     def kill_group(self):
         if self.proc is None:
             return
-        for p in group_members(self.pid) + [p for p in self.seen_workers if alive(p)]:
+        for p in group_members(self.pid) + self._live_seen_workers():
             try:
                 os.kill(p, signal.SIGKILL)
             except ProcessLookupError:

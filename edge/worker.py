@@ -113,7 +113,7 @@ def run(cycle, sockets, index, control=None, shared=None, generation=0):
         loop = Loop(plan, fds, on_reopen=log.reopen, log=log.error,
                     control_fd=control.fileno() if control is not None else -1,
                     on_control=channel.on_readable if channel is not None else None,
-                    worker_index=index)
+                    worker_index=index, log_enabled=log.enabled)
         loop.set_worker_generation(generation)
         if channel is not None:
             channel.loop = loop

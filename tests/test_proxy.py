@@ -10,7 +10,6 @@ named in Connection are dropped.
 
 import http.client
 import json
-import os
 import socket
 import threading
 import time

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from support import Conn, body_pattern, build_request, chunked_encode, curl, get, request
+from support import Conn, body_pattern, build_request, chunked_encode, curl, get
 
 CONF = """
 http {

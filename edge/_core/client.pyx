@@ -13,7 +13,7 @@
 # - Pipelined requests are answered in order: the next head is parsed only when the
 #   current response has been produced (for `return`) or fully sent (for proxy).
 
-DEF MAX_HEADERS = 100
+DEF MAX_HEADERS = 128      # array capacity; max_request_headers (<= this) is the limit
 DEF HOST_MAX = 255
 DEF READ_CHUNK = 16384
 DEF OUTPUT_HIGH_WATER = 65536
@@ -31,6 +31,7 @@ cdef enum BodyKind:
     BODY_NONE = 0
     BODY_LENGTH = 1
     BODY_CHUNKED = 2
+    BODY_TUNNEL = 3     # after a 101: raw bytes until either side closes
 
 cdef enum ReadResult:
     RD_DATA = 1
@@ -43,6 +44,22 @@ cdef const char *HOP_BY_HOP = "connection\0keep-alive\0proxy-connection\0te\0tra
 cdef const char *RESPONSE_DROP = "connection\0keep-alive\0proxy-connection\0te\0trailer\0transfer-encoding\0upgrade\0content-length\0server\0date\0\0"
 
 cdef TimerList t_linger = timer_list(LINGER_MS)
+
+# error-log hooks, set by the Loop: the Python log function and whether info is on
+cdef object g_log_fn = None
+cdef bint g_log_info = False
+
+
+cdef void log_connection(str level, Client c, const char *reason, int status):
+    """One error-log line about a client connection, nginx style."""
+    if g_log_fn is None:
+        return
+    try:
+        g_log_fn(level, "%s (%d), client: %s, server: %s" % (
+            reason.decode("latin-1"), status, c.remote[:c.remote_len].decode("latin-1"),
+            c.binding.key if c.binding is not None else "-"))
+    except Exception:
+        pass
 
 
 cdef inline bint name_is(const char *name, size_t n, const char *lower, size_t ln) noexcept nogil:
@@ -113,6 +130,8 @@ cdef class Client(Handle):
     cdef char host[HOST_MAX + 1]
     cdef size_t host_len
     cdef int connection_header      # index of the Connection header or -1
+    cdef int upgrade_index          # index of the Upgrade header or -1
+    cdef bint upgrade               # this request asks the upstream for a tunnel
     cdef bint is_head
     cdef bint keepalive
     cdef bint expect_continue
@@ -188,6 +207,7 @@ cdef class Client(Handle):
         self.is_head = False
         self.expect_continue = False
         self.discarding = False
+        self.upgrade = False
         self.tried_peers = 0
         self.tries = 0
 
@@ -254,14 +274,14 @@ cdef class Client(Handle):
         if self.state == CS_HEAD:
             if buf_len(&self.rb) > 0:
                 # a request started and stalled: client_header_timeout
-                self.send_error(408)
+                self.send_error(408, "client timed out while reading client request headers")
             else:
                 self.close()    # idle keep-alive connection
         elif self.state == CS_PROXY:
             if self.output_pending():
                 self.close()    # send_timeout: the client stopped reading
             elif not self.body_done and not self.response_started:
-                self.send_error(408)  # client_body_timeout
+                self.send_error(408, "client timed out while reading client request body")  # client_body_timeout
             else:
                 self.close()
         else:
@@ -330,10 +350,13 @@ cdef class Client(Handle):
     cdef void append_date(self) noexcept:
         buf_append(&self.wb, g_date, g_date_len)
 
-    cdef void send_error(self, int status):
-        """A built-in error page; the connection closes after it (framing may be in doubt)."""
+    cdef void send_error(self, int status, const char *reason=NULL):
+        """A built-in error page; the connection closes after it (framing may be in doubt).
+        The reason goes to the error log once, at info level, as nginx logs client errors."""
         cdef bytes head = error_head(status)
         cdef bytes body = error_body(status)
+        if reason != NULL and g_log_info:
+            log_connection("info", self, reason, status)
         if self.up is not None:
             self.up.client = None
             self.up.close()
@@ -454,13 +477,13 @@ cdef class Client(Handle):
                         self.close()
                     return
                 timer_arm(self, self.binding.t_header, g_now)
-            nh = MAX_HEADERS
+            nh = self.binding.max_headers
             ret = edge_parse_request(self.rb.data + self.rb.start, buf_len(&self.rb),
                                      &method, &method_len, &path, &path_len, &minor,
                                      self.headers, &nh, 0)
             if ret == -2:
                 if buf_len(&self.rb) >= limit:
-                    self.send_error(self.oversize_status())
+                    self.send_error(self.oversize_status(), "client sent too large request head")
                     return
                 if not self.readable:
                     timer_arm(self, self.binding.t_header, g_now)
@@ -472,15 +495,15 @@ cdef class Client(Handle):
                     timer_arm(self, self.binding.t_header, g_now)
                     return
                 if rd == RD_FULL:
-                    self.send_error(self.oversize_status())
+                    self.send_error(self.oversize_status(), "client sent too large request head")
                     return
                 self.close()        # EOF or error in the middle of a head
                 return
             if ret == -3:
-                self.send_error(431)
+                self.send_error(431, "client sent too many header lines")
                 return
             if ret < 0:
-                self.send_error(400)
+                self.reject_unparsable()
                 return
             self.method = method
             self.method_len = method_len
@@ -489,6 +512,17 @@ cdef class Client(Handle):
             self.minor = minor
             self.nheaders = nh
             self.handle_request(<size_t>ret)
+
+    cdef void reject_unparsable(self):
+        """The head does not parse: 505 for a well-formed request line with an HTTP
+        version other than 1.0/1.1 (RFC 9110 15.6.6), else 400."""
+        cdef int major = 0
+        cdef int minor = 0
+        if edge_request_http_version(self.rb.data + self.rb.start, buf_len(&self.rb),
+                                     &major, &minor) == 0 and not (major == 1 and minor in (0, 1)):
+            self.send_error(505, "client sent unsupported HTTP version")
+        else:
+            self.send_error(400, "client sent invalid request")
 
     cdef int oversize_status(self) noexcept:
         """Too large a head: 414 when the request line alone does not fit in one large
@@ -526,18 +560,19 @@ cdef class Client(Handle):
 
         self.reset_request()
         self.connection_header = -1
+        self.upgrade_index = -1
         self.is_head = self.method_len == 4 and memcmp(self.method, "HEAD", 4) == 0
         if head_len > self.binding.large_header_buffer_size * self.binding.large_header_buffers:
-            self.send_error(431)
+            self.send_error(431, "client sent too large request head")
             return
         # each line must fit in one large buffer: the request line (414), a header (431)
         if self.method_len + self.target_len + 11 > self.binding.large_header_buffer_size:
-            self.send_error(414)
+            self.send_error(414, "client sent too long URI")
             return
         for i in range(self.nheaders):
             h = &self.headers[i]
             if h.name_len + h.value_len + 4 > self.binding.large_header_buffer_size:
-                self.send_error(431)
+                self.send_error(431, "client sent too long header line")
                 return
 
         # one pass over the headers for everything framing and routing depend on
@@ -545,19 +580,19 @@ cdef class Client(Handle):
             h = &self.headers[i]
             if name_is(h.name, h.name_len, "host", 4):
                 if host_index >= 0:
-                    self.send_error(400)        # several Host headers (RFC 9112 3.2)
+                    self.send_error(400, "client sent duplicate host header")        # several Host headers (RFC 9112 3.2)
                     return
                 host_index = <int>i
             elif name_is(h.name, h.name_len, "content-length", 14):
                 v = edge_parse_content_length(h.value, h.value_len)
                 if v < 0 or (content_length >= 0 and v != content_length):
-                    self.send_error(400)
+                    self.send_error(400, "client sent invalid 'Content-Length' header")
                     return
                 content_length = v
                 cl_index = <int>i
             elif name_is(h.name, h.name_len, "transfer-encoding", 17):
                 if te_index >= 0:
-                    self.send_error(400)        # repeated TE: refuse rather than merge
+                    self.send_error(400, "client sent duplicate 'Transfer-Encoding' header")        # repeated TE: refuse rather than merge
                     return
                 te_index = <int>i
             elif name_is(h.name, h.name_len, "connection", 10):
@@ -566,21 +601,23 @@ cdef class Client(Handle):
                     client_close = True
                 if token_listed(h.value, h.value_len, "keep-alive", 10):
                     client_keepalive = True
+            elif name_is(h.name, h.name_len, "upgrade", 7):
+                self.upgrade_index = <int>i
             elif name_is(h.name, h.name_len, "expect", 6):
                 if h.value_len == 12 and strncasecmp(h.value, "100-continue", 12) == 0:
                     self.expect_continue = self.minor == 1
                 else:
-                    self.send_error(417)
+                    self.send_error(417, "client sent unknown 'Expect' value")
                     return
 
         # body framing (RFC 9112 6.1-6.3): TE with CL is refused, TE must be exactly chunked
         if te_index >= 0:
             if cl_index >= 0 or self.minor == 0:
-                self.send_error(400)
+                self.send_error(400, "client sent 'Transfer-Encoding' with 'Content-Length' or on HTTP/1.0")
                 return
             h = &self.headers[te_index]
             if not (h.value_len == 7 and strncasecmp(h.value, "chunked", 7) == 0):
-                self.send_error(501 if not token_listed(h.value, h.value_len, "chunked", 7) else 400)
+                self.send_error(501 if not token_listed(h.value, h.value_len, "chunked", 7) else 400, "client sent unsupported 'Transfer-Encoding'")
                 return
             self.body_kind = BODY_CHUNKED
             self.body_done = False
@@ -596,7 +633,7 @@ cdef class Client(Handle):
         if pathn and pathp[0] != 47:
             if pathn == 1 and pathp[0] == 42:
                 if not (self.method_len == 7 and memcmp(self.method, "OPTIONS", 7) == 0):
-                    self.send_error(400)
+                    self.send_error(400, "client sent '*' request target without OPTIONS")
                     return
                 pathp = "/"
                 pathn = 1
@@ -615,13 +652,13 @@ cdef class Client(Handle):
                     pathp = "/"
                     pathn = 1
             elif self.method_len == 7 and memcmp(self.method, "CONNECT", 7) == 0:
-                self.send_error(405)
+                self.send_error(405, "client sent CONNECT request")
                 return
             else:
-                self.send_error(400)
+                self.send_error(400, "client sent invalid request target")
                 return
         if self.method_len == 7 and memcmp(self.method, "CONNECT", 7) == 0:
-            self.send_error(405)
+            self.send_error(405, "client sent CONNECT request")
             return
 
         q = <const char *>memchr(pathp, 63, pathn)   # '?'
@@ -635,17 +672,17 @@ cdef class Client(Handle):
             self.args = NULL
             self.args_len = 0
         if normalize_path(pathp, pathn, &self.uri) < 0:
-            self.send_error(400)
+            self.send_error(400, "client sent invalid path")
             return
 
         if hostp == NULL and host_index >= 0:
             hostp = self.headers[host_index].value
             hostn = self.headers[host_index].value_len
         elif hostp == NULL and self.minor == 1:
-            self.send_error(400)                # HTTP/1.1 requires Host (RFC 9112 3.2)
+            self.send_error(400, "client sent HTTP/1.1 request without 'Host' header")                # HTTP/1.1 requires Host (RFC 9112 3.2)
             return
         if self.set_host(hostp, hostn) < 0:
-            self.send_error(400)
+            self.send_error(400, "client sent invalid host header")
             return
 
         if self.minor == 1:
@@ -666,7 +703,7 @@ cdef class Client(Handle):
         if self.requests + 1 >= loc.keepalive_requests or g_loop.quitting:
             self.keepalive = False
         if loc.client_max_body_size and content_length > loc.client_max_body_size:
-            self.send_error(413)
+            self.send_error(413, "client intended to send too large body")
             return
         self.rb.start += head_len
         self.requests += 1
@@ -900,8 +937,15 @@ cdef class Client(Handle):
 
     cdef void start_proxy(self):
         cdef Location loc = self.loc
+        cdef edge_header *h
+        # an upgrade (WebSocket...) the route allows: Connection must name "upgrade"
+        if (self.upgrade_index >= 0 and self.connection_header >= 0 and self.minor == 1
+                and self.body_kind == BODY_NONE and loc.upgrade_allowed(
+                    self.headers[self.upgrade_index].value, self.headers[self.upgrade_index].value_len)):
+            h = &self.headers[self.connection_header]
+            self.upgrade = token_listed(h.value, h.value_len, "upgrade", 7)
         if build_upstream_head(self, loc, &self.pbuf) < 0:
-            self.send_error(500)
+            self.send_error(500, "could not build the upstream request")
             return
         if self.expect_continue and self.body_kind != BODY_NONE and buf_len(&self.rb) == 0:
             # we answer 100-continue ourselves; the upstream never sees Expect
@@ -915,7 +959,7 @@ cdef class Client(Handle):
         cdef int peer = ups.pick(g_now, self.tried_peers)
         cdef UpConn up
         if peer < 0:
-            self.send_error(502)
+            self.send_error(502, "no live upstreams")
             return
         if peer < 64:
             self.tried_peers |= (<uint64_t>1) << peer

@@ -367,6 +367,8 @@ int edge_parse_request(const char *buf, size_t len,
     const char *p = buf, *end;
     int simd, r;
 
+    if (len == 0) /* (before any arithmetic on a possibly NULL buf) */
+        return EDGE_PARSE_INCOMPLETE;
     if (len > INT_MAX) /* the return value is an int */
         len = INT_MAX;
     if (no_new_lf(buf, len, last_len))
@@ -430,6 +432,8 @@ int edge_parse_response(const char *buf, size_t len, int *minor_version, int *st
     const char *p = buf, *end;
     int simd, r, i, code = 0;
 
+    if (len == 0)
+        return EDGE_PARSE_INCOMPLETE;
     if (len > INT_MAX)
         len = INT_MAX;
     if (no_new_lf(buf, len, last_len))
@@ -485,8 +489,11 @@ int edge_parse_response(const char *buf, size_t len, int *minor_version, int *st
 
 int edge_request_http_version(const char *buf, size_t len, int *major, int *minor)
 {
-    const char *p = buf, *end = buf + len;
+    const char *p = buf, *end;
 
+    if (len == 0)
+        return -1;
+    end = buf + len;
     while (end - p >= 2 && p[0] == '\r' && p[1] == '\n')
         p += 2;
     if (p == end || !IS(*p, C_TCHAR))

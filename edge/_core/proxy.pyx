@@ -19,6 +19,7 @@ cdef enum RespKind:
     RESP_LENGTH = 1
     RESP_CHUNKED = 2
     RESP_CLOSE = 3          # delimited by the upstream closing the connection
+    RESP_TUNNEL = 4         # after 101 Switching Protocols: raw bytes both ways
 
 cdef enum Failure:
     FAIL_CONNECT = 1
@@ -119,6 +120,10 @@ cdef class UpConn(Handle):
         self.drive()
 
     cdef void on_timeout(self):
+        if self.state == US_ACTIVE and self.resp_kind == RESP_TUNNEL and self.head_done \
+                and self.client is not None:
+            self.client.close()     # proxy_tunnel_timeout: the tunnel was idle
+            return
         if self.state == US_IDLE:
             self.close()
         elif self.state == US_CONNECTING:
@@ -214,6 +219,17 @@ cdef class UpConn(Handle):
                 return 1
             avail = buf_len(&c.rb)
             if avail == 0:
+                if c.body_kind == BODY_TUNNEL:
+                    if not c.readable:
+                        return 0    # the tunnel's idle timer runs on this UpConn
+                    rd = c.read_more(READ_CHUNK * 4)
+                    if rd == RD_AGAIN:
+                        return 0
+                    if rd != RD_DATA:
+                        c.close()   # one side of the tunnel ended: close both
+                        return -1
+                    timer_arm(self, c.loc.t_tunnel, g_now)
+                    continue
                 if c.output_pending():
                     return 0        # the 100 Continue still goes out first
                 if not c.readable:
@@ -227,6 +243,11 @@ cdef class UpConn(Handle):
                     c.close()       # the client went away mid-body
                     return -1
                 timer_stop(c)
+                continue
+            if c.body_kind == BODY_TUNNEL:
+                self.win = c.rb.data + c.rb.start
+                self.win_len = avail
+                c.rb.start += avail
                 continue
             if c.body_kind == BODY_LENGTH:
                 n = avail if <int64_t>avail < c.body_left else <size_t>c.body_left
@@ -311,12 +332,24 @@ cdef class UpConn(Handle):
                     c.close()
                     return
                 if r == 0:
-                    timer_stop(self)    # the client is slow: stop reading, no read timeout
+                    if self.resp_kind != RESP_TUNNEL or not self.head_done:
+                        timer_stop(self)    # the client is slow: stop reading, no read timeout
                     return
             if self.resp_done:
                 self.finish()
                 return
             if not self.head_done or buf_len(&self.rb) == 0:
+                if self.resp_kind == RESP_TUNNEL and self.head_done:
+                    if not self.readable:
+                        return
+                    rd = self.read_some()
+                    if rd == RD_AGAIN:
+                        return
+                    if rd != RD_DATA:
+                        c.close()   # the upstream ended the tunnel: close both
+                        return
+                    timer_arm(self, c.loc.t_tunnel, g_now)
+                    continue
                 if not self.readable:
                     timer_arm(self, c.loc.t_read, g_now)
                     return
@@ -343,6 +376,8 @@ cdef class UpConn(Handle):
                 if r < 0:
                     self.fail(FAIL_BAD_RESPONSE)
                     return
+                if self.resp_kind == RESP_TUNNEL and self.pump_request() < 0:
+                    return      # bytes the client sent right after its upgrade request
                 continue
             avail = buf_len(&self.rb)
             if avail == 0:
@@ -388,6 +423,10 @@ cdef class UpConn(Handle):
                 else:
                     self.rb.end = self.rb.start + sz
                 self.rb.start += sz
+            elif self.resp_kind == RESP_TUNNEL:
+                c.win = self.rb.data + self.rb.start
+                c.win_len = avail
+                self.rb.start += avail
             else:   # RESP_CLOSE
                 if self.chunk_to_client:
                     buf_append_hex(&c.wb, avail)
@@ -425,9 +464,11 @@ cdef class UpConn(Handle):
             return -1
         if status < 100 or status > 999:
             return -1
+        if status == 101:
+            if not c.upgrade:
+                return -1       # an upgrade we did not ask for
+            return self.start_tunnel(hs, nh, msg, msg_len, ret)
         if status < 200:
-            if status == 101:
-                return -1       # we never ask for an upgrade in this version
             self.rb.start += <size_t>ret        # 100 / 102 / 103: interim, skip it
             return 0
         self.status = status
@@ -499,6 +540,43 @@ cdef class UpConn(Handle):
             self.resp_done = True
         return 1
 
+    cdef int start_tunnel(self, edge_header *hs, size_t nh, const char *msg, size_t msg_len,
+                          int head_len):
+        """101 Switching Protocols: pass the head on (with its Upgrade header), then both
+        connections become one byte tunnel with its own idle timeout."""
+        cdef Client c = self.client
+        cdef size_t i
+        cdef edge_header *h
+        buf_append_str(&c.wb, "HTTP/1.1 101 ")
+        buf_append(&c.wb, msg, msg_len)
+        buf_append_str(&c.wb, "\r\nServer: edge\r\n")
+        c.append_date()
+        for i in range(nh):
+            h = &hs[i]
+            if name_is(h.name, h.name_len, "connection", 10) or name_is(h.name, h.name_len, "keep-alive", 10) \
+                    or name_is(h.name, h.name_len, "server", 6) or name_is(h.name, h.name_len, "date", 4) \
+                    or name_is(h.name, h.name_len, "transfer-encoding", 17) \
+                    or name_is(h.name, h.name_len, "content-length", 14):
+                continue
+            buf_append(&c.wb, h.name, h.name_len)
+            buf_append_str(&c.wb, ": ")
+            buf_append(&c.wb, h.value, h.value_len)
+            buf_append_str(&c.wb, "\r\n")
+        buf_append_str(&c.wb, "Connection: upgrade\r\n\r\n")
+        self.rb.start += <size_t>head_len
+        self.head_done = True
+        self.status = 101
+        self.resp_kind = RESP_TUNNEL
+        self.upstream_keepalive = False
+        self.chunk_to_client = False
+        c.response_started = True
+        c.keepalive = False
+        c.body_kind = BODY_TUNNEL
+        c.body_done = False
+        timer_stop(c)
+        timer_arm(self, c.loc.t_tunnel, g_now)
+        return 1
+
     cdef void finish(self):
         """The response is complete and sent: pool or close this connection, then let the
         client go on with its next request."""
@@ -524,6 +602,26 @@ cdef class UpConn(Handle):
             self.close()
         c.proxy_finished()
 
+    cdef void log_failure(self, int why):
+        cdef str what
+        if g_log_fn is None:
+            return
+        if why == FAIL_CONNECT:
+            what = "connect() failed while connecting to upstream"
+        elif why == FAIL_TIMEOUT:
+            what = ("upstream timed out while connecting to upstream" if self.state == US_CONNECTING
+                    else "upstream timed out while reading response header from upstream"
+                    if not self.head_done else "upstream timed out while reading upstream")
+        elif why == FAIL_BAD_RESPONSE:
+            what = "upstream sent invalid response"
+        else:
+            what = ("upstream prematurely closed connection while reading response header"
+                    if not self.head_done else "upstream prematurely closed connection")
+        try:
+            g_log_fn("error", "%s, upstream: %s (%s)" % (what, self.ups.name, self.ups.peer_names[self.peer]))
+        except Exception:
+            pass
+
     cdef void fail(self, int why):
         """The upstream failed this request. Before any response byte: retry or answer
         502/504. After the head went out: cut the client connection."""
@@ -539,6 +637,7 @@ cdef class UpConn(Handle):
         retry_same_peer = self.reused and not self.got_bytes and why == FAIL_IO
         if not retry_same_peer and not (why == FAIL_TIMEOUT and self.head_done):
             self.ups.peer_failed(self.peer, g_now)      # counts toward max_fails
+            self.log_failure(why)
         status = 504 if why == FAIL_TIMEOUT else 502
         self.client = None
         self.close()
@@ -667,7 +766,11 @@ cdef int build_upstream_head(Client c, Location loc, Buf *out) except -1:
         buf_append_str(out, "\r\n")
     elif c.body_kind == BODY_CHUNKED:
         buf_append_str(out, "Transfer-Encoding: chunked\r\n")
-    if loc.upstream.keepalive > 0:
+    if c.upgrade:
+        buf_append_str(out, "Upgrade: ")
+        buf_append(out, c.headers[c.upgrade_index].value, c.headers[c.upgrade_index].value_len)
+        buf_append_str(out, "\r\nConnection: upgrade\r\n\r\n")
+    elif loc.upstream.keepalive > 0:
         buf_append_str(out, "Connection: keep-alive\r\n\r\n")
     else:
         buf_append_str(out, "Connection: close\r\n\r\n")

@@ -48,6 +48,12 @@ cdef void update_time() noexcept:
         g_date_len = strftime(g_date, 64, "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &t)
 
 
+cdef const char *WORKER_FULL_RESPONSE = (
+    "HTTP/1.1 503 Service Temporarily Unavailable\r\nServer: edge\r\n"
+    "Content-Type: text/plain\r\nContent-Length: 20\r\nConnection: close\r\n\r\n"
+    "too many connections")
+
+
 cdef class Listener(Handle):
     cdef ListenBinding binding
     cdef readonly str key
@@ -85,6 +91,7 @@ cdef class Loop:
     cdef Plan plan
     cdef int nclients
     cdef int max_clients
+    cdef bint full_logged
     cdef bint quitting
     cdef bint stopping
     cdef int64_t quit_deadline
@@ -95,7 +102,7 @@ cdef class Loop:
     cdef readonly dict stats
 
     def __init__(self, Plan plan, dict listen_fds, on_reopen=None, log=None,
-                 int control_fd=-1, on_control=None, int worker_index=0):
+                 int control_fd=-1, on_control=None, int worker_index=0, log_enabled=None):
         global g_loop
         cdef Listener lst
         cdef SignalHandle sig
@@ -113,6 +120,9 @@ cdef class Loop:
         self.max_clients = plan.worker_connections
         self.quitting = False
         self.stopping = False
+        global g_log_fn, g_log_info
+        g_log_fn = log
+        g_log_info = log_enabled is not None and bool(log_enabled("info"))
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.epfd < 0:
             raise OSError(errno, "epoll_create1 failed")
@@ -188,8 +198,6 @@ cdef class Loop:
         cdef int one = 1
         cdef Client c
         while lst.pending and not self.quitting:
-            if self.nclients >= self.max_clients:
-                return      # resumed by client_closed()
             salen = sizeof(sa)
             fd = accept4(lst.fd, <sockaddr *>&sa, &salen, SOCK_NONBLOCK | SOCK_CLOEXEC)
             if fd < 0:
@@ -199,6 +207,15 @@ cdef class Loop:
                     self.log_error("accept4() failed (%d)" % errno)
                 lst.pending = False
                 return
+            if self.nclients >= self.max_clients:
+                # worker_connections reached: refuse cleanly rather than leave the client
+                # hanging in the listen queue (a best-effort write; the socket is new)
+                write(fd, WORKER_FULL_RESPONSE, strlen(WORKER_FULL_RESPONSE))
+                close(fd)
+                if not self.full_logged:
+                    self.full_logged = True
+                    self.log_error("%d worker_connections are not enough" % self.max_clients)
+                continue
             setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(int))
             if self.free_clients:
                 c = <Client>self.free_clients.pop()
@@ -217,10 +234,7 @@ cdef class Loop:
             buf_free(&c.wb)
         if len(self.free_clients) < FREE_CLIENTS_MAX:
             self.free_clients.append(c)
-        if self.nclients == self.max_clients - 1:
-            for lst in self.listeners:
-                if lst.pending:
-                    self.accept_from(lst)
+
 
     cdef void on_signal(self, uint32_t signo):
         if signo == SIGQUIT:

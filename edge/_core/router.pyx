@@ -60,7 +60,9 @@ cdef class Location:
     cdef public int64_t proxy_connect_timeout_ms
     cdef public int64_t proxy_read_timeout_ms
     cdef public int64_t proxy_send_timeout_ms
-    cdef TimerList t_connect, t_read, t_send
+    cdef TimerList t_connect, t_read, t_send, t_tunnel
+    cdef public bytes upgrade_protocols     # lowercase names, NUL separated; empty: none
+    cdef public int64_t proxy_tunnel_timeout_ms
 
     # client-side limits and timeouts that may differ per location
     cdef public int64_t keepalive_timeout_ms
@@ -93,6 +95,8 @@ cdef class Location:
         self.proxy_connect_timeout_ms = 60000
         self.proxy_read_timeout_ms = 60000
         self.proxy_send_timeout_ms = 60000
+        self.proxy_tunnel_timeout_ms = 3600000
+        self.upgrade_protocols = b"websocket\0\0"
         if self.kind in (LOC_REGEX, LOC_REGEX_ICASE):
             self._compile_regex()
 
@@ -149,6 +153,15 @@ cdef class Location:
         self.t_connect = timer_list(self.proxy_connect_timeout_ms)
         self.t_read = timer_list(self.proxy_read_timeout_ms)
         self.t_send = timer_list(self.proxy_send_timeout_ms)
+        self.t_tunnel = timer_list(self.proxy_tunnel_timeout_ms)
+
+    cdef bint upgrade_allowed(self, const char *value, size_t n) noexcept:
+        """Is the protocol named by an Upgrade header value allowed here? The first
+        protocol counts; a version suffix ("websocket/13") is ignored."""
+        cdef size_t i = 0
+        while i < n and value[i] != 44 and value[i] != 47 and value[i] != 32:
+            i += 1
+        return i > 0 and name_in_list(value, i, <const char *>self.upgrade_protocols)
 
     def __repr__(self):
         return "Location(%s %r)" % ({0: "", 1: "=", 2: "^~", 3: "~", 4: "~*"}[self.kind],
@@ -380,6 +393,7 @@ cdef class ListenBinding:
     cdef public size_t client_header_buffer_size
     cdef public size_t large_header_buffer_size
     cdef public int large_header_buffers
+    cdef public size_t max_headers
     cdef TimerList t_header
 
     def __init__(self, str key):
@@ -390,6 +404,7 @@ cdef class ListenBinding:
         self.client_header_buffer_size = 1024
         self.large_header_buffer_size = 8192
         self.large_header_buffers = 4
+        self.max_headers = 100
         host, _, port = key.rpartition(":")
         self.server_port = port.encode()
         self.server_addr = host.strip("[]").encode()

@@ -95,6 +95,13 @@ def _large_buffers(node):
 
 HSL = (HTTP, SERVER, LOCATION)
 
+
+def _max_headers(node):
+    value = types.number(node)
+    if not 1 <= value <= 128:
+        raise ConfigError('"max_request_headers" must be between 1 and 128')
+    return value
+
 DIRECTIVES = [
     Directive("server", (HTTP,), (0, 0), multi=True, block=SERVER, syntax="server { ... }",
               doc="A virtual server: its listen addresses, names and locations."),
@@ -129,6 +136,8 @@ DIRECTIVES = [
               default=(4, 8192), syntax="large_client_header_buffers number size;",
               doc="Limits for request heads: the request line must fit in `size` (else 414) "
                   "and the whole head in `number` × `size` (else 431)."),
+    Directive("max_request_headers", HSL[:2], (1, 1), parse=_max_headers, default=100,
+              doc="The most header lines a request may have (at most 128); more is 431."),
     Directive("client_max_body_size", HSL, (1, 1), parse=types.size, default=1024 * 1024,
               doc="The largest request body accepted (413 beyond it); 0 disables the check."),
     Directive("default_type", HSL, (1, 1), default="text/plain",
@@ -156,6 +165,7 @@ def configure_binding(binding, server_conf):
     number, size = server_conf.get("large_client_header_buffers")
     binding.large_header_buffers = number
     binding.large_header_buffer_size = size
+    binding.max_headers = server_conf.get("max_request_headers")
 
 
 def new_location(conf):

@@ -44,6 +44,16 @@ def _set_header(node):
 
 HSL = (HTTP, SERVER, LOCATION)
 
+
+def _upgrade(node):
+    if node.args == ["off"]:
+        return []
+    names = [a.lower() for a in node.args]
+    for name in names:
+        if not name or any(c in name for c in "\0 ,/"):
+            raise ConfigError(f'invalid upgrade protocol "{name}"')
+    return names
+
 DIRECTIVES = [
     Directive("proxy_pass", (LOCATION,), (1, 1), parse=_proxy_pass,
               syntax="proxy_pass http://upstream_name[/uri] | http://host[:port][/uri];",
@@ -56,6 +66,14 @@ DIRECTIVES = [
                   "removes it). Defaults: Host $http_host, X-Forwarded-For "
                   "$proxy_add_x_forwarded_for, X-Real-IP $remote_addr, X-Forwarded-Proto $scheme. "
                   "Inherited only when the block sets none itself, as in nginx."),
+    Directive("proxy_upgrade", HSL, (1, None), parse=_upgrade, default=["websocket"],
+              syntax="proxy_upgrade off | protocol ...;",
+              doc="Connection upgrades passed to the upstream (`Upgrade:` protocols, "
+                  "case-insensitive). After the upstream's 101 the connection is a byte "
+                  "tunnel. `off` strips Upgrade and serves the request as a normal one."),
+    Directive("proxy_tunnel_timeout", HSL, (1, 1), parse=types.time, default=3600.0,
+              doc="How long an upgraded connection (WebSocket) may stay idle in both "
+                  "directions before it is closed."),
     Directive("proxy_connect_timeout", HSL, (1, 1), parse=types.time, default=60.0,
               doc="How long connecting to an upstream may take before the next one is tried (504 when none is left)."),
     Directive("proxy_read_timeout", HSL, (1, 1), parse=types.time, default=60.0,
@@ -97,3 +115,5 @@ def compile_location(conf, location, runtime):
     location.proxy_connect_timeout_ms = int(conf.get("proxy_connect_timeout") * 1000)
     location.proxy_read_timeout_ms = int(conf.get("proxy_read_timeout") * 1000)
     location.proxy_send_timeout_ms = int(conf.get("proxy_send_timeout") * 1000)
+    location.proxy_tunnel_timeout_ms = int(conf.get("proxy_tunnel_timeout") * 1000)
+    location.upgrade_protocols = b"".join(p.encode("latin-1") + b"\0" for p in conf.get("proxy_upgrade")) + b"\0"

@@ -406,20 +406,204 @@ for _f in (
     globals()[_f.__name__] = atheris.instrument_func(_f)
 
 
+# ---------------------------------------------------------------------------
+# --c: the same C code under libFuzzer directly, with ASan and UBSan
+# ---------------------------------------------------------------------------
+
+# A plain libFuzzer target for the C API (no Python), built with
+# clang -fsanitize=fuzzer,address,undefined: full C coverage and memory
+# checking at once, which the Python target can't have together (see
+# README.md).  It checks the invariants that need no reference model.
+C_HARNESS = r"""
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "http_parser.h"
+
+#define CHECK(c) do { if (!(c)) { fprintf(stderr, "edge fuzz: check failed: %s (line %d)\n", #c, __LINE__); abort(); } } while (0)
+#define MAXH 100
+
+struct req { int ret, minor; size_t mo, ml, po, pl, n; size_t h[MAXH][4]; };
+
+/* Parse a request into offsets, so results of different calls compare. */
+static struct req request(const char *buf, size_t len, size_t cap, size_t last_len)
+{
+    struct req r; struct edge_header h[MAXH]; const char *m = 0, *p = 0; size_t i;
+    memset(&r, 0, sizeof r);
+    r.n = cap;
+    r.ret = edge_parse_request(buf, len, &m, &r.ml, &p, &r.pl, &r.minor, h, &r.n, last_len);
+    if (r.ret <= 0) { int ret = r.ret; CHECK(r.n == cap); memset(&r, 0, sizeof r); r.ret = ret; return r; }
+    CHECK((size_t)r.ret <= len && r.n <= cap && (r.minor == 0 || r.minor == 1));
+    CHECK(m >= buf && m + r.ml <= buf + r.ret && r.ml > 0);
+    CHECK(p >= buf && p + r.pl <= buf + r.ret && r.pl > 0);
+    r.mo = (size_t)(m - buf); r.po = (size_t)(p - buf);
+    for (i = 0; i < r.n; i++) {
+        CHECK(h[i].name >= buf && h[i].name + h[i].name_len <= buf + r.ret && h[i].name_len > 0);
+        CHECK(h[i].value >= buf && h[i].value + h[i].value_len <= buf + r.ret);
+        r.h[i][0] = (size_t)(h[i].name - buf); r.h[i][1] = h[i].name_len;
+        r.h[i][2] = (size_t)(h[i].value - buf); r.h[i][3] = h[i].value_len;
+    }
+    return r;
+}
+
+struct resp { int ret, minor, status; size_t ro, rl, n; size_t h[MAXH][4]; };
+
+static struct resp response(const char *buf, size_t len, size_t cap, size_t last_len)
+{
+    struct resp r; struct edge_header h[MAXH]; const char *msg = 0; size_t i;
+    memset(&r, 0, sizeof r);
+    r.n = cap;
+    r.ret = edge_parse_response(buf, len, &r.minor, &r.status, &msg, &r.rl, h, &r.n, last_len);
+    if (r.ret <= 0) { int ret = r.ret; CHECK(r.n == cap); memset(&r, 0, sizeof r); r.ret = ret; return r; }
+    CHECK((size_t)r.ret <= len && r.n <= cap && r.status >= 100 && r.status <= 999);
+    CHECK(msg >= buf && msg + r.rl <= buf + r.ret);
+    r.ro = (size_t)(msg - buf);
+    for (i = 0; i < r.n; i++) {
+        CHECK(h[i].name >= buf && h[i].name + h[i].name_len <= buf + r.ret && h[i].name_len > 0);
+        CHECK(h[i].value >= buf && h[i].value + h[i].value_len <= buf + r.ret);
+        r.h[i][0] = (size_t)(h[i].name - buf); r.h[i][1] = h[i].name_len;
+        r.h[i][2] = (size_t)(h[i].value - buf); r.h[i][3] = h[i].value_len;
+    }
+    return r;
+}
+
+/* Decode data in two pieces cut at k; out gets decoded bytes then leftover. */
+static ssize_t chunked(const uint8_t *data, size_t size, size_t k, char *out, size_t *outlen, size_t *restlen)
+{
+    struct edge_chunked_decoder d; char *piece; size_t n, parts[2][2] = {{0, k}, {k, size}}; int i;
+    ssize_t ret = -2;
+    memset(&d, 0, sizeof d);
+    *outlen = 0; *restlen = 0;
+    for (i = 0; i < 2; i++) {
+        size_t len = parts[i][1] - parts[i][0];
+        piece = malloc(len ? len : 1);  /* exact size: ASan sees overruns */
+        memcpy(piece, data + parts[i][0], len);
+        n = len;
+        if (ret >= 0) {  /* already done: all of it is leftover */
+            ssize_t again = edge_decode_chunked(&d, piece, &n);
+            CHECK(again == (ssize_t)len && n == 0);
+            memcpy(out + *outlen + *restlen, piece, len); *restlen += len;
+            free(piece);
+            continue;
+        }
+        ret = edge_decode_chunked(&d, piece, &n);
+        CHECK(ret >= -2 && n <= len && (ret < 0 || n + (size_t)ret <= len));
+        if (ret == -1) { free(piece); return -1; }
+        memcpy(out + *outlen, piece, n); *outlen += n;
+        if (ret >= 0) { memcpy(out + *outlen, piece + n, (size_t)ret); *restlen = (size_t)ret; }
+        free(piece);
+    }
+    return ret >= 0 ? 0 : ret;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    char *buf = malloc(size ? size : 1);
+    size_t caps[2] = {MAXH, 3}, c, k = size ? (size_t)data[0] * 7 % (size + 1) : 0;
+    memcpy(buf, data, size);
+
+    for (c = 0; c < 2; c++) {
+        struct req a, b; struct resp x, y;
+        edge_parser_set_simd(1);
+        a = request(buf, size, caps[c], 0);
+        x = response(buf, size, caps[c], 0);
+        edge_parser_set_simd(0);
+        b = request(buf, size, caps[c], 0);
+        y = response(buf, size, caps[c], 0);
+        CHECK(memcmp(&a, &b, sizeof a) == 0 && memcmp(&x, &y, sizeof x) == 0);
+        CHECK(a.ret >= -3 && x.ret >= -3);
+        if (a.ret > 0) CHECK(request(buf, (size_t)a.ret - 1, caps[c], 0).ret == -2);
+        if (x.ret > 0) CHECK(response(buf, (size_t)x.ret - 1, caps[c], 0).ret == -2);
+        /* resuming after an incomplete prefix of length k */
+        if (k && request(buf, k, caps[c], 0).ret == -2) {
+            struct req r = request(buf, size, caps[c], k);
+            if (memchr(buf + k, '\n', size - k)) CHECK(memcmp(&r, &a, sizeof r) == 0);
+            else CHECK(r.ret == -2);
+        }
+        if (k && response(buf, k, caps[c], 0).ret == -2) {
+            struct resp r = response(buf, size, caps[c], k);
+            if (memchr(buf + k, '\n', size - k)) CHECK(memcmp(&r, &x, sizeof r) == 0);
+            else CHECK(r.ret == -2);
+        }
+    }
+    edge_parser_set_simd(-1);
+
+    {   /* chunked: whole and split must agree */
+        char *o1 = malloc(size + 1), *o2 = malloc(size + 1);
+        size_t l1, r1, l2, r2;
+        ssize_t s1 = chunked(data, size, size, o1, &l1, &r1);
+        ssize_t s2 = chunked(data, size, k, o2, &l2, &r2);
+        CHECK(s1 == s2);
+        if (s1 != -1) {
+            CHECK(l1 == l2 && r1 == r2 && memcmp(o1, o2, l1 + r1) == 0);
+            CHECK(l1 + r1 <= size);
+            if (s1 == 0) CHECK(memcmp(o1 + l1, data + size - r1, r1) == 0);  /* leftover is the tail */
+        }
+        free(o1); free(o2);
+    }
+
+    {   /* Content-Length against a plain loop */
+        size_t n = size < 24 ? size : 24, i;
+        int64_t want = n ? 0 : -1;
+        for (i = 0; i < n && want >= 0; i++) {
+            unsigned dgt = (unsigned)data[i] - '0';
+            if (dgt > 9 || want > (INT64_MAX - (int64_t)dgt) / 10) want = -1;
+            else want = want * 10 + (int64_t)dgt;
+        }
+        CHECK(edge_parse_content_length(buf, n) == want);
+    }
+    free(buf);
+    return 0;
+}
+"""
+
+
+def run_c_harness(args):
+    """Build the C harness with clang (fuzzer + ASan + UBSan) and exec it."""
+    cc = find_clang()
+    if cc is None:
+        sys.exit("--c needs clang (apt-get install clang, or set EDGE_FUZZ_CC)")
+    core = os.path.join(ROOT, "edge", "_core")
+    h = hashlib.sha256((cc + C_HARNESS).encode())
+    for name in ("http_parser.c", "http_parser.h"):
+        with open(os.path.join(core, name), "rb") as f:
+            h.update(f.read())
+    outdir = os.path.join(tempfile.gettempdir(), "edge-fuzz-c-" + h.hexdigest()[:16])
+    exe = os.path.join(outdir, "fuzz_http_parser")
+    if not os.path.exists(exe):
+        os.makedirs(outdir, exist_ok=True)
+        src = os.path.join(outdir, "harness.c")
+        with open(src, "w") as f:
+            f.write(C_HARNESS)
+        subprocess.run(
+            [cc, "-g", "-O1", "-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=undefined",
+             "-I", core, src, os.path.join(core, "http_parser.c"), "-o", exe + ".tmp"],
+            check=True,
+        )
+        os.replace(exe + ".tmp", exe)
+    sys.stderr.write("edge fuzz: C harness %s\n" % exe)
+    os.execv(exe, [exe] + args)
+
+
+def with_default_corpus(args):
+    if not any(not a.startswith("-") for a in args):
+        # libFuzzer writes new inputs into the first directory: a scratch one,
+        # with the checked-in corpus as read-only seeds.
+        args = args + [tempfile.mkdtemp(prefix="edge-fuzz-"), os.path.join(ROOT, "tests", "corpus")]
+    return args
+
+
 def main(argv):
     global NATIVE_SO
+    if "--c" in argv[1:]:
+        run_c_harness(with_default_corpus([a for a in argv[1:] if a != "--c"]))
     maybe_reexec_with_asan()
     NATIVE_SO = choose_extension()
     sys.stderr.write("edge fuzz: extension %s\n" % (NATIVE_SO or "in-tree (no C coverage)"))
     if not NATIVE_SO:
         load()
-    args = list(argv)
-    if not any(not a.startswith("-") for a in args[1:]):
-        # libFuzzer writes new inputs into the first directory: a scratch one,
-        # with the checked-in corpus as read-only seeds.
-        scratch = tempfile.mkdtemp(prefix="edge-fuzz-")
-        args += [scratch, os.path.join(ROOT, "tests", "corpus")]
-    atheris.Setup(args, TestOneInput)
+    atheris.Setup([argv[0]] + with_default_corpus(argv[1:]), TestOneInput)
     atheris.Fuzz()
 
 

@@ -183,3 +183,4 @@ cdef extern from "http_parser.h" nogil:
                             edge_header *headers, size_t *num_headers, size_t last_len)
     ssize_t edge_decode_chunked(edge_chunked_decoder *d, char *buf, size_t *bufsz)
     int64_t edge_parse_content_length(const char *s, size_t len)
+    int edge_request_http_version(const char *buf, size_t len, int *major, int *minor)

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 from edge._core.reactor import Location, Plan
 from edge.config import ConfigError, build, parse_file
-from edge.modules import core, health, http_core, proxy, return_, upstream
+from edge.modules import core, health, http_core, proxy, realip, return_, upstream
 
 # The single list of features. A new module is a file in edge/modules/ added here.
-MODULES = [core, http_core, upstream, proxy, return_, health]
+MODULES = [core, http_core, realip, upstream, proxy, return_, health]
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def _compile_http(http, runtime, listens):
             except ValueError as e:
                 raise ConfigError(str(e), node.file, node.line)
             binding.proxy_protocol = spec.proxy_protocol
-            if fresh or listen.default_server:
+            if fresh or listen.default_server:     # proxy_protocol must be set first
                 http_core.configure_binding(binding, server_conf)
 
 

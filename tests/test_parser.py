@@ -71,9 +71,14 @@ def _build_if_stale():
     sources = [pkg / "_core" / "http_parser.c", pkg / "_core" / "http_parser.h", pkg / "_http_build.py"]
     if not all(s.exists() for s in sources):
         return  # an installed package: use what was installed
-    built = list(pkg.glob("_http_cffi*.so"))
+    # the file `import edge._http_cffi` would load (setup.py builds an abi3
+    # one, the dev build a version-tagged one, which the import prefers)
+    from importlib.machinery import EXTENSION_SUFFIXES
+
+    candidates = [pkg / ("_http_cffi" + suffix) for suffix in EXTENSION_SUFFIXES]
+    built = next((c for c in candidates if c.exists()), None)
     newest = max(s.stat().st_mtime for s in sources)
-    if not built or min(b.stat().st_mtime for b in built) < newest:
+    if built is None or built.stat().st_mtime < newest:
         from edge._http_build import build_inplace
 
         build_inplace()

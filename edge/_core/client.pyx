@@ -18,6 +18,7 @@ DEF HOST_MAX = 255
 DEF READ_CHUNK = 16384
 DEF OUTPUT_HIGH_WATER = 65536
 DEF LINGER_MS = 5000
+DEF PP_READ_LIMIT = 4096     # a PROXY header larger than this is refused
 
 cdef enum ClientState:
     CS_HEAD = 0         # idle, or reading a request head
@@ -25,6 +26,7 @@ cdef enum ClientState:
     CS_CLOSING = 2      # send what is queued, then close
     CS_LINGER = 3       # response sent, write side shut: drain input briefly, then close
     CS_DISCARD = 5      # response queued; dropping the rest of the request body
+    CS_PP_HEADER = 6    # waiting for the PROXY protocol header
     CS_FREE = 4
 
 cdef enum BodyKind:
@@ -55,8 +57,9 @@ cdef void log_connection(str level, Client c, const char *reason, int status):
     if g_log_fn is None:
         return
     try:
-        g_log_fn(level, "%s (%d), client: %s, server: %s" % (
-            reason.decode("latin-1"), status, c.remote[:c.remote_len].decode("latin-1"),
+        g_log_fn(level, "%s%s, client: %s, server: %s" % (
+            reason.decode("latin-1"), " (%d)" % status if status else "",
+            c.remote[:c.remote_len].decode("latin-1"),
             c.binding.key if c.binding is not None else "-"))
     except Exception:
         pass
@@ -110,6 +113,22 @@ cdef class Client(Handle):
     cdef int state
     cdef Listener listener
     cdef ListenBinding binding  # of the generation this request runs on
+    # the TCP peer, and the PROXY protocol's client when the listener has it
+    cdef int peer_family
+    cdef unsigned char peer_addr[16]
+    cdef char conn_remote[64]
+    cdef size_t conn_remote_len
+    cdef char conn_port[8]
+    cdef size_t conn_port_len
+    cdef bint has_pp
+    cdef int pp_family
+    cdef unsigned char pp_addr[16]
+    cdef char pp_text[64]
+    cdef size_t pp_text_len
+    cdef char pp_port[8]
+    cdef size_t pp_port_len
+    cdef bint remote_replaced   # realip changed $remote_addr for this request
+    # $remote_addr / $remote_port of the current request
     cdef char remote[64]
     cdef size_t remote_len
     cdef char remote_port[8]
@@ -152,6 +171,7 @@ cdef class Client(Handle):
     # ---- life cycle -------------------------------------------------------------------
 
     cdef int setup(self, int fd, Listener listener, sockaddr_storage *sa) except -1:
+        """Take a new connection. Returns 0, or -2 when it must be refused at once."""
         cdef sockaddr_in *sin
         cdef sockaddr_in6 *sin6
         cdef uint16_t port
@@ -172,29 +192,146 @@ cdef class Client(Handle):
         self.server = None
         if self.rb.data == NULL:
             buf_init(&self.rb, READ_CHUNK)
+        if self.wb.data == NULL:
             buf_init(&self.wb, 4096)
+        if self.uri.data == NULL:
             buf_init(&self.uri, 256)
+        if self.pbuf.data == NULL:
             buf_init(&self.pbuf, 2048)
         buf_reset(&self.rb)
         buf_reset(&self.wb)
-        self.remote_len = 0
-        self.remote_port_len = 0
+        self.has_pp = False
+        self.remote_replaced = False
         if sa.ss_family == AF_INET:
             sin = <sockaddr_in *>sa
-            inet_ntop(AF_INET, &sin.sin_addr, self.remote, 64)
+            self.peer_family = AF_INET
+            memcpy(self.peer_addr, &sin.sin_addr, 4)
             port = ntohs(sin.sin_port)
         elif sa.ss_family == AF_INET6:
             sin6 = <sockaddr_in6 *>sa
-            inet_ntop(AF_INET6, &sin6.sin6_addr, self.remote, 64)
+            self.peer_family = AF_INET6
+            memcpy(self.peer_addr, &sin6.sin6_addr, 16)
             port = ntohs(sin6.sin6_port)
         else:
-            self.remote[0] = 0
+            self.peer_family = 0
             port = 0
-        self.remote_len = strlen(self.remote)
-        self.remote_port_len = snprintf(self.remote_port, 8, "%u", port)
+        self.set_address(self.peer_family, self.peer_addr, port, self.conn_remote,
+                         &self.conn_remote_len, self.conn_port, &self.conn_port_len)
+        self.restore_remote()
+        if binding.proxy_protocol:
+            if binding.pp_trusted is not None and not binding.pp_trusted.trusted(self.peer_family, self.peer_addr):
+                if g_log_info:
+                    log_connection("info", self, "PROXY protocol from an untrusted address", 0)
+                return -2       # refused: the caller closes it
+            self.state = CS_PP_HEADER
+            self.reset_request()
+            timer_arm(self, binding.t_pp, g_now)
+            return 0
         self.reset_request()
         timer_arm(self, binding.t_header, g_now)
         return 0
+
+    cdef void set_address(self, int family, const unsigned char *addr, uint16_t port,
+                          char *text, size_t *text_len, char *port_text, size_t *port_len) noexcept:
+        if family == AF_INET or family == AF_INET6:
+            inet_ntop(family, addr, text, 64)
+        else:
+            text[0] = 0
+        text_len[0] = strlen(text)
+        port_len[0] = snprintf(port_text, 8, "%u", port)
+
+    cdef void restore_remote(self) noexcept:
+        memcpy(self.remote, self.conn_remote, self.conn_remote_len + 1)
+        self.remote_len = self.conn_remote_len
+        memcpy(self.remote_port, self.conn_port, self.conn_port_len + 1)
+        self.remote_port_len = self.conn_port_len
+        self.remote_replaced = False
+
+    cdef void read_proxy_header(self):
+        """CS_PP_HEADER: the PROXY protocol header comes first; it may be split across
+        reads. A missing or malformed header closes the connection."""
+        cdef ProxyHeader h
+        cdef int r, rd
+        while True:
+            r = pp_parse(self.rb.data + self.rb.start, buf_len(&self.rb), &h)
+            if r > 0:
+                self.rb.start += <size_t>r
+                if h.family:
+                    self.has_pp = True
+                    self.pp_family = h.family
+                    memcpy(self.pp_addr, h.src, 16)
+                    self.set_address(h.family, h.src, h.src_port, self.pp_text,
+                                     &self.pp_text_len, self.pp_port, &self.pp_port_len)
+                self.state = CS_HEAD
+                timer_arm(self, self.binding.t_header, g_now)
+                self.serve_heads()
+                return
+            if r < 0:
+                if g_log_info:
+                    log_connection("info", self, "broken header while reading PROXY protocol", 0)
+                self.close()
+                return
+            if not self.readable:
+                return
+            rd = self.read_more(PP_READ_LIMIT)
+            if rd == RD_AGAIN:
+                return
+            if rd != RD_DATA:
+                self.close()
+                return
+
+    cdef void apply_realip(self, RealIP realip):
+        """nginx realip: replace $remote_addr when the connection comes from a trusted
+        address and names the client (see realip.pyx)."""
+        cdef size_t i
+        cdef edge_header *h
+        cdef const char *value = NULL
+        cdef size_t vlen = 0
+        cdef int family = 0
+        cdef unsigned char addr[16]
+        cdef unsigned char best[16]
+        cdef int best_family = 0
+        cdef size_t end, start
+        cdef bint first = True
+        if not realip.trusted(self.peer_family, self.peer_addr):
+            return
+        if realip.source == REALIP_PROXY_PROTOCOL:
+            if not self.has_pp:
+                return
+            memcpy(self.remote, self.pp_text, self.pp_text_len + 1)
+            self.remote_len = self.pp_text_len
+            memcpy(self.remote_port, self.pp_port, self.pp_port_len + 1)
+            self.remote_port_len = self.pp_port_len
+            self.remote_replaced = True
+            return
+        # the last header of that name wins, as a proxy appends its own
+        for i in range(self.nheaders):
+            h = &self.headers[i]
+            if name_is(h.name, h.name_len, realip.header, len(realip.header)):
+                value = h.value
+                vlen = h.value_len
+        if value == NULL:
+            return
+        # walk the comma-separated list from the right
+        end = vlen
+        while True:
+            start = end
+            while start > 0 and value[start - 1] != 44:
+                start -= 1
+            if parse_ip(value + start, end - start, &family, addr) < 0:
+                break       # garbage: keep the last good candidate
+            memcpy(best, addr, 16)
+            best_family = family
+            if not realip.recursive or not realip.trusted(family, addr) or start == 0:
+                break
+            end = start - 1
+        if best_family == 0:
+            return
+        inet_ntop(best_family, best, self.remote, 64)
+        self.remote_len = strlen(self.remote)
+        self.remote_port[0] = 0
+        self.remote_port_len = 0
+        self.remote_replaced = True
 
     cdef void reset_request(self) noexcept:
         # the next request runs on the newest config generation (reload in place)
@@ -269,6 +406,8 @@ cdef class Client(Handle):
             self.linger_read()
         elif self.state == CS_DISCARD:
             self.serve_heads()
+        elif self.state == CS_PP_HEADER:
+            self.read_proxy_header()
 
     cdef void on_timeout(self):
         if self.state == CS_HEAD:
@@ -561,6 +700,8 @@ cdef class Client(Handle):
         self.reset_request()
         self.connection_header = -1
         self.upgrade_index = -1
+        if self.remote_replaced:
+            self.restore_remote()
         self.is_head = self.method_len == 4 and memcmp(self.method, "HEAD", 4) == 0
         if head_len > self.binding.large_header_buffer_size * self.binding.large_header_buffers:
             self.send_error(431, "client sent too large request head")
@@ -700,6 +841,8 @@ cdef class Client(Handle):
             self.finish_without_body(404)
             return
         self.loc = loc
+        if loc.realip is not None:
+            self.apply_realip(loc.realip)
         if self.requests + 1 >= loc.keepalive_requests or g_loop.quitting:
             self.keepalive = False
         if loc.client_max_body_size and content_length > loc.client_max_body_size:

@@ -845,6 +845,16 @@ cdef void append_variable(Segment *s, Client c, Buf *out) noexcept:
                     buf_append_str(out, ", ")
                 buf_append(out, h.value, h.value_len)
                 first = False
+    elif v == VAR_PROXY_PROTOCOL_ADDR:
+        if c.has_pp:
+            buf_append(out, c.pp_text, c.pp_text_len)
+    elif v == VAR_PROXY_PROTOCOL_PORT:
+        if c.has_pp:
+            buf_append(out, c.pp_port, c.pp_port_len)
+    elif v == VAR_REALIP_REMOTE_ADDR:
+        buf_append(out, c.conn_remote, c.conn_remote_len)
+    elif v == VAR_REALIP_REMOTE_PORT:
+        buf_append(out, c.conn_port, c.conn_port_len)
     elif v == VAR_CAPTURE:
         if c.loc is not None and c.loc.has_regex and s.index <= c.loc.ncaptures \
                 and c.caps[s.index].rm_so >= 0:

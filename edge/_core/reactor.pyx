@@ -12,8 +12,10 @@ include "status.pyx"
 include "shm.pyx"
 include "values.pyx"
 include "upstream.pyx"
+include "realip.pyx"
 include "router.pyx"
 include "uri.pyx"
+include "proxy_protocol.pyx"
 include "client.pyx"
 include "proxy.pyx"
 
@@ -221,8 +223,11 @@ cdef class Loop:
                 c = <Client>self.free_clients.pop()
             else:
                 c = Client.__new__(Client)
-            c.setup(fd, lst, &sa)
             self.nclients += 1
+            if c.setup(fd, lst, &sa) < 0:
+                self.register(c)
+                c.close()
+                continue
             self.register(c)
 
     cdef void client_closed(self, Client c):

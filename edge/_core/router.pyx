@@ -70,6 +70,7 @@ cdef class Location:
     cdef public int64_t client_body_timeout_ms
     cdef public int64_t send_timeout_ms
     cdef public int64_t client_max_body_size
+    cdef public RealIP realip
     cdef TimerList t_keepalive, t_body, t_send_client
 
     def __cinit__(self):
@@ -394,7 +395,9 @@ cdef class ListenBinding:
     cdef public size_t large_header_buffer_size
     cdef public int large_header_buffers
     cdef public size_t max_headers
-    cdef TimerList t_header
+    cdef public RealIP pp_trusted           # PROXY headers accepted only from these
+    cdef public int64_t proxy_protocol_timeout_ms
+    cdef TimerList t_header, t_pp
 
     def __init__(self, str key):
         self.key = key
@@ -405,6 +408,8 @@ cdef class ListenBinding:
         self.large_header_buffer_size = 8192
         self.large_header_buffers = 4
         self.max_headers = 100
+        self.pp_trusted = None
+        self.proxy_protocol_timeout_ms = 30000
         host, _, port = key.rpartition(":")
         self.server_port = port.encode()
         self.server_addr = host.strip("[]").encode()
@@ -423,6 +428,7 @@ cdef class ListenBinding:
 
     def finalize(self):
         self.t_header = timer_list(self.client_header_timeout_ms)
+        self.t_pp = timer_list(self.proxy_protocol_timeout_ms)
 
     cdef Server find_server(self, const char *host, size_t n):
         cdef Server s

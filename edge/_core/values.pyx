@@ -23,6 +23,10 @@ cdef enum VarId:
     VAR_CAPTURE             # $1 .. $9 from a regex location
     VAR_CONTENT_LENGTH
     VAR_CONTENT_TYPE
+    VAR_PROXY_PROTOCOL_ADDR
+    VAR_PROXY_PROTOCOL_PORT
+    VAR_REALIP_REMOTE_ADDR
+    VAR_REALIP_REMOTE_PORT
 
 # name -> id; `$http_*` and `$1`..`$9` are handled by prefix.
 VARIABLES = {
@@ -45,6 +49,10 @@ VARIABLES = {
     "proxy_host": VAR_PROXY_HOST,
     "content_length": VAR_CONTENT_LENGTH,
     "content_type": VAR_CONTENT_TYPE,
+    "proxy_protocol_addr": VAR_PROXY_PROTOCOL_ADDR,
+    "proxy_protocol_port": VAR_PROXY_PROTOCOL_PORT,
+    "realip_remote_addr": VAR_REALIP_REMOTE_ADDR,
+    "realip_remote_port": VAR_REALIP_REMOTE_PORT,
 }
 
 

@@ -106,7 +106,7 @@ DIRECTIVES = [
     Directive("server", (HTTP,), (0, 0), multi=True, block=SERVER, syntax="server { ... }",
               doc="A virtual server: its listen addresses, names and locations."),
     Directive("listen", (SERVER,), (1, 5), parse=_listen, multi=True,
-              syntax="listen address[:port] | port [default_server] [reuseport] [backlog=N];",
+              syntax="listen address[:port] | port [default_server] [reuseport] [backlog=N] [proxy_protocol];",
               doc="An address and port to accept connections on. `default_server` makes this "
                   "server answer requests whose Host matches no server_name on that address. "
                   "Every listen is SO_REUSEPORT with one socket per worker."),
@@ -121,6 +121,9 @@ DIRECTIVES = [
                   "longest prefix."),
     Directive("client_header_timeout", HSL[:2], (1, 1), parse=types.time, default=60.0,
               doc="How long a client may take to send a request head; then 408."),
+    Directive("proxy_protocol_timeout", HSL[:2], (1, 1), parse=types.time, default=30.0,
+              doc="How long a connection on a `proxy_protocol` listener may take to send "
+                  "its PROXY header before it is closed."),
     Directive("client_body_timeout", HSL, (1, 1), parse=types.time, default=60.0,
               doc="The longest pause between two reads of a request body; then 408."),
     Directive("keepalive_timeout", HSL, (1, 1), parse=types.time, default=75.0,
@@ -166,6 +169,10 @@ def configure_binding(binding, server_conf):
     binding.large_header_buffers = number
     binding.large_header_buffer_size = size
     binding.max_headers = server_conf.get("max_request_headers")
+    binding.proxy_protocol_timeout_ms = int(server_conf.get("proxy_protocol_timeout") * 1000)
+    if binding.proxy_protocol:
+        from edge.modules import realip
+        binding.pp_trusted = realip.trusted_proxies(server_conf)
 
 
 def new_location(conf):

@@ -1066,7 +1066,7 @@ cdef class Client(Handle):
     cdef void response_done(self):
         """The response is fully queued in wb. Keep the connection or close it after."""
         self.up = None
-        if not self.keepalive:
+        if not self.keepalive or g_loop.quitting:
             self.state = CS_CLOSING
             self.drive()
             return
@@ -1150,7 +1150,7 @@ cdef class Client(Handle):
     cdef void proxy_finished(self):
         """Called by the upstream side once the whole response is queued and sent."""
         self.up = None
-        if not self.body_done or self.peer_closed:
+        if not self.body_done or self.peer_closed or g_loop.quitting:
             self.keepalive = False
         if not self.keepalive:
             self.state = CS_CLOSING

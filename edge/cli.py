@@ -4,7 +4,10 @@
     edge -t / -T               test the config (and dump every file read)
     edge -s stop|quit|reload|reopen
                                signal the running master named by the config's pid file
-    edge status                is the master running, and which workers does it have
+    edge -s upgrade            binary upgrade: USR2, wait for the new master, WINCH and
+                               QUIT to the old one, reporting each step
+    edge status                is the master running, its workers, readiness
+    edge drain / undrain       flip the drain flag: readiness answers 503, traffic flows
 
 Messages go to stderr in nginx's form (``edge: [emerg] ...``); only ``-T``'s dump and
 ``status`` write to stdout. Exit status: 0 on success, 1 on any error; ``status`` exits
@@ -15,6 +18,11 @@ import argparse
 import os
 import signal
 import sys
+import time
+
+# The directory `edge` was started in, before -p moved us: a binary upgrade execs the
+# same command line from there, so relative arguments keep their meaning.
+START_CWD = os.getcwd()
 
 DEFAULT_CONF = os.path.join("conf", "edge.conf")  # relative to the cwd, or -p PREFIX
 SYSTEM_CONF = "/etc/edge/edge.conf"
@@ -24,7 +32,13 @@ SIGNALS = {
     "quit": signal.SIGQUIT,    # graceful stop
     "reload": signal.SIGHUP,   # load the config again
     "reopen": signal.SIGUSR1,  # reopen the log files
+    "upgrade": signal.SIGUSR2,  # binary upgrade (the whole sequence, see upgrade())
 }
+
+# `edge -s upgrade`: how long each step may take.
+UPGRADE_START_TIMEOUT = 30.0   # the new master is up and its workers serve
+UPGRADE_NOTICE_TIMEOUT = 5.0   # the old master has reacted to USR2 at all
+UPGRADE_MARGIN = 5.0           # on top of worker_shutdown_timeout for WINCH and QUIT
 
 EXIT_NOT_RUNNING = 3
 
@@ -35,9 +49,10 @@ def build_parser():
         description="edge: an API gateway and edge server with an nginx-style config.",
         epilog=f"Without -c, the config is {DEFAULT_CONF} if it exists, else {SYSTEM_CONF}.",
     )
-    parser.add_argument("command", nargs="?", choices=["status"],
-                        help="status: show whether the master in the pid file runs, "
-                             "and its workers")
+    parser.add_argument("command", nargs="?", choices=["status", "drain", "undrain"],
+                        help="status: show whether the master in the pid file runs, its "
+                             "workers and readiness; drain/undrain: set or clear the drain "
+                             "flag (readiness answers 503 while draining; traffic flows)")
     parser.add_argument("-c", dest="conf", metavar="FILE", help="configuration file")
     parser.add_argument("-p", dest="prefix", metavar="PREFIX",
                         help="prefix directory: relative paths (and the default "
@@ -62,7 +77,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     testing = args.test or args.dump
     if sum(map(bool, (testing, args.signal, args.command))) > 1:
-        parser.error("choose one of -t/-T, -s and status")
+        parser.error("choose one of -t/-T, -s and status/drain/undrain")
 
     if args.version or args.version_long:
         return show_version(long=args.version_long)
@@ -77,13 +92,28 @@ def main(argv=None):
 
     if testing:
         return test_config(conf, dump=args.dump, quiet=args.quiet)
+    if args.signal == "upgrade":
+        return upgrade(conf)
     if args.signal:
         return send_signal(conf, args.signal)
     if args.command == "status":
         return status(conf)
+    if args.command in ("drain", "undrain"):
+        return set_draining(conf, args.command == "drain")
 
     from edge import master
-    return master.run(conf)
+    return master.run(conf, exec_argv=_exec_argv(conf), exec_cwd=START_CWD)
+
+
+def _exec_argv(conf):
+    """The command line a binary upgrade execs: this one, as the interpreter got it
+    (``python -m edge ...`` or the ``edge`` script), so the new code is imported the
+    same way. Without it, ``python -m edge -c CONF``."""
+    argv = list(getattr(sys, "orig_argv", None) or [])
+    if len(argv) < 2:
+        return [sys.executable, "-m", "edge", "-c", conf]
+    argv[0] = sys.executable
+    return argv
 
 
 def config_path(given):
@@ -108,6 +138,35 @@ def _load(conf):
     except ConfigError as e:
         _say("emerg", str(e))
         return None
+
+
+class _PidOnly:
+    """What the commands that only need the pid file know of a config that does not
+    build (the ``pid`` directive, found in the parsed tree)."""
+
+    def __init__(self, pid_path, worker_shutdown_timeout=None):
+        self.pid_path = pid_path
+        self.worker_shutdown_timeout = worker_shutdown_timeout
+
+
+def _load_for_pid(conf):
+    """Like _load, but a config that parses and fails only later (an unknown
+    directive, a bad value) still yields its ``pid`` path, after a warning: stopping,
+    draining or inspecting a running edge must not depend on the file on disk being
+    valid (it is the running one that matters)."""
+    cycle = _load(conf)
+    if cycle is not None:
+        return cycle
+    from edge.config import ConfigError, parse_file
+    try:
+        parsed = parse_file(conf)
+    except (ConfigError, OSError):
+        return None
+    for node in parsed.nodes:
+        if node.name == "pid" and len(node.args) == 1:
+            _say("warn", f"using the pid file {node.args[0]} of the invalid configuration")
+            return _PidOnly(node.args[0])
+    return None
 
 
 def test_config(conf, dump=False, quiet=False):
@@ -149,12 +208,16 @@ def send_signal(conf, name):
     the test: a config that does not load is reported here and the running master is
     left alone, still serving the previous one.
     """
-    cycle = _load(conf)
-    if cycle is None:
-        if name == "reload":
+    if name == "reload":
+        cycle = _load(conf)
+        if cycle is None:
             print(f"edge: configuration file {conf} test failed, not reloading",
                   file=sys.stderr)
-        return 1
+            return 1
+    else:
+        cycle = _load_for_pid(conf)
+        if cycle is None:
+            return 1
     pid = _master_pid(conf, cycle)
     if pid is None:
         return 1
@@ -170,7 +233,7 @@ def send_signal(conf, name):
 def status(conf):
     """``status``: report the master named by the pid file and its workers."""
     from edge.master import PidFileError, running_master_pid, worker_pids
-    cycle = _load(conf)
+    cycle = _load_for_pid(conf)
     if cycle is None:
         return 1
     if not cycle.pid_path:
@@ -187,7 +250,209 @@ def status(conf):
         print(f"  worker process {worker}")
     if not workers:
         print("  no worker processes")
+    state = _open_state(cycle.pid_path, quiet=True)
+    if state is not None:
+        ready, reason = state.ready()
+        print(f"  generation {state.generation}, workers {state.workers_up}/"
+              f"{state.workers_expected} up")
+        print(f"  draining: {'yes' if state.draining else 'no'}")
+        print(f"  config failed: {'yes' if state.config_failed else 'no'}")
+        print(f"  ready: {'yes' if ready else 'no (' + reason + ')'}")
+        state.close()
+    oldbin = f"{cycle.pid_path}.oldbin"
+    if os.path.exists(oldbin):
+        print(f"  binary upgrade under way: old master in {oldbin}")
     return 0
+
+
+def _open_state(pid_path, quiet=False):
+    """The running master's shared state block (``<pid file>.state``), or None."""
+    from edge.master import state_path_for
+    path = state_path_for(pid_path)
+    try:
+        from edge._core.reactor import SharedState
+        return SharedState.open(path)
+    except (OSError, ValueError) as e:
+        if not quiet:
+            _say("error", f'cannot open the state file "{path}": {e}')
+        return None
+
+
+def set_draining(conf, on):
+    """``drain`` / ``undrain``: set or clear the drain flag in the shared block.
+
+    Only readiness changes (``health ready`` answers 503 while draining); requests keep
+    being served, so keepalived or the load balancer can move traffic away first.
+    During a binary upgrade both masters' blocks are set.
+    """
+    cycle = _load_for_pid(conf)
+    if cycle is None:
+        return 1
+    pid = _master_pid(conf, cycle)
+    if pid is None:
+        return 1
+    state = _open_state(cycle.pid_path)
+    if state is None:
+        return 1
+    state.draining = on
+    state.close()
+    from edge.master import state_path_for
+    other = state_path_for(f"{cycle.pid_path}.oldbin")
+    if os.path.exists(other):
+        old = _open_state(f"{cycle.pid_path}.oldbin", quiet=True)
+        if old is not None:
+            old.draining = on
+            old.close()
+    if on:
+        _say("notice", f"edge (master {pid}) is draining: readiness answers 503, "
+                       "requests are still served")
+    else:
+        _say("notice", f"edge (master {pid}) is no longer draining")
+    return 0
+
+
+def upgrade(conf):
+    """``-s upgrade``: the whole binary upgrade, as an operator would run it by hand.
+
+    1. test the config (a new master that cannot load it would fail anyway);
+    2. USR2 to the master; wait until the new master has written the pid file and its
+       workers serve (its state block says so);
+    3. WINCH to the old master; wait until its workers have finished;
+    4. QUIT to the old master; wait until it has exited.
+    If the new master fails to start, the old one renames its pid file back and keeps
+    serving; this reports it and exits 1.
+    """
+    cycle = _load(conf)
+    if cycle is None:
+        print(f"edge: configuration file {conf} test failed, not upgrading", file=sys.stderr)
+        return 1
+    old = _master_pid(conf, cycle)
+    if old is None:
+        return 1
+    from edge.master import is_edge_process, read_pid_file, PidFileError, worker_pids
+    pid_path = cycle.pid_path
+    oldbin = f"{pid_path}.oldbin"
+    before = _stat_key(pid_path)
+    limit = (cycle.worker_shutdown_timeout or 0) + UPGRADE_MARGIN
+
+    _say("notice", f"upgrade: sending USR2 to master {old}")
+    if not _kill(old, signal.SIGUSR2):
+        return 1
+
+    # Step 2: the new master. The pid file changes twice: renamed to .oldbin by the old
+    # master, then written by the new one; or, if the new binary fails, written back by
+    # the old master (a new file, so its identity differs from `before`).
+    start = time.monotonic()
+    new = None
+    while True:
+        elapsed = time.monotonic() - start
+        try:
+            current = read_pid_file(pid_path)
+        except PidFileError:
+            current = None
+        if current is not None and current != old and is_edge_process(current):
+            new = current
+            break
+        if (current == old and _stat_key(pid_path) != before
+                and not os.path.exists(oldbin)):
+            _say("error", f"upgrade: the new binary failed to start; master {old} keeps "
+                          "serving (see the error log)")
+            return 1
+        if current == old and _stat_key(pid_path) == before and elapsed > UPGRADE_NOTICE_TIMEOUT:
+            _say("error", f"upgrade: master {old} did not start a new binary "
+                          "(see the error log)")
+            return 1
+        if not _alive(old):
+            _say("error", f"upgrade: master {old} exited")
+            return 1
+        if elapsed > UPGRADE_START_TIMEOUT:
+            _say("error", f"upgrade: no new master after {UPGRADE_START_TIMEOUT:g}s")
+            return 1
+        time.sleep(0.02)
+    _say("notice", f"upgrade: new master {new} started, old pid file is {oldbin}")
+
+    if not _wait(lambda: _serves(pid_path, new), UPGRADE_START_TIMEOUT):
+        if not _alive(new):
+            _say("error", f"upgrade: the new master {new} exited; master {old} keeps serving")
+        else:
+            _say("error", f"upgrade: the workers of the new master {new} are not all up "
+                          f"after {UPGRADE_START_TIMEOUT:g}s; the old master {old} still runs "
+                          f"(QUIT {new} to roll back, or WINCH and QUIT {old} to go on)")
+        return 1
+    _say("notice", f"upgrade: new master {new} serves")
+
+    # Step 3: the old workers finish what they have and exit; the new ones serve.
+    _say("notice", f"upgrade: sending WINCH to old master {old}")
+    if not _kill(old, signal.SIGWINCH):
+        return 1
+    # The new master is a child of the old one too (it forked it); it does not count.
+    def old_workers():
+        return [pid for pid in worker_pids(old) if pid != new and _alive(pid)]
+    if not _wait(lambda: not old_workers(), limit):
+        _say("error", f"upgrade: old worker processes {old_workers()} still run after "
+                      f"{limit:g}s")
+        return 1
+    _say("notice", "upgrade: old worker processes have exited")
+
+    # Step 4: retire the old master.
+    _say("notice", f"upgrade: sending QUIT to old master {old}")
+    if not _kill(old, signal.SIGQUIT):
+        return 1
+    if not _wait(lambda: not _alive(old), limit):
+        _say("error", f"upgrade: old master {old} still runs after {limit:g}s")
+        return 1
+    _say("notice", f"upgrade: done, master {new} serves")
+    return 0
+
+
+def _stat_key(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns)
+
+
+def _alive(pid):
+    from edge.master import is_edge_process
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    if stat[stat.rfind(b")") + 2:].split()[:1] in ([b"Z"], [b"X"]):
+        return False  # exited, not reaped yet
+    return is_edge_process(pid)
+
+
+def _serves(pid_path, pid):
+    state = _open_state(pid_path, quiet=True)
+    if state is None:
+        return False
+    try:
+        return (state.master_pid == pid and state.generation > 0
+                and state.workers_expected > 0
+                and state.workers_up >= state.workers_expected)
+    finally:
+        state.close()
+
+
+def _wait(predicate, timeout):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _kill(pid, sig):
+    try:
+        os.kill(pid, sig)
+    except OSError as e:
+        _say("alert", f"kill({pid}, {int(sig)}) failed ({e.errno}: {e.strerror})")
+        return False
+    return True
 
 
 def show_version(long=False):

@@ -1,9 +1,10 @@
-"""The prefork master: listen sockets, workers, signals, reload.
+"""The prefork master: listen sockets, workers, signals, reload, binary upgrade.
 
 The master never serves a request. It loads the config (a ``Cycle``), binds the listen
-sockets, writes the pid file, forks the workers and then runs an asyncio (uvloop) loop
-that reacts to signals and to worker deaths. That loop is also where the control plane
-(admin API, metrics, Redis sync) will run, as tasks next to the reload task.
+sockets, writes the pid file, creates the shared state block, forks the workers and
+then runs an asyncio (uvloop) loop that reacts to signals, to worker deaths and to the
+workers' control messages. That loop is also where the control plane (admin API,
+metrics, Redis sync) will run, as tasks next to the reload task.
 
 Sockets. For each ``listen`` the master binds one ``SO_REUSEPORT`` socket per worker
 (``Listeners``); worker *i* of any generation gets socket *i* of each listen, so the
@@ -12,12 +13,29 @@ the current generation uses for as long as that listen is configured: when a wor
 dies, the connections queued on its socket wait there for the respawned worker instead
 of being reset.
 
-Generations. Each config that was loaded successfully is a ``Generation``: the cycle
-and one ``Slot`` per worker index (the live pid, and the crash history used for respawn
-back-off). Reload (HUP) loads the new cycle, starts a new generation on the same
-sockets (binding only the new addresses), then retires the old one: QUIT to its workers,
-which finish their in-flight requests, and KILL for any still alive after
-``worker_shutdown_timeout`` plus a margin. A failed load leaves everything as it was.
+Generations. A ``Generation`` is a set of workers and the config (cycle) they run, with
+one ``Slot`` per worker index (the live pid, its control socket, and the crash history
+used for respawn back-off). Reload (HUP) loads and validates the new config; a failure
+leaves everything as it was, logs the error with its file:line and marks the node not
+ready ("config failed"). If the listeners (and worker count, and error log) are
+unchanged, the config is sent down each worker's control socket and swapped in place:
+same pids, no connection touched. Otherwise a new generation starts on the same sockets
+(binding only the new addresses), and once it serves the old one is retired: QUIT to
+its workers, which finish their in-flight requests, and KILL for any still alive after
+``worker_shutdown_timeout`` plus a margin. Reloads run one at a time; HUPs that arrive
+meanwhile fold into one more reload, so a burst ends on the last config.
+
+Binary upgrade (USR2), as nginx does it: the pid file becomes ``<pid>.oldbin``, and a
+forked child execs the same command line with the listening sockets inherited (their
+descriptors are listed in ``EDGE_INHERITED_SOCKETS``). The new master adopts them and
+its workers accept alongside ours. WINCH then stops our workers (not respawned), QUIT
+ends this master. Rollback: HUP brings our workers back, and when the new master exits
+(QUIT or TERM to it, or a failed start) we take the pid file back.
+
+Readiness. The shared block (``SharedState``) carries what the data plane's
+``health ready`` answers from: the generation in force, workers expected and up,
+``config_failed`` and the drain flag (written by ``edge drain``). It lives in the file
+``<pid file>.state``. systemd hears READY/RELOADING/STOPPING/MAINPID (``edge.sd_notify``).
 
 Worker deaths are watched with a pidfd per worker in the event loop rather than SIGCHLD:
 uvloop reserves SIGCHLD for its own subprocess support, and waiting on our own pids
@@ -34,10 +52,11 @@ import resource
 import signal
 import socket
 import sys
+import tempfile
 import time
 import traceback
 
-from edge import log
+from edge import log, sd_notify
 from edge.config import ConfigError
 
 try:  # optional: nicer `ps` output; edge does not depend on it
@@ -67,6 +86,24 @@ FAST_STOP_GRACE = 1.5
 KILL_REAP_WAIT = 5.0
 # Without pidfd support (Linux < 5.3), poll the workers' pids this often.
 REAP_POLL_INTERVAL = 0.2
+
+# A worker has this long to answer an in-place reload before it is replaced.
+RELOAD_ACK_TIMEOUT = 5.0
+# How long a reload that starts new workers waits for them before retiring the old.
+NEW_GENERATION_UP_TIMEOUT = 5.0
+# How often the master looks at the shared block for a new worker's first signs of life.
+UP_POLL_INTERVAL = 0.01
+
+# The state block holds per-worker slots for this many workers (edge/_core/shm.pyx).
+SHM_MAX_WORKERS = 256
+
+# Binary upgrade: the environment a new master is exec'd with.
+#   EDGE_INHERITED_SOCKETS="127.0.0.1:8080=5,6;[::1]:8080=7,8"  listen key = fds, per worker
+#   EDGE_UPGRADE_FROM=<old master pid>
+#   EDGE_DRAINING=1      the old master was draining: the new one starts draining
+INHERIT_ENV = "EDGE_INHERITED_SOCKETS"
+UPGRADE_FROM_ENV = "EDGE_UPGRADE_FROM"
+DRAINING_ENV = "EDGE_DRAINING"
 
 MASTER_SIGNALS = (
     signal.SIGQUIT, signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
@@ -167,6 +204,11 @@ def running_master_pid(path):
     return pid
 
 
+def state_path_for(pid_path):
+    """The shared state file that goes with a pid file (``edge drain`` finds it so)."""
+    return f"{pid_path}.state"
+
+
 def worker_pids(master_pid):
     """The pids of the children of ``master_pid``, from /proc (for ``edge status``)."""
     children = []
@@ -246,9 +288,29 @@ class Listeners:
                     sock.listen(spec.backlog)  # listen() again just resizes the queue
             self.backlogs[spec.key] = spec.backlog
 
+    def adopt(self, inherited):
+        """Take over sockets inherited from an old master: ``{key: [socket, ...]}``."""
+        for key, socks in inherited.items():
+            self.sockets[key] = list(socks)
+
+    def describe(self):
+        """The ``EDGE_INHERITED_SOCKETS`` value for a new master: ``key=fd,fd;...``."""
+        return ";".join(f"{key}=" + ",".join(str(s.fileno()) for s in socks)
+                        for key, socks in self.sockets.items() if socks)
+
     def for_worker(self, cycle, index):
         """The sockets worker ``index`` of ``cycle`` serves: ``{key: socket}``."""
         return {spec.key: self.sockets[spec.key][index] for spec in cycle.listens}
+
+    def drop_unused(self, cycle):
+        """Close sockets for addresses ``cycle`` does not listen on (inherited ones the
+        new config dropped); an address it keeps keeps all its sockets."""
+        wanted = {spec.key for spec in cycle.listens}
+        for key in list(self.sockets):
+            if key not in wanted:
+                for sock in self.sockets.pop(key):
+                    sock.close()
+                self.backlogs.pop(key, None)
 
     def prune(self, cycle):
         """Close the master's copies of the sockets ``cycle`` does not use.
@@ -294,6 +356,41 @@ class Listeners:
         sock.close()
 
 
+
+
+def parse_inherited(value):
+    """Sockets named by ``EDGE_INHERITED_SOCKETS``: ``{key: [socket, ...]}``.
+
+    Anything that is not a listening TCP socket is skipped with a warning, so a mangled
+    variable makes the new master bind afresh rather than serve on a stray descriptor.
+    """
+    inherited = {}
+    for part in filter(None, value.split(";")):
+        key, sep, fds = part.rpartition("=")
+        if not sep or not key:
+            log.error("warn", f"{INHERIT_ENV}: ignoring {part!r}")
+            continue
+        socks = []
+        for text in fds.split(","):
+            try:
+                fd = int(text)
+                sock = socket.socket(fileno=fd)
+            except (ValueError, OSError) as e:
+                log.error("warn", f"{INHERIT_ENV}: ignoring {key}={text} ({e})")
+                continue
+            if (sock.type != socket.SOCK_STREAM
+                    or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
+                log.error("warn", f"{INHERIT_ENV}: fd {fd} is not a listening socket")
+                sock.detach()
+                continue
+            sock.set_inheritable(False)  # we exec nothing else that should get it
+            sock.setblocking(False)
+            socks.append(sock)
+        if socks:
+            inherited[key] = socks
+    return inherited
+
+
 # --------------------------------------------------------------------------- workers
 
 
@@ -304,6 +401,13 @@ class Slot:
         self.index = index
         self.pid = None
         self.pidfd = None
+        self.control = None                 # the master's end of the worker's socketpair
+        self.reader = None                  # FrameReader for what the worker sends
+        self.ack = None                     # (generation, future) while a reload waits
+        self.up = False                     # the worker serves (counted in workers_up)
+        self.up_timer = None
+        self.spawn_ms = 0                   # CLOCK_MONOTONIC ms of the fork
+        self.prev_shm_generation = 0        # worker_generation[index] before the fork
         self.started = 0.0                  # monotonic time of the last fork
         self.deaths = collections.deque()   # monotonic times of recent unexpected exits
         self.backoff = 0.0                  # current respawn delay when crash-looping
@@ -316,17 +420,25 @@ class Slot:
 
 
 class Generation:
-    """One loaded config and the workers running it."""
+    """A set of workers and the config they run.
 
-    def __init__(self, number, cycle):
+    ``number`` is the config generation the workers serve. An in-place reload keeps
+    the Generation (same workers, same pids) and changes its ``cycle`` and ``number``;
+    a reload that changes the listeners starts a new Generation and retires the old.
+    """
+
+    def __init__(self, number, cycle, slots=None):
         self.number = number
         self.cycle = cycle
-        self.slots = [Slot(i) for i in range(cycle.worker_processes)]
-        self.retiring = False   # got QUIT on reload: its workers are not respawned
+        self.slots = slots if slots is not None else [Slot(i) for i in range(cycle.worker_processes)]
+        self.retiring = False   # got QUIT: its workers are not respawned
         self.kill_timer = None
 
     def pids(self):
         return [slot.pid for slot in self.slots if slot.pid is not None]
+
+    def all_up(self):
+        return all(slot.up for slot in self.slots)
 
 
 def describe_exit(status):
@@ -351,20 +463,57 @@ def _libc_prctl():
         return None
 
 
-class Master:
-    """The running master: generations of workers, signal handling, reload."""
+def same_listeners(old, new):
+    """True if ``new`` can be swapped into ``old``'s running workers in place: the same
+    listen addresses with the same options, the same number of workers (socket *i*
+    stays with worker *i*), and the same error log (a worker keeps the log descriptor
+    it inherited at fork)."""
+    return (old.worker_processes == new.worker_processes
+            and {s.key: s for s in old.listens} == {s.key: s for s in new.listens}
+            and old.error_log == new.error_log)
 
-    def __init__(self, cycle, listeners, worker_module):
+
+def monotonic_ms():
+    # The reactor stamps heartbeats with CLOCK_MONOTONIC in ms; time.monotonic() is the
+    # same clock on Linux.
+    return int(time.monotonic() * 1000)
+
+
+class NewBinary:
+    """The new master a binary upgrade exec'd (a child of this, the old master)."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.pidfd = None
+
+
+class Master:
+    """The running master: generations of workers, signal handling, reload, upgrade."""
+
+    def __init__(self, cycle, listeners, worker_module, shared=None, notifier=None,
+                 state_path=None, exec_argv=None, exec_cwd=None, upgrade_from=None):
         self.cycle = cycle                # the config now in force
         self.listeners = listeners
         self.worker_module = worker_module
+        self.shared = shared              # SharedState: readiness, drain flag, heartbeats
+        self.notifier = notifier or sd_notify.Notifier(address="")
         self.pid = os.getpid()
-        self.pid_path = cycle.pid_path
+        self.pid_path = cycle.pid_path    # the configured pid file
+        self.pid_file = cycle.pid_path    # where our pid is now (".oldbin" after USR2)
+        self.state_path = state_path      # where the shared state file is now
+        self.exec_argv = exec_argv        # how to exec a new binary (USR2)
+        self.exec_cwd = exec_cwd
+        self.upgrade_from = upgrade_from  # pid of the old master, when exec'd by USR2
+        self.new_binary = None            # NewBinary while an upgrade is under way
+        self.noaccepting = False          # WINCH: the old master's workers were stopped
         self.generations = []             # the current one last; older ones retiring
-        self.current = None
+        self.current = None               # the generation new workers are forked for
+        self.serving = None               # the generation readiness is reported for
         self.by_pid = {}                  # pid -> (generation, slot)
         self.stopping = None              # None, "graceful" or "fast"
         self.loop = None
+        self.reloads = 0                  # completed reload attempts
+        self.published = 0                # the generation readiness reports as in force
         self._generation_counter = 0
         self._reload_wanted = None
         self._done = None
@@ -386,9 +535,11 @@ class Master:
         # arrived meanwhile is delivered now, to the handlers above.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, MASTER_SIGNALS)
 
-        self.current = self._start_generation(self.cycle)
+        self.current = self.serving = self._start_generation(self.cycle)
+        self.published = self.current.number
         # The control plane (admin API, metrics, Redis sync) will be more tasks here.
-        tasks = [asyncio.create_task(self._reload_loop(), name="edge-reload")]
+        tasks = [asyncio.create_task(self._reload_loop(), name="edge-reload"),
+                 asyncio.create_task(self._announce_ready(), name="edge-ready")]
         try:
             await self._done
         finally:
@@ -397,6 +548,25 @@ class Master:
             await asyncio.gather(*tasks, return_exceptions=True)
             for sig in MASTER_SIGNALS:
                 self.loop.remove_signal_handler(sig)
+            if self.new_binary is not None and self.new_binary.pidfd is not None:
+                self.loop.remove_reader(self.new_binary.pidfd)
+                os.close(self.new_binary.pidfd)
+
+    async def _announce_ready(self):
+        """READY=1 once the listeners are bound (run() did that) and every worker of the
+        first generation serves. After a binary upgrade, MAINPID= comes with it: the pid
+        file was written before the workers were forked."""
+        gen = self.current
+        while not gen.all_up():
+            await asyncio.sleep(UP_POLL_INTERVAL)
+            if self.stopping:
+                return
+        log.error("notice", f"configuration generation {gen.number} is in force, "
+                            f"{len(gen.slots)} worker processes serve")
+        if self.upgrade_from:
+            self.notifier.mainpid(self.pid, status=f"serving (upgraded from {self.upgrade_from})")
+        else:
+            self.notifier.ready(status="serving")
 
     def _on_loop_error(self, loop, context):
         # A bug in a callback must not take the master down; say it loudly instead.
@@ -409,9 +579,15 @@ class Master:
         if signum == signal.SIGHUP:
             if self.stopping:
                 log.error("notice", f"signal {signum} ({name}) received while stopping, ignored")
-                return
-            log.error("notice", f"signal {signum} ({name}) received, reconfiguring")
-            self._reload_wanted.set()
+            elif self.noaccepting:
+                # nginx's rollback step: after WINCH, HUP brings the workers back with
+                # the config this master already has, without reading the files.
+                log.error("notice", f"signal {signum} ({name}) received, "
+                                    "restarting worker processes (upgrade rollback)")
+                self.restart_workers()
+            else:
+                log.error("notice", f"signal {signum} ({name}) received, reconfiguring")
+                self._reload_wanted.set()
         elif signum == signal.SIGQUIT:
             log.error("notice", f"signal {signum} ({name}) received, shutting down gracefully")
             self.stop("graceful")
@@ -421,20 +597,30 @@ class Master:
         elif signum == signal.SIGUSR1:
             log.error("notice", f"signal {signum} ({name}) received, reopening logs")
             self.reopen_logs()
-        else:
-            # WINCH, USR2: the binary upgrade, not built yet. Note for that work: a
-            # terminal sends WINCH to its foreground group on every resize, so (as
-            # nginx does) WINCH may only mean "stop the workers" when not on a tty.
-            log.error("notice", f"signal {signum} ({name}) received, ignored "
-                                "(binary upgrade is not supported yet)")
+        elif signum == signal.SIGUSR2:
+            log.error("notice", f"signal {signum} ({name}) received, changing binary")
+            self.upgrade()
+        elif signum == signal.SIGWINCH:
+            # A terminal sends WINCH to its foreground process group on every resize.
+            # nginx honours WINCH only when daemonized; edge runs in the foreground, so
+            # it honours WINCH only while a new binary runs (the upgrade step it is for).
+            if self.new_binary is None:
+                log.error("notice", f"signal {signum} ({name}) received, ignored "
+                                    "(no new binary is running)")
+                return
+            log.error("notice", f"signal {signum} ({name}) received, "
+                                "gracefully shutting down worker processes")
+            self.stop_workers()
 
     # ----------------------------------------------------------------- workers
 
-    def _start_generation(self, cycle):
-        self._generation_counter += 1
-        gen = Generation(self._generation_counter, cycle)
+    def _start_generation(self, cycle, number=None):
+        if number is None:
+            self._generation_counter += 1
+            number = self._generation_counter
+        gen = Generation(number, cycle)
         self.generations.append(gen)
-        log.error("notice", "start worker processes")
+        log.error("notice", f"start worker processes (configuration generation {number})")
         for slot in gen.slots:
             self._spawn(gen, slot)
         return gen
@@ -443,6 +629,11 @@ class Master:
         """Fork the worker for ``slot``; the child never returns from here."""
         sys.stdout.flush()
         sys.stderr.flush()
+        # The control channel: reload messages go down it, acks come back. Created
+        # before fork so that each side has its end from the first instant.
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        if self.shared is not None and slot.index < SHM_MAX_WORKERS:
+            slot.prev_shm_generation = self.shared.worker_generation(slot.index)
         # Block the master's signals across fork(): a signal landing in the child
         # before it has reset its handlers would otherwise run the master's handler
         # there, and write to the master's signal wake-up socket.
@@ -450,26 +641,38 @@ class Master:
         # Move the master's objects out of the collector's reach, so the workers'
         # collections do not write to (and so copy) the pages they share with it.
         gc.freeze()
+        spawn_ms = monotonic_ms()
         try:
             pid = os.fork()
         except OSError as e:
             gc.unfreeze()
             signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)
+            ours.close()
+            theirs.close()
             log.error("alert", f"fork() failed {os_error_text(e)}")
             self._schedule_respawn(gen, slot)
             return
         if pid == 0:
-            self._become_worker(gen, slot.index, saved_mask)  # does not return
+            ours.close()
+            self._become_worker(gen, slot.index, saved_mask, theirs)  # does not return
         gc.unfreeze()
         signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)
+        theirs.close()
 
         slot.pid = pid
         slot.started = time.monotonic()
+        slot.spawn_ms = spawn_ms
+        slot.up = False
+        ours.setblocking(False)
+        slot.control = ours
+        slot.reader = self.worker_module.FrameReader()
+        self.loop.add_reader(ours.fileno(), self._on_control, slot)
         self.by_pid[pid] = (gen, slot)
         self._watch(slot)
+        self._poll_up(gen, slot, pid)
         log.error("notice", f"start worker process {pid}")
 
-    def _become_worker(self, gen, index, saved_mask):
+    def _become_worker(self, gen, index, saved_mask, control):
         """In the forked child: become worker ``index`` of ``gen``. Never returns."""
         code = 2
         try:
@@ -489,14 +692,21 @@ class Master:
 
             own = self.listeners.for_worker(gen.cycle, index)
             self.listeners.close_all_but(own.values())
-            for other in self.by_pid.values():
-                if other[1].pidfd is not None:
-                    os.close(other[1].pidfd)
+            # Nothing of the master's bookkeeping belongs in a worker: the other
+            # workers' pidfds and control sockets, the new binary's pidfd.
+            for _gen, other in self.by_pid.values():
+                if other.pidfd is not None:
+                    os.close(other.pidfd)
+                if other.control is not None:
+                    other.control.close()
+            if self.new_binary is not None and self.new_binary.pidfd is not None:
+                os.close(self.new_binary.pidfd)
             self._die_with_master()
             signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)
             set_process_title("edge: worker process")
 
-            self.worker_module.run(gen.cycle, own, index)
+            self.worker_module.run(gen.cycle, own, index, control=control,
+                                   shared=self.shared, generation=gen.number)
             code = 0
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
@@ -547,7 +757,16 @@ class Master:
             self.loop.remove_reader(slot.pidfd)
             os.close(slot.pidfd)
             slot.pidfd = None
+        self._close_control(slot)
+        if slot.up_timer is not None:
+            slot.up_timer.cancel()
+            slot.up_timer = None
+        if slot.ack is not None and not slot.ack[1].done():
+            slot.ack[1].set_result((False, "the worker exited"))
+        slot.ack = None
         slot.pid = None
+        slot.up = False
+        self._publish()
 
         expected = gen.retiring or self.stopping is not None
         clean = status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
@@ -560,6 +779,12 @@ class Master:
             self._generation_done(gen)
         if self.stopping and not self.by_pid:
             self._finish_stop()
+
+    def _close_control(self, slot):
+        if slot.control is not None:
+            self.loop.remove_reader(slot.control.fileno())
+            slot.control.close()
+            slot.control = None
 
     def _schedule_respawn(self, gen, slot):
         now = time.monotonic()
@@ -591,6 +816,103 @@ class Master:
             except ProcessLookupError:
                 pass  # exited; the reaper will hear of it
 
+    # ----------------------------------------------------------------- worker state
+
+    def _on_control(self, slot):
+        """The worker sent something on its control socket (a reload ack)."""
+        sock = slot.control
+        if sock is None:
+            return
+        while True:
+            try:
+                data = sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:
+                # The worker is exiting; its pidfd reports the exit itself.
+                self._close_control(slot)
+                return
+            try:
+                messages = slot.reader.feed(data)
+            except Exception as e:
+                log.error("alert", f"worker process {slot.pid} sent an unreadable "
+                                   f"control message: {e!r}")
+                self._close_control(slot)
+                return
+            for message in messages:
+                self._on_worker_message(slot, message)
+
+    def _on_worker_message(self, slot, message):
+        op = message.get("op")
+        if op == "reloaded":
+            if slot.ack is not None and slot.ack[0] == message.get("generation"):
+                fut = slot.ack[1]
+                if not fut.done():
+                    fut.set_result((bool(message.get("ok")), message.get("error")))
+        elif op == "up":
+            # A worker that says it serves (if the worker module sends this).
+            entry = self.by_pid.get(slot.pid)
+            if entry is not None and message.get("generation") == entry[0].number:
+                self._mark_up(slot)
+        else:
+            log.error("warn", f"worker process {slot.pid}: unknown control message {op!r}")
+
+    def _poll_up(self, gen, slot, pid):
+        """Notice when a freshly forked worker serves: it writes its generation into
+        the shared block once its loop is set up, and a heartbeat every iteration.
+
+        If the slot's previous worker already left the same generation there, the
+        first heartbeat after the fork is what tells (an idle loop beats once a
+        second)."""
+        slot.up_timer = None
+        if slot.pid != pid or slot.up:
+            return
+        i = slot.index
+        if self.shared is None or i >= SHM_MAX_WORKERS:
+            self._mark_up(slot)  # nothing to watch: trust the fork
+            return
+        if self.shared.worker_generation(i) == gen.number and (
+                slot.prev_shm_generation != gen.number
+                or self.shared.heartbeat(i) >= slot.spawn_ms):
+            self._mark_up(slot)
+            return
+        slot.up_timer = self.loop.call_later(UP_POLL_INTERVAL, self._poll_up, gen, slot, pid)
+
+    def _mark_up(self, slot):
+        if slot.up_timer is not None:
+            slot.up_timer.cancel()
+            slot.up_timer = None
+        if not slot.up:
+            slot.up = True
+            self._publish()
+
+    def _publish(self):
+        """Write what readiness is computed from into the shared block: the
+        generation in force, how many workers it should have and how many serve."""
+        if self.shared is None:
+            return
+        gen = self.serving
+        if gen is None or gen.retiring:
+            self.shared.workers_expected = 0
+            self.shared.workers_up = 0
+            return
+        # Not gen.number: an in-place reload changes that before the workers have
+        # all switched; `published` moves only once the reload is complete.
+        self.shared.generation = self.published
+        self.shared.workers_expected = len(gen.slots)
+        self.shared.workers_up = sum(1 for s in gen.slots if s.up and s.pid is not None)
+
+    async def _wait_up(self, gen, timeout):
+        """Wait until every worker of ``gen`` serves; False after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while not gen.all_up():
+            if self.stopping or time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(UP_POLL_INTERVAL)
+        return True
+
     # ----------------------------------------------------------------- reload
 
     async def _reload_loop(self):
@@ -601,30 +923,49 @@ class Master:
             self._reload_wanted.clear()
             if self.stopping:
                 return
+            self.notifier.reloading()
             try:
-                self.reload()
+                ok = await self.reload()
             except Exception:
                 # A bug here must not end the task: later HUPs would then do nothing.
                 log.error("alert", "reload failed: " + traceback.format_exc().rstrip())
+                ok = False
+            self.reloads += 1
+            if self.stopping:
+                return
+            # systemd leaves the "reloading" state on READY=1, whatever the outcome:
+            # after a failure the old generation is what serves.
+            self.notifier.ready(status=f"serving configuration generation {self.serving.number}"
+                                + ("" if ok else " (the last reload failed)"))
 
-    def reload(self):
+    def _reload_failed(self):
+        # Readiness answers 503 ("config failed") until a reload succeeds: the node
+        # serves a config older than the one on disk, and keepalived should know.
+        if self.shared is not None:
+            self.shared.config_failed = True
+
+    async def reload(self):
         """Load the config again and switch to it; on any failure keep the old one."""
         try:
             cycle = load_cycle(self.cycle.path)
         except ConfigError as e:
-            log.error("emerg", str(e))
+            log.error("emerg", f"{e}; the previous configuration keeps serving")
+            self._reload_failed()
             return False
         except Exception:
             log.error("alert", "reload failed: " + traceback.format_exc().rstrip())
+            self._reload_failed()
             return False
 
+        in_place = same_listeners(self.cycle, cycle)
         try:
-            self.listeners.provide(cycle)
-            if cycle.pid_path and cycle.pid_path != self.pid_path:
-                write_pid_file(cycle.pid_path, self.pid)
+            if not in_place:
+                self.listeners.provide(cycle)
+            self._switch_pid_file(cycle.pid_path)
         except StartupError as e:
-            log.error("emerg", str(e))
+            log.error("emerg", f"{e}; the previous configuration keeps serving")
             self.listeners.prune(self.cycle)  # drop what was bound for the new cycle
+            self._reload_failed()
             return False
 
         if cycle.error_log != self.cycle.error_log:
@@ -634,17 +975,128 @@ class Master:
                 # The log is not worth refusing the new config for; keep the old one.
                 log.error("alert", f'open() "{cycle.error_log[0]}" failed '
                                    f'{os_error_text(e)}, still logging to "{log.target()}"')
-        if self.pid_path and self.pid_path != cycle.pid_path:
-            remove_pid_file(self.pid_path, self.pid)
-        self.pid_path = cycle.pid_path
 
-        old = self.current
+        self._generation_counter += 1
+        number = self._generation_counter
         self.cycle = cycle
-        self.current = self._start_generation(cycle)
+        if in_place:
+            await self._reload_in_place(cycle, number)
+        else:
+            await self._reload_new_workers(cycle, number)
+        if self.shared is not None:
+            self.shared.config_failed = False
+        self.published = number
+        self._publish()
+        log.error("notice", f"configuration generation {number} is in force"
+                            + (" (workers reloaded in place)" if in_place else ""))
+        return True
+
+    async def _reload_in_place(self, cycle, number):
+        """Send the tested config to the running workers; each compiles it and swaps
+        it in (same pid, connections kept, in-flight requests finish on their plan).
+        A worker that fails or does not answer is replaced by a fresh one."""
+        gen = self.current
+        gen.cycle = cycle        # a worker forked from now on (respawn) runs the new one
+        gen.number = number
+        message = self.worker_module.encode({
+            "op": "reload", "generation": number, "path": cycle.path, "parsed": cycle.parsed})
+        deadline = time.monotonic() + RELOAD_ACK_TIMEOUT
+        waiting = []
+        for slot in gen.slots:
+            if slot.pid is None or slot.control is None:
+                continue  # a respawn is pending: it will start on the new config
+            fut = self.loop.create_future()
+            slot.ack = (number, fut)
+            waiting.append((slot, slot.pid, fut))
+            if not await self._send(slot.control, message, deadline):
+                if not fut.done():
+                    fut.set_result((False, "the reload message could not be sent"))
+        for slot, pid, fut in waiting:
+            left = deadline - time.monotonic()
+            try:
+                ok, error = await asyncio.wait_for(asyncio.shield(fut), max(left, 0.001))
+            except asyncio.TimeoutError:
+                ok, error = False, f"no answer within {RELOAD_ACK_TIMEOUT:g}s"
+            slot.ack = None
+            if ok:
+                self._mark_up(slot)  # it serves generation `number` now
+                continue
+            if self.stopping:
+                continue
+            if slot.pid == pid:
+                log.error("alert", f"worker process {pid} did not switch to generation "
+                                   f"{number} ({error}), replacing it")
+                self._replace_worker(gen, slot)
+            # else it exited meanwhile; its respawn runs the new config
+        # A replaced worker's successor must serve before READY=1 goes out.
+        await self._wait_up(gen, RELOAD_ACK_TIMEOUT)
+
+    async def _send(self, sock, data, deadline):
+        """Write ``data`` to a non-blocking control socket without blocking the loop."""
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[sock.send(view):]
+                continue
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                return False
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.002)
+        return True
+
+    def _replace_worker(self, gen, slot):
+        """Start a fresh worker for ``slot`` of ``gen`` and retire the one it has."""
+        old = Slot(slot.index)
+        for name in ("pid", "pidfd", "control", "reader", "started", "spawn_ms"):
+            setattr(old, name, getattr(slot, name))
+        ghost = Generation(gen.number, gen.cycle, slots=[old])
+        self.by_pid[old.pid] = (ghost, old)
+        if old.control is not None:      # its acks would now be for the ghost slot
+            self.loop.remove_reader(old.control.fileno())
+            self.loop.add_reader(old.control.fileno(), self._on_control, old)
+        slot.pid = slot.pidfd = slot.control = slot.reader = None
+        slot.up = False
+        self.generations.append(ghost)
+        self.retire(ghost)
+        self._spawn(gen, slot)
+
+    async def _reload_new_workers(self, cycle, number):
+        """The listeners changed: start a generation of new workers on the sockets
+        (the new addresses were bound by the caller), and once it serves, QUIT the
+        old workers, which stop accepting and finish what they have."""
+        old = self.current
+        self.current = self._start_generation(cycle, number)
+        if not await self._wait_up(self.current, NEW_GENERATION_UP_TIMEOUT):
+            if self.stopping:
+                return
+            log.error("warn", f"configuration generation {number}: not every new worker "
+                              f"serves after {NEW_GENERATION_UP_TIMEOUT:g}s; "
+                              "retiring the old ones anyway")
+        self.serving = self.current
         self.retire(old)
         self.listeners.prune(cycle)
-        log.error("notice", f"configuration generation {self.current.number} is in force")
-        return True
+
+    def _switch_pid_file(self, new_path):
+        """Follow a changed ``pid`` directive: write the new pid file, remove the old
+        one, and move the shared state file next to the new one. Raises StartupError."""
+        if new_path == self.pid_path:
+            return
+        if self.new_binary is not None or self.upgrade_from_alive():
+            return  # during an upgrade the pid files belong to the upgrade
+        if new_path:
+            write_pid_file(new_path, self.pid)
+        if self.pid_file:
+            remove_pid_file(self.pid_file, self.pid)
+        self.pid_path = self.pid_file = new_path
+        if new_path and self.state_path:
+            try:
+                os.rename(self.state_path, state_path_for(new_path))
+                self.state_path = state_path_for(new_path)
+            except OSError as e:
+                log.error("alert", f'rename() "{self.state_path}" failed {os_error_text(e)}')
 
     def retire(self, gen):
         """Stop ``gen`` gracefully: QUIT now, KILL after its shutdown timeout."""
@@ -674,7 +1126,163 @@ class Master:
             gen.kill_timer = None
         if gen in self.generations:
             self.generations.remove(gen)
-        log.error("notice", f"configuration generation {gen.number} has exited")
+            log.error("notice", f"worker processes of configuration generation "
+                                f"{gen.number} have exited")
+
+    # ----------------------------------------------------------------- binary upgrade
+
+    def upgrade_from_alive(self):
+        """True while the old master that exec'd this one still runs (and is our
+        parent): this master is then the new binary of an upgrade under way."""
+        return bool(self.upgrade_from) and os.getppid() == self.upgrade_from
+
+    def upgrade(self):
+        """USR2: exec a new master that inherits the listening sockets (nginx's
+        binary upgrade). This master keeps serving until WINCH/QUIT; if the new one
+        fails to start, it renames the pid file back and carries on."""
+        if self.stopping:
+            log.error("notice", "binary upgrade ignored: stopping")
+            return
+        if self.new_binary is not None:
+            log.error("alert", f"binary upgrade ignored: the new binary {self.new_binary.pid} "
+                               "still runs; stop either it or this master first")
+            return
+        if self.upgrade_from_alive():
+            log.error("alert", f"binary upgrade ignored: this master is itself a new binary "
+                               f"and the old master {self.upgrade_from} still runs")
+            return
+        if self.noaccepting:
+            log.error("alert", "binary upgrade ignored: the worker processes are stopped")
+            return
+
+        oldbin = f"{self.pid_path}.oldbin" if self.pid_path else None
+        if oldbin:
+            try:
+                os.rename(self.pid_path, oldbin)
+            except OSError as e:
+                log.error("alert", f'rename() "{self.pid_path}" to "{oldbin}" failed '
+                                   f'{os_error_text(e)}, binary upgrade cancelled')
+                return
+            self.pid_file = oldbin
+        # The new master creates its own state file where ours is: move ours aside, so
+        # that `edge drain` during the upgrade can still find both.
+        if oldbin and self.state_path == state_path_for(self.pid_path):
+            try:
+                os.rename(self.state_path, state_path_for(oldbin))
+                self.state_path = state_path_for(oldbin)
+            except OSError as e:
+                log.error("alert", f'rename() "{self.state_path}" failed {os_error_text(e)}')
+
+        env = dict(os.environ)
+        env[INHERIT_ENV] = self.listeners.describe()
+        env[UPGRADE_FROM_ENV] = str(self.pid)
+        if self.shared is not None and self.shared.draining:
+            env[DRAINING_ENV] = "1"
+        else:
+            env.pop(DRAINING_ENV, None)
+        argv = self.exec_argv or [sys.executable, "-m", "edge", "-c", self.cycle.path]
+        fds = [sock.fileno() for socks in self.listeners.sockets.values() for sock in socks]
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Blocked across fork and exec on purpose: the new master starts with them
+        # blocked and unblocks them once its handlers are in place (as run() does), so
+        # a signal that arrives in between is not lost nor run by our handlers here.
+        saved_mask = signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError as e:
+            signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)
+            log.error("alert", f"fork() failed {os_error_text(e)}, binary upgrade cancelled")
+            self._upgrade_ended()
+            return
+        if pid == 0:
+            code = 127
+            try:
+                for fd in fds:
+                    os.set_inheritable(fd, True)  # clears FD_CLOEXEC: they survive exec
+                if self.exec_cwd:
+                    os.chdir(self.exec_cwd)
+                os.execve(argv[0] if os.path.isabs(argv[0]) else sys.executable, argv, env)
+            except BaseException as e:
+                try:
+                    log.error("alert", f"execve() of the new binary failed: {e!r}")
+                except BaseException:
+                    pass
+            finally:
+                os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)
+        self.new_binary = NewBinary(pid)
+        try:
+            self.new_binary.pidfd = os.pidfd_open(pid)
+            self.loop.add_reader(self.new_binary.pidfd, self._reap_new_binary)
+        except (OSError, AttributeError):
+            self.loop.call_later(REAP_POLL_INTERVAL, self._poll_new_binary)
+        log.error("notice", f"start new binary process {pid}: {' '.join(argv)}")
+
+    def _poll_new_binary(self):
+        if self.new_binary is None:
+            return
+        if not self._reap_new_binary():
+            self.loop.call_later(REAP_POLL_INTERVAL, self._poll_new_binary)
+
+    def _reap_new_binary(self):
+        nb = self.new_binary
+        if nb is None:
+            return True
+        try:
+            done, status = os.waitpid(nb.pid, os.WNOHANG)
+        except ChildProcessError:
+            done, status = nb.pid, None
+        if not done:
+            return False
+        if nb.pidfd is not None:
+            self.loop.remove_reader(nb.pidfd)
+            os.close(nb.pidfd)
+        self.new_binary = None
+        log.error("notice" if status == 0 else "alert",
+                  f"new binary process {nb.pid} exited {describe_exit(status)}")
+        self._upgrade_ended()
+        return True
+
+    def _upgrade_ended(self):
+        """The new binary is gone (it failed, or was stopped for a rollback): take
+        back the pid file, and bring the workers back if WINCH had stopped them."""
+        if self.stopping:
+            return  # we are leaving too; our .oldbin pid file is removed at exit
+        if self.pid_path and self.pid_file != self.pid_path:
+            try:
+                write_pid_file(self.pid_path, self.pid)
+                remove_pid_file(self.pid_file, self.pid)
+                self.pid_file = self.pid_path
+            except StartupError as e:
+                log.error("alert", str(e))
+        if self.pid_path and self.state_path == state_path_for(f"{self.pid_path}.oldbin"):
+            try:
+                os.rename(self.state_path, state_path_for(self.pid_path))
+                self.state_path = state_path_for(self.pid_path)
+            except OSError as e:
+                log.error("alert", f'rename() "{self.state_path}" failed {os_error_text(e)}')
+        if self.noaccepting:
+            self.restart_workers()
+        # This master is the service's main process again.
+        self.notifier.mainpid(self.pid, status="serving (binary upgrade rolled back)")
+        log.error("notice", "binary upgrade ended, this master serves")
+
+    def stop_workers(self):
+        """WINCH: stop the workers gracefully and do not respawn them (the new
+        binary's workers serve on the same sockets meanwhile)."""
+        if self.noaccepting:
+            return
+        self.noaccepting = True
+        self.retire(self.current)
+        self._publish()
+
+    def restart_workers(self):
+        """Start workers again after WINCH, with the config this master has."""
+        self.noaccepting = False
+        self.current = self.serving = self._start_generation(self.cycle, self.current.number)
+        self._publish()
 
     # ----------------------------------------------------------------- logs
 
@@ -687,6 +1295,12 @@ class Master:
 
     # ----------------------------------------------------------------- stop
 
+    def handed_over(self):
+        """True if another master is, or is about to be, the service's main process:
+        we are the old master of an upgrade, or a new binary whose old master lives
+        (a rollback). Such a master must not tell systemd STOPPING=1."""
+        return self.new_binary is not None or self.upgrade_from_alive()
+
     def stop(self, mode):
         """Stop everything: ``"graceful"`` (QUIT) or ``"fast"`` (TERM, INT).
 
@@ -694,6 +1308,8 @@ class Master:
         """
         if self.stopping == "fast" or self.stopping == mode:
             return
+        if self.stopping is None and not self.handed_over():
+            self.notifier.stopping()
         self.stopping = mode
         self._reload_wanted.set()  # let the reload task see the stop and end
         for gen in self.generations:
@@ -714,7 +1330,8 @@ class Master:
             self._signal_workers(list(self.by_pid), signal.SIGTERM)
             limit = FAST_STOP_GRACE
         # The workers hold their own copies; see Listeners.prune for why the master
-        # lets go of its copies now rather than when the last worker has gone.
+        # lets go of its copies now rather than when the last worker has gone. (After
+        # a binary upgrade the new master holds the same sockets: they stay open.)
         self.listeners.close_all()
 
         if not self.by_pid:
@@ -796,10 +1413,12 @@ def check_not_running(pid_path):
                            f'(pid file "{pid_path}")')
 
 
-def run(config_path):
+def run(config_path, exec_argv=None, exec_cwd=None):
     """Run the master in the foreground for the config at ``config_path``.
 
-    Returns the process exit status: 0 after a stop, 1 if it could not start.
+    ``exec_argv`` / ``exec_cwd``: the command line (and the directory it ran in) that a
+    binary upgrade execs again. Returns the process exit status: 0 after a stop, 1 if
+    it could not start.
     """
     try:
         cycle = load_cycle(config_path)
@@ -817,39 +1436,73 @@ def run(config_path):
     # Imported here, not at the top: `edge -t` and `edge -s` need neither.
     import uvloop
     import edge.worker
+    from edge._core.reactor import SharedState
 
     # From here on a stop signal must not kill the master half-way (leaving a pid file
-    # behind): hold the signals until the event loop's handlers are installed.
+    # behind): hold the signals until the event loop's handlers are installed. (A new
+    # binary arrives with them blocked already: see Master.upgrade.)
     signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)
     raise_nofile_limit()
+    # Read once and forget: a worker or a later upgrade must not see stale values.
+    inherited = os.environ.pop(INHERIT_ENV, None)
+    upgrade_from = os.environ.pop(UPGRADE_FROM_ENV, "")
+    upgrade_from = int(upgrade_from) if upgrade_from.isdigit() else None
+    draining = os.environ.pop(DRAINING_ENV, None) == "1"
+
     listeners = Listeners()
     pid = os.getpid()
     pid_written = None
+    shared = None
     try:
         check_not_running(cycle.pid_path)
+        if inherited:
+            adopted = parse_inherited(inherited)
+            listeners.adopt(adopted)
+            listeners.drop_unused(cycle)
+            log.error("notice", "using inherited sockets: " + ", ".join(
+                f"{key} ({len(socks)})" for key, socks in listeners.sockets.items()))
         listeners.provide(cycle)
         if cycle.pid_path:
             write_pid_file(cycle.pid_path, pid)
             pid_written = cycle.pid_path
+        # Created after the pid check: truncating the state file of a master that
+        # runs would zero the block its workers answer readiness from.
+        state_path = (state_path_for(cycle.pid_path) if cycle.pid_path
+                      else os.path.join(tempfile.gettempdir(), f"edge-{pid}.state"))
+        try:
+            shared = SharedState.create(state_path)
+        except OSError as e:
+            raise StartupError(f'open() "{state_path}" failed {os_error_text(e)}') from None
+        shared.draining = draining
     except StartupError as e:
         log.report("emerg", str(e))
         listeners.close_all()
+        if pid_written:
+            remove_pid_file(pid_written, pid)
         return 1
 
     set_process_title("edge: master process " + " ".join(sys.argv))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    log.error("notice", f"edge/{version()} master process {pid} starting")
+    log.error("notice", f"edge/{version()} master process {pid} starting"
+                        + (f" (binary upgrade from {upgrade_from})" if upgrade_from else ""))
     log.error("notice", f"getrlimit(RLIMIT_NOFILE): {soft}:{hard}")
 
-    master = Master(cycle, listeners, edge.worker)
+    master = Master(cycle, listeners, edge.worker, shared=shared,
+                    notifier=sd_notify.Notifier(), state_path=state_path,
+                    exec_argv=exec_argv, exec_cwd=exec_cwd, upgrade_from=upgrade_from)
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
         loop.run_until_complete(master.main())
     finally:
         listeners.close_all()
-        for path in {pid_written, master.pid_path} - {None}:
+        for path in {pid_written, master.pid_file} - {None}:
             remove_pid_file(path, pid)
+        try:
+            os.unlink(master.state_path)
+        except OSError:
+            pass
+        shared.close()
         asyncio.set_event_loop(None)
         loop.close()
         log.error("notice", "exit")

@@ -658,7 +658,8 @@ cdef class Client(Handle):
         cdef int major = 0
         cdef int minor = 0
         if edge_request_http_version(self.rb.data + self.rb.start, buf_len(&self.rb),
-                                     &major, &minor) == 0 and not (major == 1 and minor in (0, 1)):
+                                     &major, &minor) == 0 and minor >= 0 \
+                and not (major == 1 and minor in (0, 1)):
             self.send_error(505, "client sent unsupported HTTP version")
         else:
             self.send_error(400, "client sent invalid request")

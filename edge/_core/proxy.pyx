@@ -45,6 +45,7 @@ cdef class UpConn(Handle):
     cdef bint reused
     cdef int64_t nrequests
     cdef bint head_done
+    cdef bint head_pending      # buffered bytes may hold the next response head
     cdef bint got_bytes
     cdef bint resp_done
     cdef bint upstream_keepalive
@@ -77,6 +78,7 @@ cdef class UpConn(Handle):
         """Queue c's request head and start (or continue) talking to the upstream."""
         self.client = c
         self.head_done = False
+        self.head_pending = False
         self.got_bytes = False
         self.resp_done = False
         self.win_len = 0
@@ -338,7 +340,7 @@ cdef class UpConn(Handle):
             if self.resp_done:
                 self.finish()
                 return
-            if not self.head_done or buf_len(&self.rb) == 0:
+            if (not self.head_done and not self.head_pending) or buf_len(&self.rb) == 0:
                 if self.resp_kind == RESP_TUNNEL and self.head_done:
                     if not self.readable:
                         return
@@ -371,7 +373,8 @@ cdef class UpConn(Handle):
                     return
             if not self.head_done:
                 r = self.parse_head()
-                if r == 0:
+                self.head_pending = r == 2     # an interim response was skipped: parse on
+                if r == 0 or r == 2:
                     continue
                 if r < 0:
                     self.fail(FAIL_BAD_RESPONSE)
@@ -470,7 +473,7 @@ cdef class UpConn(Handle):
             return self.start_tunnel(hs, nh, msg, msg_len, ret)
         if status < 200:
             self.rb.start += <size_t>ret        # 100 / 102 / 103: interim, skip it
-            return 0
+            return 2
         self.status = status
         self.upstream_keepalive = minor == 1
         for i in range(nh):
@@ -489,6 +492,8 @@ cdef class UpConn(Handle):
                     self.upstream_keepalive = False
                 elif token_listed(h.value, h.value_len, "keep-alive", 10):
                     self.upstream_keepalive = True
+        if has_te and content_length >= 0:
+            return -1       # both framings: a response-splitting attempt (RFC 9112 6.3)
         no_body = c.is_head or status == 204 or status == 304
         if no_body:
             self.resp_kind = RESP_NONE

@@ -537,6 +537,7 @@ class Master:
 
         self.current = self.serving = self._start_generation(self.cycle)
         self.published = self.current.number
+        self._publish()  # a worker may have been seen up before `serving` was set
         # The control plane (admin API, metrics, Redis sync) will be more tasks here.
         tasks = [asyncio.create_task(self._reload_loop(), name="edge-reload"),
                  asyncio.create_task(self._announce_ready(), name="edge-ready")]

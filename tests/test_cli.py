@@ -351,3 +351,78 @@ def test_a_second_master_on_the_same_pid_file_is_refused(edge):
     assert alive(e.pid)
     assert e.pid_path.read_text().strip() == str(e.pid)
     assert get(e.port, "/").status == 200
+
+
+# --------------------------------------------------------------------------- drain / readiness
+
+READY_SERVER = """
+worker_processes 2;
+http {
+    server {
+        listen 127.0.0.1:@PORT@;
+        location / { return 200 "ok"; }
+        location = /ready { health ready; }
+        location = /live { health live; }
+    }
+}
+"""
+
+
+def test_drain_and_undrain_change_readiness_only(edge):
+    e = edge(READY_SERVER)
+    e.wait_workers(2)
+    deadline = time.monotonic() + 5
+    while get(e.port, "/ready").status != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+    r = run_edge("drain", "-c", e.conf_path)
+    assert r.returncode == 0, r.stderr
+    assert "is draining" in r.stderr
+    for _ in range(10):  # every worker sees it: the flag is in shared memory
+        resp = get(e.port, "/ready")
+        assert resp.status == 503 and b"draining" in resp.body, resp
+        assert get(e.port, "/").status == 200, "traffic keeps flowing while draining"
+        assert get(e.port, "/live").status == 200
+    r = run_edge("status", "-c", e.conf_path)
+    assert "draining: yes" in r.stdout and "ready: no (draining)" in r.stdout, r.stdout
+
+    # The flag survives a reload (it belongs to the node, not to a config).
+    run_edge("-s", "reload", "-c", e.conf_path)
+    deadline = time.monotonic() + 5
+    while "generation 2," not in run_edge("status", "-c", e.conf_path).stdout:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert get(e.port, "/ready").status == 503
+
+    r = run_edge("undrain", "-c", e.conf_path)
+    assert r.returncode == 0, r.stderr
+    assert get(e.port, "/ready").status == 200
+    r = run_edge("status", "-c", e.conf_path)
+    assert "draining: no" in r.stdout and "ready: yes" in r.stdout, r.stdout
+    assert "workers 2/2 up" in r.stdout, r.stdout
+
+
+def test_drain_without_a_master_fails_clearly(tmp_path):
+    for command in ("drain", "undrain"):
+        r = run_edge(command, "-c", good_conf(tmp_path))
+        assert r.returncode == 1
+        assert "is edge running?" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+
+
+def test_s_upgrade_without_a_master_fails_clearly(tmp_path):
+    r = run_edge("-s", "upgrade", "-c", good_conf(tmp_path))
+    assert r.returncode == 1
+    assert f'open() "{tmp_path}/edge.pid" failed' in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_quit_works_even_when_the_config_on_disk_is_broken(edge):
+    e = edge(SERVER)
+    e.wait_workers(1)
+    e.conf_path.write_text(e.conf_path.read_text().replace('return 200 "ok";', 'retrun 200;'))
+    r = run_edge("-s", "quit", "-c", e.conf_path)
+    assert r.returncode == 0, r.stderr
+    assert "using the pid file" in r.stderr
+    assert e.wait_exit(15) == 0

@@ -538,7 +538,7 @@ def test_target_block_boundaries(use_simd):
                     assert eh.parse_request(b"GET " + t + b" HTTP/1.1\r\n\r\n") == ERROR
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, database=None)
 @given(
     prefix=st.sampled_from([b"", b"GET / HTTP/1.1\r\n", b"GET / HTTP/1.1\r\nHost: ", b"HTTP/1.1 200 "]),
     body=st.binary(max_size=120),
@@ -780,7 +780,7 @@ def requests(draw):
 
 
 @MODES
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=600, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(req=requests())
 def test_hypothesis_requests_vs_h11(req, use_simd):
     data, kinds, (method, target, version, headers, head_len) = req
@@ -815,7 +815,7 @@ def responses(draw):
 
 
 @MODES
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(resp=responses())
 def test_hypothesis_responses_vs_h11(resp, use_simd):
     data, kinds, (version, status, reason, headers, head_len) = resp
@@ -836,7 +836,7 @@ def test_hypothesis_responses_vs_h11(resp, use_simd):
         assert_same_response(ours, theirs, consumed)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, database=None)
 @given(req=requests())
 def test_hypothesis_requests_prefixes(req):
     """The byte-by-byte and last_len properties on generated heads."""
@@ -1038,7 +1038,7 @@ def chunked_bodies(draw):
     return b"".join(parts) + last + trailer + b"\r\n", b"".join(chunks)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, database=None)
 @given(body=chunked_bodies(), rest=st.binary(max_size=10), cuts=st.lists(st.integers(0, 400), max_size=4))
 def test_hypothesis_chunked(body, rest, cuts):
     encoded, plain = body
@@ -1082,6 +1082,7 @@ def test_content_length(value, want):
     assert eh.parse_content_length(value) == want
 
 
+@settings(database=None)
 @given(st.integers(0, 2**63 - 1))
 def test_content_length_roundtrip(n):
     assert eh.parse_content_length(b"%d" % n) == n

@@ -615,6 +615,8 @@ cdef class Client(Handle):
                     else:
                         self.close()
                     return
+                # a new request head starts: client_header_timeout runs from here and is
+                # not restarted by each further byte, so a slowloris client is cut
                 timer_arm(self, self.binding.t_header, g_now)
             nh = self.binding.max_headers
             ret = edge_parse_request(self.rb.data + self.rb.start, buf_len(&self.rb),
@@ -624,14 +626,14 @@ cdef class Client(Handle):
                 if buf_len(&self.rb) >= limit:
                     self.send_error(self.oversize_status(), "client sent too large request head")
                     return
-                if not self.readable:
+                if self.tlist is not self.binding.t_header:
                     timer_arm(self, self.binding.t_header, g_now)
+                if not self.readable:
                     return
                 rd = self.read_more(limit)
                 if rd == RD_DATA:
                     continue
                 if rd == RD_AGAIN:
-                    timer_arm(self, self.binding.t_header, g_now)
                     return
                 if rd == RD_FULL:
                     self.send_error(self.oversize_status(), "client sent too large request head")
@@ -661,8 +663,33 @@ cdef class Client(Handle):
                                      &major, &minor) == 0 and minor >= 0 \
                 and not (major == 1 and minor in (0, 1)):
             self.send_error(505, "client sent unsupported HTTP version")
+        elif self.request_line_valid():
+            self.send_error(400, "client sent invalid header line while reading client request headers")
         else:
-            self.send_error(400, "client sent invalid request")
+            self.send_error(400, "client sent invalid request while reading client request line")
+
+    cdef bint request_line_valid(self) noexcept:
+        """For the log: does the head's first line parse on its own?"""
+        cdef const char *start = self.rb.data + self.rb.start
+        cdef const char *nl = <const char *>memchr(start, 10, buf_len(&self.rb))
+        cdef char line[8192 + 4]
+        cdef size_t n
+        cdef const char *method
+        cdef size_t method_len
+        cdef const char *path
+        cdef size_t path_len
+        cdef int minor
+        cdef size_t nh = 0
+        if nl == NULL:
+            return False
+        n = <size_t>(nl - start) + 1
+        if n > 8192:
+            return False
+        memcpy(line, start, n)
+        line[n] = 13
+        line[n + 1] = 10
+        return edge_parse_request(line, n + 2, &method, &method_len, &path, &path_len,
+                                  &minor, NULL, &nh, 0) > 0
 
     cdef int oversize_status(self) noexcept:
         """Too large a head: 414 when the request line alone does not fit in one large

@@ -7,7 +7,7 @@
 
 - `edge(template, **subst)` starts edge on the rendered config (see support/edge.py)
   and returns the EdgeProcess; a value that is an Upstream/Blackhole is replaced by its
-  "host:port". `edge.create(...)` returns one that is not started yet. Every edge is
+  "host:port"; `netns="NAME"` runs it inside that network namespace. `edge.create(...)` returns one that is not started yet. Every edge is
   stopped with QUIT at the end of the test; a master that does not exit, exits non-zero,
   or leaves processes behind fails the test at teardown.
 - `upstream`, `upstream_factory(name)`, `blackhole`, `slammer`, `tarpit`: servers from
@@ -79,7 +79,7 @@ class _EdgeFactory:
     def create(self, template: str, **subst) -> EdgeProcess:
         values = {k: (v.addr if hasattr(v, "addr") else v) for k, v in subst.items()}
         kw = {}
-        for opt in ("start_timeout", "stop_timeout", "defaults"):
+        for opt in ("start_timeout", "stop_timeout", "defaults", "netns"):
             if opt in values:
                 kw[opt] = values.pop(opt)
         e = EdgeProcess(self.tmp_path / f"edge{len(self.procs)}", template, values, **kw)

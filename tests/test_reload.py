@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from support import Conn, alive, get
-from support.load import Load
+from support.load import Load, check_clean
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -160,9 +160,6 @@ http {
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(strict=False, reason="the worker's graceful stop closes connections "
-                   "accepted but not yet read (reactor.pyx begin_quit); see "
-                   "/tmp/edge-requests-for-lead.txt, item 1. Remove this mark once fixed.")
 def test_reloads_that_change_the_listeners_under_load(edge):
     """A listen added and removed, and the worker count raised: new workers start on
     the same sockets, the old ones drain. No request fails."""
@@ -175,27 +172,34 @@ def test_reloads_that_change_the_listeners_under_load(edge):
     e.wait_workers(2)
     wait_generation(e, 1)
     gen = 1
+    windows = []  # the old workers stop gracefully in these
     with Load(e.port, check=lambda body: body == b"v0") as load:
         assert load.wait_ok(50), load.stats.summary()
         for i in range(6):
             before = set(e.worker_pids())
+            began = time.monotonic()
             rewrite(e, without_second if i % 2 == 0 else with_second)
             e.send_signal(signal.SIGHUP)
             gen += 1
             wait_generation(e, gen)
             assert not (set(e.wait_workers(2, exclude=before, timeout=10)) & before)
+            windows.append((began, time.monotonic() + 0.5))
             with socket.socket() as s:
                 reachable = s.connect_ex(("127.0.0.1", port2)) == 0
             assert reachable == (i % 2 == 1), f"port {port2} after reload {i}"
             assert load.wait_ok(20), load.stats.summary()
         # More workers: a third socket joins the group.
+        began = time.monotonic()
         rewrite(e, e.conf_path.read_text().replace("worker_processes 2;", "worker_processes 3;"))
         e.send_signal(signal.SIGHUP)
         wait_generation(e, gen + 1)
         e.wait_workers(3, timeout=10)
+        windows.append((began, time.monotonic() + 0.5))
         assert load.wait_ok(50), load.stats.summary()
-    stats = load.stats
-    assert stats.failures == [] and stats.resets == 0, stats.summary()
+    # The worker's graceful stop can drop a connection it accepted but has not read
+    # yet (reactor.pyx begin_quit, /tmp/edge-requests-for-lead.txt item 1): such drops,
+    # only inside a window where old workers stopped, make this an xfail for now.
+    check_clean(load.stats, windows, "reactor begin_quit, /tmp/edge-requests-for-lead.txt item 1")
 
 
 @pytest.mark.timeout(60)
@@ -346,3 +350,31 @@ def test_kill_9_a_worker_under_load(edge):
     assert len(oneshot) <= 2, stats.summary()
     assert all(killed_at <= f.when <= killed_at + respawned_in + 0.5 for f in oneshot), \
         stats.summary()
+
+
+@pytest.mark.timeout(60)
+def test_reload_that_moves_the_pid_file(edge):
+    """A changed `pid` directive: the new pid file is written, the old one removed,
+    and the state file (drain flag, readiness) moves along; still in place."""
+    e = start(edge)
+    workers = e.wait_workers(2)
+    wait_generation(e, 1)
+    moved = e.pid_path.with_name("moved.pid")
+    rewrite(e, e.conf_path.read_text().replace(f"pid {e.pid_path};", f"pid {moved};"))
+    e.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while not moved.exists():
+        assert time.monotonic() < deadline, e.report()
+        time.sleep(0.01)
+    assert moved.read_text().strip() == str(e.pid)
+    assert not e.pid_path.exists()
+    assert not Path(str(e.pid_path) + ".state").exists()
+    r = run_edge("drain", "-c", e.conf_path)
+    assert r.returncode == 0, r.stderr
+    assert get(e.port, "/ready").status == 503
+    assert e.worker_pids() == workers
+    e.pid_path = moved   # for the fixture's teardown and the checks below
+    r = run_edge("status", "-c", e.conf_path)
+    assert "generation 2," in r.stdout and "draining: yes" in r.stdout, r.stdout
+    assert e.stop() == 0
+    assert not moved.exists() and not Path(str(moved) + ".state").exists()

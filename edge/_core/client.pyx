@@ -128,6 +128,9 @@ cdef class Client(Handle):
     cdef char pp_port[8]
     cdef size_t pp_port_len
     cdef bint remote_replaced   # realip changed $remote_addr for this request
+    cdef int realip_family      # the address realip found (0: none yet)
+    cdef unsigned char realip_addr[16]
+    cdef int realip_port
     # $remote_addr / $remote_port of the current request
     cdef char remote[64]
     cdef size_t remote_len
@@ -144,6 +147,8 @@ cdef class Client(Handle):
     cdef size_t target_len
     cdef const char *args
     cdef size_t args_len
+    cdef const char *abs_host       # the authority of an absolute-form target, or NULL
+    cdef size_t abs_host_len
     cdef bint has_args
     cdef int minor
     cdef char host[HOST_MAX + 1]
@@ -285,16 +290,10 @@ cdef class Client(Handle):
         address and names the client (see realip.pyx)."""
         cdef size_t i
         cdef edge_header *h
-        cdef const char *value = NULL
-        cdef size_t vlen = 0
-        cdef int family = 0
-        cdef unsigned char addr[16]
-        cdef unsigned char best[16]
-        cdef int best_family = 0
-        cdef size_t end, start
-        cdef bint first = True
+        cdef bint is_xff
         if not realip.trusted(self.peer_family, self.peer_addr):
             return
+        self.realip_family = 0
         if realip.source == REALIP_PROXY_PROTOCOL:
             if not self.has_pp:
                 return
@@ -304,34 +303,59 @@ cdef class Client(Handle):
             self.remote_port_len = self.pp_port_len
             self.remote_replaced = True
             return
-        # the last header of that name wins, as a proxy appends its own
-        for i in range(self.nheaders):
-            h = &self.headers[i]
-            if name_is(h.name, h.name_len, realip.header, len(realip.header)):
-                value = h.value
-                vlen = h.value_len
-        if value == NULL:
+        # X-Forwarded-For headers form one list, walked from the last one back; for any
+        # other header the first one counts (nginx)
+        is_xff = name_is(realip.header, len(realip.header), "x-forwarded-for", 15)
+        if is_xff:
+            i = self.nheaders
+            while i > 0:
+                i -= 1
+                h = &self.headers[i]
+                if name_is(h.name, h.name_len, realip.header, len(realip.header)):
+                    if self.realip_walk(realip, h.value, h.value_len):
+                        break
+        else:
+            for i in range(self.nheaders):
+                h = &self.headers[i]
+                if name_is(h.name, h.name_len, realip.header, len(realip.header)):
+                    self.realip_walk(realip, h.value, h.value_len)
+                    break
+        if self.realip_family == 0:
             return
-        # walk the comma-separated list from the right
-        end = vlen
-        while True:
-            start = end
-            while start > 0 and value[start - 1] != 44:
-                start -= 1
-            if parse_ip(value + start, end - start, &family, addr) < 0:
-                break       # garbage: keep the last good candidate
-            memcpy(best, addr, 16)
-            best_family = family
-            if not realip.recursive or not realip.trusted(family, addr) or start == 0:
-                break
-            end = start - 1
-        if best_family == 0:
-            return
-        inet_ntop(best_family, best, self.remote, 64)
+        inet_ntop(self.realip_family, self.realip_addr, self.remote, 64)
         self.remote_len = strlen(self.remote)
-        self.remote_port[0] = 0
-        self.remote_port_len = 0
+        if self.realip_port >= 0:
+            self.remote_port_len = snprintf(self.remote_port, 8, "%d", self.realip_port)
+        else:
+            self.remote_port[0] = 0
+            self.remote_port_len = 0
         self.remote_replaced = True
+
+    cdef bint realip_walk(self, RealIP realip, const char *value, size_t vlen) noexcept:
+        """Walk one header value from the right (commas and spaces separate). Returns
+        True when the client is found (or the walk must stop), False to go on with the
+        previous header."""
+        cdef size_t end = vlen
+        cdef size_t start
+        cdef int family = 0
+        cdef int port = -1
+        cdef unsigned char addr[16]
+        while True:
+            while end > 0 and (value[end - 1] == 44 or value[end - 1] == 32 or value[end - 1] == 9):
+                end -= 1
+            if end == 0:
+                return False
+            start = end
+            while start > 0 and value[start - 1] != 44 and value[start - 1] != 32:
+                start -= 1
+            if parse_ip(value + start, end - start, &family, addr, &port) < 0:
+                return True         # garbage: keep the last good address
+            memcpy(self.realip_addr, addr, 16)
+            self.realip_family = family
+            self.realip_port = port
+            if not realip.recursive or not realip.trusted(family, addr):
+                return True
+            end = start
 
     cdef void reset_request(self) noexcept:
         # the next request runs on the newest config generation (reload in place)
@@ -728,6 +752,8 @@ cdef class Client(Handle):
         self.reset_request()
         self.connection_header = -1
         self.upgrade_index = -1
+        self.abs_host = NULL
+        self.abs_host_len = 0
         if self.remote_replaced:
             self.restore_remote()
         self.is_head = self.method_len == 4 and memcmp(self.method, "HEAD", 4) == 0
@@ -813,6 +839,8 @@ cdef class Client(Handle):
                 while i < pathn and pathp[i] != 47 and pathp[i] != 63:
                     i += 1
                 hostn = <size_t>((pathp + i) - hostp)
+                self.abs_host = hostp       # RFC 9112 3.2.2: it replaces Host upstream
+                self.abs_host_len = hostn
                 pathp = pathp + i
                 pathn = pathn - i
                 self.target = pathp

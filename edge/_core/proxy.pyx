@@ -37,6 +37,7 @@ cdef class UpConn(Handle):
     cdef size_t suf_len
     cdef bint readable
     cdef bint writable
+    cdef bint wrote             # a write made progress since the send timer was armed
     cdef bint peer_closed       # RDHUP seen: the upstream closed its side
     cdef int state
     cdef Upstream ups
@@ -146,6 +147,15 @@ cdef class UpConn(Handle):
 
     # ---- request ----------------------------------------------------------------------------
 
+    cdef void arm_wait_timer(self, Client c) noexcept:
+        """Waiting on the upstream: proxy_send_timeout while our writes are blocked,
+        else proxy_read_timeout."""
+        if buf_len(&self.wb) or self.win_len or self.suf_len:
+            if self.tlist is not c.loc.t_send:
+                timer_arm(self, c.loc.t_send, g_now)
+        else:
+            timer_arm(self, c.loc.t_read, g_now)
+
     cdef int flush(self) noexcept:
         """Write queued request bytes. 1: all sent; 0: socket full; -1: error."""
         cdef iovec iov[3]
@@ -180,6 +190,7 @@ cdef class UpConn(Handle):
                     return 0
                 return -1
             w = <size_t>r
+            self.wrote = True
             if w >= self.wb.end - self.wb.start:
                 w -= self.wb.end - self.wb.start
                 buf_reset(&self.wb)
@@ -212,8 +223,10 @@ cdef class UpConn(Handle):
                 self.fail(FAIL_IO)
                 return -1
             if r == 0:
-                if not self.head_done:
+                # proxy_send_timeout runs between two successful writes
+                if self.wrote or self.tlist is not c.loc.t_send:
                     timer_arm(self, c.loc.t_send, g_now)
+                self.wrote = False
                 return 0
             if c.body_done:
                 if not self.head_done and self.tlist is not c.loc.t_read:
@@ -353,11 +366,11 @@ cdef class UpConn(Handle):
                     timer_arm(self, c.loc.t_tunnel, g_now)
                     continue
                 if not self.readable:
-                    timer_arm(self, c.loc.t_read, g_now)
+                    self.arm_wait_timer(c)
                     return
                 rd = self.read_some()
                 if rd == RD_AGAIN:
-                    timer_arm(self, c.loc.t_read, g_now)
+                    self.arm_wait_timer(c)
                     return
                 if rd == RD_EOF:
                     if self.head_done and self.resp_kind == RESP_CLOSE:
@@ -644,6 +657,7 @@ cdef class UpConn(Handle):
             self.ups.peer_failed(self.peer, g_now)      # counts toward max_fails
             self.log_failure(why)
         status = 504 if why == FAIL_TIMEOUT else 502
+        cdef bint was_connecting = self.state == US_CONNECTING
         self.client = None
         self.close()
         c.up = None
@@ -655,7 +669,7 @@ cdef class UpConn(Handle):
             c.tried_peers &= ~((<uint64_t>1) << self.peer) if self.peer < 64 else c.tried_peers
             c.connect_next_peer()
             return
-        if why == FAIL_TIMEOUT and self.state != US_CONNECTING:
+        if why == FAIL_TIMEOUT and not was_connecting:
             # proxy_read_timeout / proxy_send_timeout: the request may have had effects;
             # nginx does not replay it on another peer by default for non-idempotent
             # methods, and we keep it simple: answer 504
@@ -743,6 +757,10 @@ cdef int build_upstream_head(Client c, Location loc, Buf *out) except -1:
         h = &c.headers[i]
         if name_in_list(h.name, h.name_len, HOP_BY_HOP):
             continue
+        if memchr(h.name, 95, h.name_len) != NULL:
+            # "Transfer_Encoding" means Transfer-Encoding to CGI-style backends: drop
+            # names with underscores, as nginx does by default
+            continue
         if name_in_list(h.name, h.name_len, strip):
             continue
         if conn != NULL and token_listed(conn.value, conn.value_len, h.name, h.name_len):
@@ -803,6 +821,17 @@ cdef void append_variable(Segment *s, Client c, Buf *out) noexcept:
             buf_append(out, c.host, c.host_len)
         elif c.server is not None:
             buf_append(out, c.server.first_name, len(c.server.first_name))
+    elif v == VAR_HTTP_HOST:
+        # the host as the client named it: an absolute-form target's authority wins
+        # over the Host header (RFC 9112 3.2.2)
+        if c.abs_host != NULL:
+            buf_append(out, c.abs_host, c.abs_host_len)
+        else:
+            for i in range(c.nheaders):
+                h = &c.headers[i]
+                if name_is(h.name, h.name_len, "host", 4):
+                    buf_append(out, h.value, h.value_len)
+                    break
     elif v == VAR_REMOTE_ADDR:
         buf_append(out, c.remote, c.remote_len)
     elif v == VAR_REMOTE_PORT:

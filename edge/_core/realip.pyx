@@ -86,11 +86,13 @@ cdef class RealIP:
         return self.trusted(AF_INET if ip.version == 4 else AF_INET6, packed)
 
 
-cdef int parse_ip(const char *p, size_t n, int *family, unsigned char *out) noexcept:
-    """A textual IPv4/IPv6 address (optionally [bracketed], optionally with :port for
-    IPv4) into binary. 0 or -1."""
+cdef int parse_ip(const char *p, size_t n, int *family, unsigned char *out, int *port) noexcept:
+    """A textual IPv4/IPv6 address (optionally [bracketed], optionally with :port) into
+    binary; *port is the port or -1. Returns 0 or -1."""
     cdef char tmp[64]
-    cdef size_t i
+    cdef size_t i, k
+    cdef int v
+    port[0] = -1
     while n and (p[0] == 32 or p[0] == 9):
         p += 1
         n -= 1
@@ -98,7 +100,7 @@ cdef int parse_ip(const char *p, size_t n, int *family, unsigned char *out) noex
         n -= 1
     if n == 0 or n >= 64:
         return -1
-    if p[0] == 91:
+    if p[0] == 91:                      # [v6] or [v6]:port
         i = 1
         while i < n and p[i] != 93:
             i += 1
@@ -106,8 +108,12 @@ cdef int parse_ip(const char *p, size_t n, int *family, unsigned char *out) noex
             return -1
         memcpy(tmp, p + 1, i - 1)
         tmp[i - 1] = 0
+        if inet_pton(AF_INET6, tmp, out) != 1:
+            return -1
         family[0] = AF_INET6
-        return 0 if inet_pton(AF_INET6, tmp, out) == 1 else -1
+        if i + 1 < n and p[i + 1] == 58:
+            return parse_port_text(p + i + 2, n - i - 2, port)
+        return 0 if i + 1 == n else -1
     memcpy(tmp, p, n)
     tmp[n] = 0
     if inet_pton(AF_INET, tmp, out) == 1:
@@ -116,12 +122,26 @@ cdef int parse_ip(const char *p, size_t n, int *family, unsigned char *out) noex
     if inet_pton(AF_INET6, tmp, out) == 1:
         family[0] = AF_INET6
         return 0
-    # "a.b.c.d:port"
-    for i in range(n):
+    for i in range(n):                  # a.b.c.d:port
         if tmp[i] == 58:
             tmp[i] = 0
             if inet_pton(AF_INET, tmp, out) == 1:
                 family[0] = AF_INET
-                return 0
+                return parse_port_text(p + i + 1, n - i - 1, port)
             break
     return -1
+
+
+cdef int parse_port_text(const char *p, size_t n, int *port) noexcept:
+    cdef size_t i
+    cdef int v = 0
+    if n == 0 or n > 5:
+        return -1
+    for i in range(n):
+        if p[i] < 48 or p[i] > 57:
+            return -1
+        v = v * 10 + (p[i] - 48)
+    if v > 65535:
+        return -1
+    port[0] = v
+    return 0

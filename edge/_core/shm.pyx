@@ -39,15 +39,26 @@ cdef class SharedState:
 
     @staticmethod
     def create(str path):
+        """A fresh block for a starting master. The drain flag survives from a previous
+        run: the maintenance flow is drain, stop, maintain, start, undrain, and the node
+        must not turn ready on its own in between."""
         import os
         cdef SharedState st = SharedState.__new__(SharedState)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        cdef int64_t draining = 0
+        try:
+            old = SharedState.open(path)
+            draining = old.block.draining
+            old.close()
+        except (OSError, ValueError):
+            pass
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             os.ftruncate(fd, sizeof(SharedBlock))
             st._map(fd)
         finally:
             os.close(fd)
         memset(st.block, 0, sizeof(SharedBlock))
+        st.block.draining = draining
         st.block.magic = SHM_MAGIC
         st.block.master_pid = os.getpid()
         st.path = path

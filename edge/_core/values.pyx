@@ -31,6 +31,7 @@ cdef enum VarId:
 # name -> id; `$http_*` and `$1`..`$9` are handled by prefix.
 VARIABLES = {
     "host": VAR_HOST,
+    "request_host": VAR_HTTP_HOST,
     "remote_addr": VAR_REMOTE_ADDR,
     "remote_port": VAR_REMOTE_PORT,
     "proxy_add_x_forwarded_for": VAR_PROXY_ADD_XFF,

@@ -11,7 +11,7 @@ from edge.modules.upstream import split_host_port
 # pass_host=pass and Kong's preserve_host do: that is what an API gateway's backends
 # expect. `proxy_set_header Host $proxy_host;` gives nginx's behaviour.
 DEFAULT_HEADERS = [
-    ("Host", "$http_host"),
+    ("Host", "$request_host"),
     ("X-Forwarded-For", "$proxy_add_x_forwarded_for"),
     ("X-Real-IP", "$remote_addr"),
     ("X-Forwarded-Proto", "$scheme"),
@@ -48,9 +48,10 @@ HSL = (HTTP, SERVER, LOCATION)
 def _upgrade(node):
     if node.args == ["off"]:
         return []
-    names = [a.lower() for a in node.args]
+    # "name/version" (RFC 9110 7.8) is allowed; edge matches on the name
+    names = [a.lower().partition("/")[0] for a in node.args]
     for name in names:
-        if not name or any(c in name for c in "\0 ,/"):
+        if not name or any(c in name for c in "\0 ,"):
             raise ConfigError(f'invalid upgrade protocol "{name}"')
     return names
 
@@ -63,7 +64,7 @@ DIRECTIVES = [
     Directive("proxy_set_header", HSL, (2, 2), parse=_set_header, multi=True,
               syntax="proxy_set_header field value;",
               doc="Set a request header sent upstream (variables allowed; an empty value "
-                  "removes it). Defaults: Host $http_host, X-Forwarded-For "
+                  "removes it). Defaults: Host $request_host (the client's Host, or an absolute-form target's host), X-Forwarded-For "
                   "$proxy_add_x_forwarded_for, X-Real-IP $remote_addr, X-Forwarded-Proto $scheme. "
                   "Inherited only when the block sets none itself, as in nginx."),
     Directive("proxy_upgrade", HSL, (1, None), parse=_upgrade, default=["websocket"],

@@ -121,10 +121,12 @@ def listen_addrs(conf_text: str) -> list[tuple[str, int]]:
     return out
 
 
-def listening_inodes(port: int) -> set[int]:
-    """Inodes of the sockets in LISTEN state on `port` (any address), from /proc/net."""
+def listening_inodes(port: int, pid: int | None = None) -> set[int]:
+    """Inodes of the sockets in LISTEN state on `port` (any address), from /proc/net
+    (or from /proc/PID/net: the tables of that process's network namespace)."""
     out = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    base = f"/proc/{pid}/net" if pid is not None else "/proc/net"
+    for table in (f"{base}/tcp", f"{base}/tcp6"):
         try:
             with open(table) as f:
                 lines = f.read().splitlines()[1:]
@@ -159,7 +161,8 @@ def _has_main_directive(text: str, name: str) -> bool:
 
 class EdgeProcess:
     def __init__(self, workdir, config: str, subst: dict | None = None, *, start_timeout: float = 10.0,
-                 stop_timeout: float = 15.0, defaults: bool = True, impl: str | None = None):
+                 stop_timeout: float = 15.0, defaults: bool = True, impl: str | None = None,
+                 netns: str | None = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.template = config
@@ -168,6 +171,10 @@ class EdgeProcess:
         self.stop_timeout = stop_timeout
         self.defaults = defaults
         self.impl = impl or IMPL
+        # run inside this network namespace (`ip netns exec`, which execs in place, so
+        # the pid is still the master's); readiness is then judged by the LISTEN socket
+        # in the namespace's tables alone, as a client here cannot connect to it
+        self.netns = netns
         self.conf_path = self.workdir / "edge.conf"
         self.pid_path = self.workdir / "edge.pid"
         self.error_log_path = self.workdir / "error.log"
@@ -234,9 +241,11 @@ class EdgeProcess:
     # -- process -----------------------------------------------------------------------
 
     def command(self) -> list[str]:
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         if self.impl == "nginx":
-            return [NGINX, "-p", str(self.workdir), "-e", str(self.error_log_path), "-c", str(self.conf_path)]
-        return [sys.executable, "-m", "edge", "-c", str(self.conf_path)]
+            return prefix + [NGINX, "-p", str(self.workdir), "-e", str(self.error_log_path),
+                             "-c", str(self.conf_path)]
+        return prefix + [sys.executable, "-m", "edge", "-c", str(self.conf_path)]
 
     def spawn(self):
         """Write the config and start the process; does not wait for readiness."""
@@ -281,7 +290,10 @@ class EdgeProcess:
             ours = socket_inodes(self.pid)
             for w in children_of(self.pid):
                 ours |= socket_inodes(w)
-            if listening_inodes(port) & ours:
+            if self.netns and listening_inodes(port, self.pid) & ours:
+                pending.pop(0)
+                continue
+            if not self.netns and listening_inodes(port) & ours:
                 try:
                     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
                     with socket.socket(fam, socket.SOCK_STREAM) as s:

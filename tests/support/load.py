@@ -217,3 +217,18 @@ class Load:
                 time.sleep(0.01)
             if self.pause:
                 time.sleep(self.pause)
+
+
+def check_clean(stats: Stats, graceful_windows=(), known_issue: str = ""):
+    """Assert no request failed, except inside `graceful_windows` ((start, end) in
+    time.monotonic()), where workers were stopping gracefully: failures there make the
+    test xfail with `known_issue` (a known data-plane bug being fixed), visibly, with
+    their count. A failure anywhere else fails the test. (A reset is always recorded as
+    a failure too.)"""
+    import pytest
+    outside = [f for f in stats.failures
+               if not any(a <= f.when <= b for a, b in graceful_windows)]
+    assert outside == [], stats.summary()
+    if stats.failures:
+        pytest.xfail(f"{len(stats.failures)} requests dropped while workers stopped "
+                     f"gracefully ({known_issue}): " + stats.summary())

@@ -1414,6 +1414,19 @@ def check_not_running(pid_path):
                            f'(pid file "{pid_path}")')
 
 
+def previous_draining(state_path):
+    """The drain flag in the state file a previous master left at ``state_path``."""
+    from edge._core.reactor import SharedState
+    try:
+        old = SharedState.open(state_path)
+    except (OSError, ValueError):
+        return False
+    try:
+        return old.draining
+    finally:
+        old.close()
+
+
 def run(config_path, exec_argv=None, exec_cwd=None):
     """Run the master in the foreground for the config at ``config_path``.
 
@@ -1470,11 +1483,23 @@ def run(config_path, exec_argv=None, exec_cwd=None):
         # runs would zero the block its workers answer readiness from.
         state_path = (state_path_for(cycle.pid_path) if cycle.pid_path
                       else os.path.join(tempfile.gettempdir(), f"edge-{pid}.state"))
+        # The drain flag outlives the master: drain, stop, maintain, start, undrain,
+        # and the node does not turn ready on its own in between. It comes from the
+        # state file a previous run left, or, in a binary upgrade, from the old master.
+        draining = draining or previous_draining(state_path)
         try:
+            try:
+                os.unlink(state_path)   # a fresh block (read what we keep just above)
+            except FileNotFoundError:
+                pass
             shared = SharedState.create(state_path)
         except OSError as e:
             raise StartupError(f'open() "{state_path}" failed {os_error_text(e)}') from None
         shared.draining = draining
+        # Before the first fork: the first worker may answer `health ready` before the
+        # master has counted anyone, and 0 of 0 would read as ready.
+        shared.workers_expected = cycle.worker_processes
+        shared.workers_up = 0
     except StartupError as e:
         log.report("emerg", str(e))
         listeners.close_all()
@@ -1499,10 +1524,18 @@ def run(config_path, exec_argv=None, exec_cwd=None):
         listeners.close_all()
         for path in {pid_written, master.pid_file} - {None}:
             remove_pid_file(path, pid)
-        try:
-            os.unlink(master.state_path)
-        except OSError:
-            pass
+        # The state file next to the pid file stays: it carries the drain flag to the
+        # next start. An old master's (".oldbin.state", the flag went to the new
+        # master) and a pid-less one (named after our pid) are of no further use.
+        if master.state_path and (master.state_path.endswith(".oldbin.state")
+                                  or not master.pid_path):
+            try:
+                os.unlink(master.state_path)
+            except OSError:
+                pass
+        else:
+            shared.workers_expected = 0     # nobody serves from this block any more
+            shared.workers_up = 0
         shared.close()
         asyncio.set_event_loop(None)
         loop.close()

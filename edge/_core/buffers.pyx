@@ -107,3 +107,91 @@ cdef inline int buf_append_bytes(Buf *b, bytes s) except -1:
 cdef inline int buf_append_str(Buf *b, const char *s) noexcept nogil:
     """Append a NUL-terminated constant; strlen of a literal folds to a constant."""
     return buf_append(b, s, strlen(s))
+
+
+cdef int write_queued(int fd, Buf *wb, const char **win, size_t *win_len,
+                      const char **suf, size_t *suf_len, bint *wrote) noexcept:
+    """Send a connection's queued output with writev: the bytes in wb, then the window
+    (bytes in someone else's buffer), then a constant suffix. Returns 1 when all is sent,
+    0 when the socket is full (EAGAIN), -1 on error. *wrote is set when bytes went out."""
+    cdef iovec iov[3]
+    cdef int n
+    cdef ssize_t r
+    cdef size_t w
+    while True:
+        n = 0
+        if wb.end > wb.start:
+            iov[n].iov_base = wb.data + wb.start
+            iov[n].iov_len = wb.end - wb.start
+            n += 1
+        if win_len[0]:
+            iov[n].iov_base = <void *>win[0]
+            iov[n].iov_len = win_len[0]
+            n += 1
+        if suf_len[0]:
+            iov[n].iov_base = <void *>suf[0]
+            iov[n].iov_len = suf_len[0]
+            n += 1
+        if n == 0:
+            buf_reset(wb)
+            return 1
+        r = writev(fd, iov, n)
+        if r < 0:
+            if errno == EINTR:
+                continue
+            if errno == EAGAIN:
+                return 0
+            return -1
+        wrote[0] = True
+        w = <size_t>r
+        if w >= wb.end - wb.start:
+            w -= wb.end - wb.start
+            buf_reset(wb)
+        else:
+            wb.start += w
+            continue
+        if w >= win_len[0]:
+            w -= win_len[0]
+            win_len[0] = 0
+        else:
+            win[0] += w
+            win_len[0] -= w
+            continue
+        if w >= suf_len[0]:
+            suf_len[0] = 0
+        else:
+            suf[0] += w
+            suf_len[0] -= w
+
+
+cdef enum ReadResult:
+    RD_DATA = 1
+    RD_AGAIN = 0
+    RD_EOF = -1
+    RD_ERROR = -2
+    RD_FULL = -3
+
+
+cdef int read_into(int fd, Buf *b, size_t room, bint *readable, bint peer_closed) noexcept:
+    """One read() of up to `room` bytes at the end of b (room must be reserved). RD_*.
+    A short read means the socket was drained: more data raises a new edge-triggered
+    event, so *readable is cleared and the read that would say EAGAIN is skipped (as nginx
+    does); that also serves one request per connection per wake-up, so busy connections
+    do not starve the others. Not after RDHUP: a pending end of stream raises no event."""
+    cdef ssize_t r
+    while True:
+        r = read(fd, b.data + b.end, room)
+        if r > 0:
+            b.end += r
+            if <size_t>r < room and not peer_closed:
+                readable[0] = False
+            return RD_DATA
+        if r == 0:
+            readable[0] = False
+            return RD_EOF
+        if errno == EINTR:
+            continue
+        if errno == EAGAIN:
+            readable[0] = False
+            return RD_AGAIN
+        return RD_ERROR

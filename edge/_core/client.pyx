@@ -35,13 +35,6 @@ cdef enum BodyKind:
     BODY_CHUNKED = 2
     BODY_TUNNEL = 3     # after a 101: raw bytes until either side closes
 
-cdef enum ReadResult:
-    RD_DATA = 1
-    RD_AGAIN = 0
-    RD_EOF = -1
-    RD_ERROR = -2
-    RD_FULL = -3
-
 cdef const char *HOP_BY_HOP = "connection\0keep-alive\0proxy-connection\0te\0trailer\0transfer-encoding\0upgrade\0content-length\0expect\0\0"
 cdef const char *RESPONSE_DROP = "connection\0keep-alive\0proxy-connection\0te\0trailer\0transfer-encoding\0upgrade\0content-length\0server\0date\0\0"
 
@@ -457,58 +450,17 @@ cdef class Client(Handle):
 
     cdef int flush(self) noexcept:
         """Write queued output. 1: all sent; 0: the socket is full; -1: error."""
-        cdef iovec iov[3]
-        cdef int n
-        cdef ssize_t r
-        cdef size_t w
-        while True:
-            n = 0
-            if self.wb.end > self.wb.start:
-                iov[n].iov_base = self.wb.data + self.wb.start
-                iov[n].iov_len = self.wb.end - self.wb.start
-                n += 1
-            if self.win_len:
-                iov[n].iov_base = <void *>self.win
-                iov[n].iov_len = self.win_len
-                n += 1
-            if self.suf_len:
-                iov[n].iov_base = <void *>self.suf
-                iov[n].iov_len = self.suf_len
-                n += 1
-            if n == 0:
-                buf_reset(&self.wb)
-                return 1
-            r = writev(self.fd, iov, n)
-            if r < 0:
-                if errno == EINTR:
-                    continue
-                if errno == EAGAIN:
-                    self.writable = False
-                    if self.loc is not None:
-                        timer_arm(self, self.loc.t_send_client, g_now)
-                    else:
-                        timer_arm(self, self.binding.t_header, g_now)
-                    return 0
-                return -1
-            w = <size_t>r
-            if w >= self.wb.end - self.wb.start:
-                w -= self.wb.end - self.wb.start
-                buf_reset(&self.wb)
-            else:
-                self.wb.start += w
-                continue
-            if w >= self.win_len:
-                w -= self.win_len
-                self.win_len = 0
-            else:
-                self.win += w
-                self.win_len -= w
-                continue
-            if w >= self.suf_len:
-                self.suf_len = 0
-            else:
-                self.suf += w
-                self.suf_len -= w
+        cdef bint wrote = False
+        cdef int r = write_queued(self.fd, &self.wb, &self.win, &self.win_len,
+                                  &self.suf, &self.suf_len, &wrote)
+        cdef TimerList send_timer
+        if r == 0:
+            self.writable = False
+            # send_timeout runs between two writes that made progress
+            send_timer = self.loc.t_send_client if self.loc is not None else self.binding.t_header
+            if wrote or self.tlist is not send_timer:
+                timer_arm(self, send_timer, g_now)
+        return r
 
     cdef void append_date(self) noexcept:
         buf_append(&self.wb, g_date, g_date_len)
@@ -577,28 +529,10 @@ cdef class Client(Handle):
         if self.rb.cap - self.rb.end < room:
             if buf_reserve(&self.rb, room) < 0:
                 return RD_ERROR
-        while True:
-            r = read(self.fd, self.rb.data + self.rb.end, room)
-            if r > 0:
-                self.rb.end += r
-                if <size_t>r < room and not self.peer_closed:
-                    # a short read drained the socket; more data will raise a new
-                    # edge-triggered event, so skip the read that would say EAGAIN
-                    # (as nginx does). Serving one request per connection per wake-up
-                    # also keeps busy connections from starving the others. Not after
-                    # RDHUP: the end of the stream raises no further event.
-                    self.readable = False
-                return RD_DATA
-            if r == 0:
-                self.readable = False
-                self.peer_closed = True
-                return RD_EOF
-            if errno == EINTR:
-                continue
-            if errno == EAGAIN:
-                self.readable = False
-                return RD_AGAIN
-            return RD_ERROR
+        r = read_into(self.fd, &self.rb, room, &self.readable, self.peer_closed)
+        if r == RD_EOF:
+            self.peer_closed = True
+        return r
 
     cdef void serve_heads(self):
         """Read, parse and answer request heads until the input runs dry, output backs up,

@@ -158,57 +158,14 @@ cdef class UpConn(Handle):
 
     cdef int flush(self) noexcept:
         """Write queued request bytes. 1: all sent; 0: socket full; -1: error."""
-        cdef iovec iov[3]
-        cdef int n
-        cdef ssize_t r
-        cdef size_t w
-        while True:
-            n = 0
-            if self.wb.end > self.wb.start:
-                iov[n].iov_base = self.wb.data + self.wb.start
-                iov[n].iov_len = self.wb.end - self.wb.start
-                n += 1
-            if self.win_len:
-                iov[n].iov_base = <void *>self.win
-                iov[n].iov_len = self.win_len
-                n += 1
-            if self.suf_len:
-                iov[n].iov_base = <void *>self.suf
-                iov[n].iov_len = self.suf_len
-                n += 1
-            if n == 0:
-                buf_reset(&self.wb)
-                return 1
-            if not self.writable:
-                return 0
-            r = writev(self.fd, iov, n)
-            if r < 0:
-                if errno == EINTR:
-                    continue
-                if errno == EAGAIN:
-                    self.writable = False
-                    return 0
-                return -1
-            w = <size_t>r
-            self.wrote = True
-            if w >= self.wb.end - self.wb.start:
-                w -= self.wb.end - self.wb.start
-                buf_reset(&self.wb)
-            else:
-                self.wb.start += w
-                continue
-            if w >= self.win_len:
-                w -= self.win_len
-                self.win_len = 0
-            else:
-                self.win += w
-                self.win_len -= w
-                continue
-            if w >= self.suf_len:
-                self.suf_len = 0
-            else:
-                self.suf += w
-                self.suf_len -= w
+        cdef int r
+        if not self.writable and (buf_len(&self.wb) or self.win_len or self.suf_len):
+            return 0
+        r = write_queued(self.fd, &self.wb, &self.win, &self.win_len,
+                         &self.suf, &self.suf_len, &self.wrote)
+        if r == 0:
+            self.writable = False
+        return r
 
     cdef int pump_request(self):
         """Send the head and stream the request body. 1: all sent; 0: waiting; -1: the
@@ -317,23 +274,10 @@ cdef class UpConn(Handle):
         if self.rb.cap - self.rb.end < room:
             if buf_reserve(&self.rb, room) < 0:
                 return RD_ERROR
-        while True:
-            r = read(self.fd, self.rb.data + self.rb.end, room)
-            if r > 0:
-                self.rb.end += r
-                self.got_bytes = True
-                if <size_t>r < room and not self.peer_closed:
-                    self.readable = False   # drained: the next data raises a new event
-                return RD_DATA
-            if r == 0:
-                self.readable = False
-                return RD_EOF
-            if errno == EINTR:
-                continue
-            if errno == EAGAIN:
-                self.readable = False
-                return RD_AGAIN
-            return RD_ERROR
+        r = read_into(self.fd, &self.rb, room, &self.readable, self.peer_closed)
+        if r == RD_DATA:
+            self.got_bytes = True
+        return r
 
     cdef void pump_response(self):
         cdef Client c = self.client

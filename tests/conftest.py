@@ -36,6 +36,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "edge_only: edge's documented choice where it differs from nginx;"
                                        " skipped when EDGE_TEST_IMPL=nginx")
     config.addinivalue_line("markers", "timeout(seconds): hard time limit of one integration test")
+    config.addinivalue_line("markers", "fuzz: a short atheris run of the parser fuzz target")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -211,8 +211,8 @@ def test_remote_port_after_realip(srv, upstream):
 
 
 def test_realip_remote_port_is_the_peer(edge):
-    e = edge(f"""http {{ server {{ listen 127.0.0.1:@PORT@; set_real_ip_from 127.0.0.1;
-        location / {{ return 200 "ra=$remote_addr rrp=$realip_remote_port"; }} }} }}""")
+    e = edge("""http { server { listen 127.0.0.1:@PORT@; set_real_ip_from 127.0.0.1;
+        location / { return 200 "ra=$remote_addr rrp=$realip_remote_port"; } } }""")
     with Conn(e.port) as c:
         r = c.request("GET", "/", headers=[("X-Real-IP", "203.0.113.7")])
         v = parse_vars(r.body)

@@ -117,6 +117,9 @@ def run(cycle, sockets, index, control=None, shared=None, generation=0):
         loop.set_worker_generation(generation)
         if channel is not None:
             channel.loop = loop
+            # tell the master at once, rather than at the first heartbeat, that this
+            # worker serves its generation (readiness counts workers up)
+            channel.send({"op": "up", "generation": generation})
         loop.run()
     except BaseException as e:   # a worker must report why it died, then exit
         try:

@@ -377,4 +377,46 @@ def test_reload_that_moves_the_pid_file(edge):
     r = run_edge("status", "-c", e.conf_path)
     assert "generation 2," in r.stdout and "draining: yes" in r.stdout, r.stdout
     assert e.stop() == 0
-    assert not moved.exists() and not Path(str(moved) + ".state").exists()
+    assert not moved.exists()
+    # The state file stays after the stop, with the drain flag for the next start.
+    from edge._core.reactor import SharedState
+    st = SharedState.open(str(moved) + ".state")
+    try:
+        assert st.draining and st.workers_expected == 0
+    finally:
+        st.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_that_does_not_answer_a_reload_is_replaced(edge):
+    """A stopped (hung) worker cannot switch in place: after the ack timeout it is
+    replaced by a fresh worker on the new generation, and the other keeps its pid."""
+    conf = CONF.replace("worker_shutdown_timeout 5s;", "worker_shutdown_timeout 1s;")
+    e = start(edge, conf)
+    hung, healthy = e.wait_workers(2)
+    wait_generation(e, 1)
+    os.kill(hung, signal.SIGSTOP)
+    try:
+        set_version(e, 1)
+        t0 = time.monotonic()
+        e.send_signal(signal.SIGHUP)
+        wait_generation(e, 2, timeout=20)
+        took = time.monotonic() - t0
+        pids = e.worker_pids()
+        assert healthy in pids
+        fresh = [p for p in pids if p not in (hung, healthy)]
+        assert len(fresh) == 1, pids
+        assert 4.0 <= took < 10, f"replaced after {took:.1f}s (ack timeout 5 s)"
+        assert f"worker process {hung} did not switch to generation 2" in e.error_log
+        # The hung one is retired: KILLed after worker_shutdown_timeout + margin.
+        deadline = time.monotonic() + 10
+        while alive(hung):
+            assert time.monotonic() < deadline, e.report()
+            time.sleep(0.05)
+        for _ in range(10):
+            assert get(e.port, "/").body == b"v1"
+    finally:
+        try:
+            os.kill(hung, signal.SIGCONT)
+        except ProcessLookupError:
+            pass

@@ -515,6 +515,11 @@ cdef class Client(Handle):
 
     # ---- input --------------------------------------------------------------------------
 
+    cdef bint input_waiting(self) noexcept:
+        """Bytes from the client wait in the kernel (read state may be stale)."""
+        cdef char probe
+        return recv(self.fd, &probe, 1, MSG_PEEK | MSG_DONTWAIT) > 0
+
     cdef int read_more(self, size_t limit) noexcept:
         """Read once into rb, holding at most `limit` bytes. RD_* result."""
         cdef ssize_t r

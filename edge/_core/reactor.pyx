@@ -268,7 +268,11 @@ cdef class Loop:
         for h in list(self.handles):
             if h is not None and h.kind == K_CLIENT:
                 c = <Client>h
-                if c.state == CS_HEAD and buf_len(&c.rb) == 0 and not c.output_pending():
+                # only idle keep-alive connections close now. A connection that has not
+                # sent its first request yet, or whose next request already sits in the
+                # kernel buffer, is served once more (with Connection: close).
+                if c.state == CS_HEAD and c.requests > 0 and buf_len(&c.rb) == 0 \
+                        and not c.output_pending() and not c.input_waiting():
                     c.close()
             elif h is not None and h.kind == K_UPSTREAM and (<UpConn>h).state == US_IDLE:
                 (<UpConn>h).close()

@@ -45,6 +45,7 @@ cdef class SharedState:
         import os
         cdef SharedState st = SharedState.__new__(SharedState)
         cdef int64_t draining = 0
+        cdef SharedState old
         try:
             old = SharedState.open(path)
             draining = old.block.draining

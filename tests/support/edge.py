@@ -307,6 +307,30 @@ class EdgeProcess:
                 raise EdgeError(f"{self.impl} did not listen on {pending} within {self.start_timeout}s"
                                 f"\n{self.report()}")
             time.sleep(0.02)
+        self.wait_workers_up(deadline)
+
+    def wait_workers_up(self, deadline):
+        """edge only: a port that accepts is not yet a node that is ready (the backlog
+        accepts too). When the master's state file exists, wait until every worker of
+        the generation is up, as `edge -s upgrade` does."""
+        if self.impl != "edge":
+            return
+        state_file = Path(str(self.pid_path) + ".state")
+        from edge._core.reactor import SharedState
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return
+            try:
+                st = SharedState.open(str(state_file))
+                try:
+                    if st.master_pid == self.pid and st.workers_expected and \
+                            st.workers_up >= st.workers_expected:
+                        return
+                finally:
+                    st.close()
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.02)
 
     @property
     def pid(self) -> int:

@@ -220,15 +220,9 @@ class Load:
 
 
 def check_clean(stats: Stats, graceful_windows=(), known_issue: str = ""):
-    """Assert no request failed, except inside `graceful_windows` ((start, end) in
-    time.monotonic()), where workers were stopping gracefully: failures there make the
-    test xfail with `known_issue` (a known data-plane bug being fixed), visibly, with
-    their count. A failure anywhere else fails the test. (A reset is always recorded as
-    a failure too.)"""
-    import pytest
-    outside = [f for f in stats.failures
-               if not any(a <= f.when <= b for a, b in graceful_windows)]
-    assert outside == [], stats.summary()
-    if stats.failures:
-        pytest.xfail(f"{len(stats.failures)} requests dropped while workers stopped "
-                     f"gracefully ({known_issue}): " + stats.summary())
+    """Assert no request failed and no connection was reset, including inside
+    `graceful_windows` (kept in the signature: the windows where workers stopped
+    gracefully are named in the failure message, which helps reading one)."""
+    inside = [f for f in stats.failures if any(a <= f.when <= b for a, b in graceful_windows)]
+    assert stats.failures == [], (f"{len(inside)} of {len(stats.failures)} failures inside "
+                                  f"graceful-stop windows: " + stats.summary())

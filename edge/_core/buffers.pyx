@@ -172,13 +172,25 @@ cdef enum ReadResult:
     RD_FULL = -3
 
 
-cdef int read_into(int fd, Buf *b, size_t room, bint *readable, bint peer_closed) noexcept:
-    """One read() of up to `room` bytes at the end of b (room must be reserved). RD_*.
+cdef int read_into(int fd, Buf *b, size_t limit, size_t chunk, bint *readable,
+                   bint peer_closed) noexcept:
+    """One read() into b, which may then hold at most `limit` bytes, reading at most
+    `chunk` bytes at once. RD_* (RD_FULL when b already holds `limit`).
     A short read means the socket was drained: more data raises a new edge-triggered
     event, so *readable is cleared and the read that would say EAGAIN is skipped (as nginx
     does); that also serves one request per connection per wake-up, so busy connections
     do not starve the others. Not after RDHUP: a pending end of stream raises no event."""
     cdef ssize_t r
+    cdef size_t room
+    if buf_len(b) == 0:
+        buf_reset(b)
+    if buf_len(b) >= limit:
+        return RD_FULL
+    room = limit - buf_len(b)
+    if room > chunk:
+        room = chunk
+    if b.cap - b.end < room and buf_reserve(b, room) < 0:
+        return RD_ERROR
     while True:
         r = read(fd, b.data + b.end, room)
         if r > 0:

@@ -522,19 +522,8 @@ cdef class Client(Handle):
 
     cdef int read_more(self, size_t limit) noexcept:
         """Read once into rb, holding at most `limit` bytes. RD_* result."""
-        cdef ssize_t r
-        cdef size_t room
-        if buf_len(&self.rb) == 0:
-            buf_reset(&self.rb)
-        if buf_len(&self.rb) >= limit:
-            return RD_FULL
-        room = limit - buf_len(&self.rb)
-        if room > READ_CHUNK:
-            room = READ_CHUNK
-        if self.rb.cap - self.rb.end < room:
-            if buf_reserve(&self.rb, room) < 0:
-                return RD_ERROR
-        r = read_into(self.fd, &self.rb, room, &self.readable, self.peer_closed)
+        cdef int r = read_into(self.fd, &self.rb, limit, READ_CHUNK, &self.readable,
+                               self.peer_closed)
         if r == RD_EOF:
             self.peer_closed = True
         return r

@@ -262,19 +262,10 @@ cdef class UpConn(Handle):
     # ---- response ---------------------------------------------------------------------------
 
     cdef int read_some(self) noexcept:
-        cdef ssize_t r
-        cdef size_t room
-        if buf_len(&self.rb) == 0:
-            buf_reset(&self.rb)
-        room = READ_CHUNK * 4
-        if not self.head_done:
-            if buf_len(&self.rb) >= UP_HEAD_MAX:
-                return RD_FULL
-            room = UP_HEAD_MAX - buf_len(&self.rb)
-        if self.rb.cap - self.rb.end < room:
-            if buf_reserve(&self.rb, room) < 0:
-                return RD_ERROR
-        r = read_into(self.fd, &self.rb, room, &self.readable, self.peer_closed)
+        # a response head must fit in UP_HEAD_MAX; body bytes are read only once the
+        # previous ones were sent, so the same bound holds for them
+        cdef int r = read_into(self.fd, &self.rb, UP_HEAD_MAX, UP_HEAD_MAX, &self.readable,
+                               self.peer_closed)
         if r == RD_DATA:
             self.got_bytes = True
         return r

@@ -334,3 +334,15 @@ def test_many_connections_at_once(srv):
     finally:
         for c in conns:
             c.close()
+
+
+def test_absolute_redirect_directive(edge):
+    """nginx's absolute_redirect: on by default (Host + listen port), off keeps the path."""
+    e = edge("""http { server { listen 127.0.0.1:@PORT@;
+        location = /on { return 302 /there; }
+        location = /off { absolute_redirect off; return 302 /there; }
+        location = /abs { return 302 https://elsewhere.example/x; } } }""")
+    r = get(e.port, "/on", host="Example.ORG")
+    assert r.header("Location") == f"http://example.org:{e.port}/there"
+    assert get(e.port, "/off").header("Location") == "/there"
+    assert get(e.port, "/abs").header("Location") == "https://elsewhere.example/x"

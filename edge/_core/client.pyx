@@ -969,7 +969,7 @@ cdef class Client(Handle):
         self.append_date()
         if loc.return_location is not None:
             buf_append_str(&self.wb, "Location: ")
-            eval_template(loc.return_location, self, &self.wb)
+            self.append_redirect_target(loc)
             buf_append_str(&self.wb, "\r\n")
         if loc.return_body is None:
             if loc.return_location is not None or status >= 400:
@@ -1036,6 +1036,25 @@ cdef class Client(Handle):
         if not self.is_head:
             buf_append_str(&self.wb, body)
         self.response_done()
+
+    cdef void append_redirect_target(self, Location loc) noexcept:
+        """The Location of a `return` redirect. A path is made absolute from the request's
+        host and the listen port, as nginx does with absolute_redirect on (and
+        server_name_in_redirect off, port_in_redirect on)."""
+        buf_reset(&self.pbuf)       # scratch: the proxy head is not in use on this path
+        eval_template(loc.return_location, self, &self.pbuf)
+        if loc.absolute_redirect and buf_len(&self.pbuf) and self.pbuf.data[0] == 47:
+            buf_append_str(&self.wb, "http://")
+            if self.host_len:
+                buf_append(&self.wb, self.host, self.host_len)
+            elif self.server is not None and len(self.server.first_name):
+                buf_append(&self.wb, self.server.first_name, len(self.server.first_name))
+            else:
+                buf_append(&self.wb, self.binding.server_addr, len(self.binding.server_addr))
+            if self.binding.server_port != b"80":
+                buf_append_str(&self.wb, ":")
+                buf_append(&self.wb, self.binding.server_port, len(self.binding.server_port))
+        buf_append(&self.wb, self.pbuf.data, buf_len(&self.pbuf))
 
     cdef void write_length_at(self, size_t mark, size_t length) noexcept:
         """Fill the 20-space gap at wb[mark] with the decimal length, left aligned, and

@@ -49,6 +49,7 @@ cdef class Location:
     cdef public int return_status
     cdef public Template return_body
     cdef public Template return_location
+    cdef public bint absolute_redirect
     cdef bytes return_head          # prebuilt status line + fixed headers
     cdef public bytes default_type
 
@@ -85,6 +86,7 @@ cdef class Location:
         self.file = file
         self.line = line
         self.content = CONTENT_NONE
+        self.absolute_redirect = True
         self.default_type = b"text/plain"
         self.proxy_headers = []
         self.proxy_uri = None

@@ -1,7 +1,7 @@
 """Direct responses and redirects (`return code [text | URL]`, `return URL`)."""
 
 from edge._core.reactor import Template
-from edge.config import LOCATION, SERVER, ConfigError, Directive
+from edge.config import HTTP, LOCATION, SERVER, ConfigError, Directive, types
 
 REDIRECTS = (301, 302, 303, 307, 308)
 
@@ -37,6 +37,10 @@ DIRECTIVES = [
               doc="Stop processing and answer: `code text` sends the text (variables "
                   "allowed) with `default_type`; 301/302/303/307/308 with a URL redirect; "
                   "a bare URL is a 302."),
+    Directive("absolute_redirect", (HTTP, SERVER, LOCATION), (1, 1), parse=types.flag,
+              default=True,
+              doc="Make a redirect to a path absolute (`http://host[:port]/path`) from the "
+                  "request's Host and the listen port, as nginx does; `off` sends the path."),
 ]
 
 
@@ -48,6 +52,7 @@ def compile_location(conf, location, runtime):
         return
     status, body, url = value
     location.set_return(status, body, url)
+    location.absolute_redirect = conf.get("absolute_redirect")
 
 
 def compile_server_fallback(conf):

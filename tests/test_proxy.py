@@ -532,6 +532,27 @@ http {
         assert r.header("X-Upstream") == "up"
 
 
+def test_post_moves_to_the_next_peer_when_connect_fails(edge, upstream):
+    """A refused connect sent nothing, so even a request with a body (a POST: not
+    idempotent) goes to the next peer, as nginx's proxy_next_upstream error does; the
+    body arrives whole, once."""
+    e = edge("""
+http {
+    upstream backend {
+        server 127.0.0.1:@DEAD@;
+        server @UP@;
+    }
+    server { listen 127.0.0.1:@PORT@; location / { proxy_pass http://backend; } }
+}
+""", UP=upstream, DEAD=closed_port())
+    body = body_pattern(50_000)
+    for i in range(4):      # round robin: half of these try the dead peer first
+        r = request(e.port, "POST", f"/echo?{i}", body=body)
+        assert r.status == 200, f"request {i}: {r!r}"
+        echo = json.loads(r.body)
+        assert echo["body_len"] == len(body), echo
+
+
 def test_failing_peer_marked_down(edge, upstream, slammer):
     """A peer that fails (accepts and closes) is tried again only after fail_timeout."""
     e = edge("""

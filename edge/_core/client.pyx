@@ -159,6 +159,7 @@ cdef class Client(Handle):
     cdef int64_t body_left
     cdef int64_t body_received
     cdef bint body_done
+    cdef bint body_started      # body bytes were handed to an upstream connection
     cdef edge_chunked_decoder body_dec
     cdef UpConn up
     cdef bint response_started
@@ -357,6 +358,7 @@ cdef class Client(Handle):
         self.body_left = 0
         self.body_received = 0
         self.body_done = True
+        self.body_started = False
         self.response_started = False
         self.is_head = False
         self.expect_continue = False
@@ -1136,7 +1138,9 @@ cdef class Client(Handle):
             self.send_error(status)
 
     cdef bint body_replayable(self) noexcept:
-        return self.body_kind == BODY_NONE
+        """No body byte has left the client's buffer for an upstream yet (a failed
+        connect sends nothing), so the request can go to another peer as it is."""
+        return self.body_kind == BODY_NONE or not self.body_started
 
     cdef void finish_error_keepalive(self, int status):
         cdef bytes head = error_head(status)

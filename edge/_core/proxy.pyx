@@ -221,6 +221,7 @@ cdef class UpConn(Handle):
                 self.win_len = avail
                 c.rb.start += avail
                 continue
+            c.body_started = True
             if c.body_kind == BODY_LENGTH:
                 n = avail if <int64_t>avail < c.body_left else <size_t>c.body_left
                 self.win = c.rb.data + c.rb.start

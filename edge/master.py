@@ -299,8 +299,28 @@ class Listeners:
                         for key, socks in self.sockets.items() if socks)
 
     def for_worker(self, cycle, index):
-        """The sockets worker ``index`` of ``cycle`` serves: ``{key: socket}``."""
-        return {spec.key: self.sockets[spec.key][index] for spec in cycle.listens}
+        """The sockets worker ``index`` of ``cycle`` serves: ``{key: [socket, ...]}``.
+        Socket j goes to worker j mod worker_processes, so after a reload that lowered
+        the worker count the extra sockets (kept: closing one would reset what is queued
+        on it) are still served."""
+        n = cycle.worker_processes
+        return {spec.key: [sock for j, sock in enumerate(self.sockets[spec.key]) if j % n == index]
+                for spec in cycle.listens}
+
+    def counts(self):
+        return {key: len(socks) for key, socks in self.sockets.items()}
+
+    def trim(self, counts):
+        """Undo a provide() whose reload failed: close what it bound beyond ``counts``."""
+        for key in list(self.sockets):
+            keep = counts.get(key, 0)
+            for sock in self.sockets[key][keep:]:
+                sock.close()
+            if keep:
+                del self.sockets[key][keep:]
+            else:
+                del self.sockets[key]
+                self.backlogs.pop(key, None)
 
     def drop_unused(self, cycle):
         """Close sockets for addresses ``cycle`` does not listen on (inherited ones the
@@ -313,23 +333,23 @@ class Listeners:
                 self.backlogs.pop(key, None)
 
     def prune(self, cycle):
-        """Close the master's copies of the sockets ``cycle`` does not use.
+        """Close the master's copies of the sockets of addresses ``cycle`` no longer
+        listens on.
 
         Called once a generation is retired (its workers got QUIT). A retiring worker
         holds its own descriptor, so the socket lives exactly as long as that worker
         still needs it; closing the master's copy at once also takes the socket out of
         the kernel's SO_REUSEPORT group as soon as the last worker closes it, so no new
-        connection is queued where nobody will accept it.
+        connection is queued where nobody will accept it. An address that stays keeps
+        every socket, also beyond worker_processes after a decrease: a serving listen
+        socket is never closed (its queue would be reset); ``for_worker`` shares the
+        extra ones out.
         """
-        wanted = {spec.key: cycle.worker_processes for spec in cycle.listens}
+        wanted = {spec.key for spec in cycle.listens}
         for key in list(self.sockets):
-            keep = wanted.get(key, 0)
-            for sock in self.sockets[key][keep:]:
-                sock.close()
-            if keep:
-                del self.sockets[key][keep:]
-            else:
-                del self.sockets[key]
+            if key not in wanted:
+                for sock in self.sockets.pop(key):
+                    sock.close()
                 self.backlogs.pop(key, None)
 
     def close_all(self):
@@ -340,8 +360,9 @@ class Listeners:
         self.backlogs.clear()
 
     def close_all_but(self, keep):
-        """In a new worker: close every inherited listening socket but its own."""
-        keep_ids = {id(sock) for sock in keep}
+        """In a new worker: close every inherited listening socket but its own
+        (``keep``: lists of sockets)."""
+        keep_ids = {id(sock) for socks in keep for sock in socks}
         for socks in self.sockets.values():
             for sock in socks:
                 if id(sock) not in keep_ids:
@@ -959,13 +980,14 @@ class Master:
             return False
 
         in_place = same_listeners(self.cycle, cycle)
+        before = self.listeners.counts()
         try:
             if not in_place:
                 self.listeners.provide(cycle)
             self._switch_pid_file(cycle.pid_path)
         except StartupError as e:
             log.error("emerg", f"{e}; the previous configuration keeps serving")
-            self.listeners.prune(self.cycle)  # drop what was bound for the new cycle
+            self.listeners.trim(before)  # drop what was bound for the new cycle
             self._reload_failed()
             return False
 

@@ -98,14 +98,16 @@ class Control:
 
 
 def run(cycle, sockets, index, control=None, shared=None, generation=0):
-    """Never returns. `sockets`: listen key -> this worker's SO_REUSEPORT socket;
+    """Never returns. `sockets`: listen key -> this worker's SO_REUSEPORT socket, or a
+    list of them (after a reload that lowered the worker count);
     `control`: this worker's end of the master's socketpair (or None); `shared`: the
     master's SharedState (or None)."""
     code = 0
     try:
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         plan = cycle.build_runtime()
-        fds = {key: sock.fileno() for key, sock in sockets.items()}
+        fds = {key: [sock.fileno() for sock in (socks if isinstance(socks, list) else [socks])]
+               for key, socks in sockets.items()}
         run.sockets = sockets   # keep the socket objects alive: their fds belong to the loop
         if shared is not None:
             shared.use_in_worker()

@@ -84,7 +84,7 @@ cdef class SignalHandle(Handle):
 
 
 cdef class Loop:
-    """The worker's event loop. Loop(plan, {listen key: fd}).run() returns when the worker
+    """The worker's event loop. Loop(plan, {listen key: fd or [fd, ...]}).run() returns when the worker
     should exit: after a graceful drain (QUIT) or at once (TERM/INT)."""
     cdef int epfd
     cdef list handles               # fd -> Handle
@@ -130,14 +130,15 @@ cdef class Loop:
             raise OSError(errno, "epoll_create1 failed")
         g_loop = self
         update_time()
-        for key, fd in listen_fds.items():
-            lst = Listener()
-            lst.fd = fd
-            lst.kind = K_LISTEN
-            lst.key = key
-            lst.binding = plan.bindings[key]
-            self.listeners.append(lst)
-            self.register(lst)
+        for key, fds in listen_fds.items():
+            for fd in (fds if isinstance(fds, list) else [fds]):
+                lst = Listener()
+                lst.fd = fd
+                lst.kind = K_LISTEN
+                lst.key = key
+                lst.binding = plan.bindings[key]
+                self.listeners.append(lst)
+                self.register(lst)
         # signals arrive through a signalfd so they are just another event
         sigemptyset(&mask)
         for signo in (SIGQUIT, SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH):

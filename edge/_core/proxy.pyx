@@ -100,8 +100,10 @@ cdef class UpConn(Handle):
         cdef int err = 0
         cdef socklen_t elen = sizeof(int)
         if self.state == US_IDLE:
-            # an idle pooled connection spoke or closed: it cannot be reused
-            self.close()
+            # an idle pooled connection spoke or closed: it cannot be reused (a bare
+            # writability edge changes nothing)
+            if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+                self.close()
             return
         if self.state == US_CLOSED:
             return

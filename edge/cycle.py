@@ -124,12 +124,32 @@ def _compile_locations(server_conf, server, runtime):
         _apply_location_hooks(server_conf, implicit, runtime)
         server.add_location(implicit)
     for conf in location_confs:
-        location = http_core.new_location(conf)
-        _apply_location_hooks(conf, location, runtime)
+        location = _compile_location(conf, runtime)
         try:
             server.add_location(location)
         except ValueError as e:
             raise ConfigError(str(e), conf.file, conf.line)
+
+
+def _compile_location(conf, runtime):
+    """A location and, recursively, those nested in it (nginx's rules: a nested prefix
+    lies inside its parent's prefix; an exact location has no nested ones)."""
+    location = http_core.new_location(conf)
+    _apply_location_hooks(conf, location, runtime)
+    for child_conf in conf.blocks("location"):
+        modifier, uri = child_conf.value
+        if location.kind == 1:
+            raise ConfigError(f'location "{uri}" cannot be inside the exact location '
+                              f'"{conf.value[1]}"', child_conf.file, child_conf.line)
+        if modifier in ("", "=", "^~") and location.kind in (0, 2) and not uri.startswith(conf.value[1]):
+            raise ConfigError(f'location "{uri}" is outside location "{conf.value[1]}"',
+                              child_conf.file, child_conf.line)
+        child = _compile_location(child_conf, runtime)
+        try:
+            location.add_nested(child)
+        except ValueError as e:
+            raise ConfigError(str(e), child_conf.file, child_conf.line)
+    return location
 
 
 def _apply_location_hooks(conf, location, runtime):

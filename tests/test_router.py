@@ -254,3 +254,58 @@ http {
     assert get(e.port, "/only/x").text == "only"
     r = get(e.port, "/elsewhere")
     assert r.status == 404
+
+
+NESTED = """
+http {
+    server {
+        listen 127.0.0.1:@PORT@;
+        location / { return 200 "root"; }
+        location /static/ {
+            return 200 "static";
+            location /static/img/ { return 200 "img"; }
+            location ~ \\.css$ { return 200 "css-in-static"; }
+        }
+        location ^~ /assets/ {
+            return 200 "assets";
+            location ~ \\.js$ { return 200 "js-in-assets"; }
+        }
+        location ~ \\.css$ { return 200 "css-top"; }
+        location ~ \\.js$ { return 200 "js-top"; }
+        location = /exact { return 200 "exact"; }
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("path, expected", [
+    ("/", "root"),
+    ("/static/a", "static"),
+    ("/static/img/a.png", "img"),                 # the nested prefix
+    ("/static/a.css", "css-in-static"),           # a nested regex beats the outer ones
+    ("/static/img/a.css", "css-in-static"),       # the parent's nested regexes still apply
+    ("/static/x.js", "js-top"),                   # nothing nested matched: outer regexes
+    ("/assets/x", "assets"),
+    ("/assets/x.js", "js-in-assets"),             # ^~ stops the outer regexes, not the nested
+    ("/other.css", "css-top"),
+    ("/exact", "exact"),
+])
+def test_nested_locations(edge, path, expected):
+    """nginx's ngx_http_core_find_location, level by level."""
+    e = edge(NESTED)
+    r = get(e.port, path)
+    assert (r.status, r.body.decode()) == (200, expected), path
+
+
+def test_nested_location_rules_are_config_errors(tmp_path):
+    import subprocess
+    import sys
+    for body, message in [
+        ("location /a/ { location /b/ { return 200; } }", 'location "/b/" is outside location "/a/"'),
+        ("location = /a { location /a/b { return 200; } }",
+         'location "/a/b" cannot be inside the exact location "/a"'),
+    ]:
+        conf = tmp_path / "edge.conf"
+        conf.write_text("http { server { listen 127.0.0.1:1;\n" + body + "\n} }\n")
+        r = subprocess.run([sys.executable, "-m", "edge", "-t", "-c", str(conf)], capture_output=True, text=True)
+        assert r.returncode == 1 and message in r.stderr and f"{conf}:2" in r.stderr, r.stderr

@@ -40,6 +40,7 @@ cdef class Location:
     cdef readonly bytes pattern
     cdef readonly str file
     cdef readonly int line
+    cdef public LocationLevel children     # nested locations, or None
     cdef regex_t regex
     cdef bint has_regex
     cdef readonly int ncaptures
@@ -128,6 +129,11 @@ cdef class Location:
         self.return_body = body
         self.return_location = location
 
+    def add_nested(self, Location loc):
+        if self.children is None:
+            self.children = LocationLevel()
+        self.children.add(loc)
+
     def set_health(self, bint readiness):
         """`health live` answers 200 while this worker's loop runs; `health ready` answers
         503 while the node drains, its config failed to apply, or workers are missing."""
@@ -206,35 +212,36 @@ cdef struct ServerName:
     int kind                # 0 exact, 1 "*.suffix" / ".suffix", 2 "prefix.*"
 
 
-cdef class Server:
-    """One `server` block: names and the compiled location matcher."""
-    cdef readonly list names
-    cdef list keep
-    cdef ServerName *cnames
-    cdef int ncnames
+cdef enum MatchResult:
+    MATCH_NONE = 0      # nothing at this level (nginx: NGX_DECLINED)
+    MATCH_PREFIX = 1    # a prefix location (nginx: NGX_AGAIN)
+    MATCH_FINAL = 2     # an exact or a regex location: stop (nginx: NGX_OK)
+
+
+cdef class LocationMatch:
+    """Where LocationLevel.match leaves its answer; one per Server, reused."""
+    cdef Location found
+
+
+cdef class LocationLevel:
+    """The locations of one level: a server's, or those nested in a location. Prefixes
+    live in a byte trie compiled at config time; regexes are tried in config order."""
     cdef readonly list locations
     cdef list regex_locations
     cdef TrieNode *trie
     cdef int ntrie
-    cdef readonly bytes first_name
-    cdef readonly str file
-    cdef readonly int line
 
-    def __init__(self, list names, str file="", int line=0):
-        self.names = [n.lower() for n in names]
+    def __cinit__(self):
         self.locations = []
         self.regex_locations = []
-        self.file = file
-        self.line = line
-        self.first_name = (self.names[0].encode("latin-1") if self.names else b"")
+        self.trie = NULL
+        self.ntrie = 0
 
     def __dealloc__(self):
-        if self.cnames != NULL:
-            free(self.cnames)
         if self.trie != NULL:
             free(self.trie)
 
-    def add_location(self, Location loc):
+    def add(self, Location loc):
         for other in self.locations:
             if (<Location>other).kind == loc.kind and (<Location>other).pattern == loc.pattern \
                     and loc.kind not in (LOC_REGEX, LOC_REGEX_ICASE):
@@ -246,33 +253,12 @@ cdef class Server:
         if loc.kind in (LOC_REGEX, LOC_REGEX_ICASE):
             self.regex_locations.append(loc)
 
-    def finalize(self):
-        self._compile_names()
+    cdef void finalize(self):
         self._compile_trie()
         for loc in self.locations:
             (<Location>loc).prepare()
-
-    cdef _compile_names(self):
-        self.keep = []
-        self.ncnames = len(self.names)
-        self.cnames = <ServerName *>malloc(sizeof(ServerName) * (self.ncnames or 1))
-        for i, name in enumerate(self.names):
-            kind = 0
-            if name.startswith("*."):
-                text, kind = name[1:], 1        # ".example.com"
-            elif name.startswith("."):
-                text, kind = name, 1            # also matches example.com itself
-            elif name.endswith(".*"):
-                text, kind = name[:-1], 2       # "www."
-            else:
-                text = name
-            b = text.encode("latin-1")
-            self.keep.append(b)
-            self.cnames[i].name = <const char *>(<bytes>b)
-            self.cnames[i].len = len(b)
-            self.cnames[i].kind = kind
-            if name.startswith(".") and not name.startswith("*."):
-                self.cnames[i].kind = 3
+            if (<Location>loc).children is not None:
+                (<Location>loc).children.finalize()
 
     cdef _compile_trie(self):
         # Build a dict trie in Python, then flatten it breadth-first into one C array with
@@ -310,6 +296,122 @@ cdef class Server:
             else:
                 self.trie[i].first_child = 0
 
+    cdef int match(self, const char *uri, size_t n, regmatch_t *caps, LocationMatch m):
+        """nginx's ngx_http_core_find_location for this level: the longest prefix (and
+        then its nested level), unless an exact location matches; then this level's
+        regexes, unless the prefix was ^~ or something final was found below."""
+        cdef int node = 0
+        cdef int longest = -1
+        cdef size_t i
+        cdef int lo, hi, mid
+        cdef unsigned char ch
+        cdef TrieNode *t
+        cdef Location loc
+        cdef int rc = MATCH_NONE
+        cdef bint noregex = False
+        cdef bint exact = False
+        if self.ntrie:
+            longest = self.trie[0].prefix_loc
+            for i in range(n):
+                t = &self.trie[node]
+                ch = <unsigned char>uri[i]
+                lo = t.first_child
+                hi = lo + t.nchildren - 1
+                node = -1
+                while lo <= hi:
+                    mid = (lo + hi) >> 1
+                    if self.trie[mid].byte == ch:
+                        node = mid
+                        break
+                    if self.trie[mid].byte < ch:
+                        lo = mid + 1
+                    else:
+                        hi = mid - 1
+                if node < 0:
+                    break
+                if self.trie[node].prefix_loc >= 0:
+                    longest = self.trie[node].prefix_loc
+            else:
+                if self.trie[node].exact_loc >= 0:
+                    m.found = <Location>self.locations[self.trie[node].exact_loc]
+                    return MATCH_FINAL
+        if longest >= 0:
+            loc = <Location>self.locations[longest]
+            m.found = loc
+            rc = MATCH_PREFIX
+            noregex = loc.kind == LOC_CARET
+            if loc.children is not None:
+                rc = loc.children.match(uri, n, caps, m)
+                if rc == MATCH_FINAL:
+                    return MATCH_FINAL
+                rc = MATCH_PREFIX
+        if not noregex:
+            for r in self.regex_locations:
+                if regexec(&(<Location>r).regex, uri, MAX_CAPTURES, caps, 0) == 0:
+                    m.found = <Location>r
+                    if (<Location>r).children is not None:
+                        (<Location>r).children.match(uri, n, caps, m)
+                    return MATCH_FINAL
+        return rc
+
+
+cdef class Server:
+    """One `server` block: names and its locations."""
+    cdef readonly list names
+    cdef list keep
+    cdef ServerName *cnames
+    cdef int ncnames
+    cdef readonly LocationLevel level
+    cdef LocationMatch matched
+    cdef readonly bytes first_name
+    cdef readonly str file
+    cdef readonly int line
+
+    def __init__(self, list names, str file="", int line=0):
+        self.names = [n.lower() for n in names]
+        self.level = LocationLevel()
+        self.matched = LocationMatch()
+        self.file = file
+        self.line = line
+        self.first_name = (self.names[0].encode("latin-1") if self.names else b"")
+
+    def __dealloc__(self):
+        if self.cnames != NULL:
+            free(self.cnames)
+
+    @property
+    def locations(self):
+        return self.level.locations
+
+    def add_location(self, Location loc):
+        self.level.add(loc)
+
+    def finalize(self):
+        self._compile_names()
+        self.level.finalize()
+
+    cdef _compile_names(self):
+        self.keep = []
+        self.ncnames = len(self.names)
+        self.cnames = <ServerName *>malloc(sizeof(ServerName) * (self.ncnames or 1))
+        for i, name in enumerate(self.names):
+            kind = 0
+            if name.startswith("*."):
+                text, kind = name[1:], 1        # ".example.com"
+            elif name.startswith("."):
+                text, kind = name, 1            # also matches example.com itself
+            elif name.endswith(".*"):
+                text, kind = name[:len(name) - 1], 2       # "www."
+            else:
+                text = name
+            b = text.encode("latin-1")
+            self.keep.append(b)
+            self.cnames[i].name = <const char *>(<bytes>b)
+            self.cnames[i].len = len(b)
+            self.cnames[i].kind = kind
+            if name.startswith(".") and not name.startswith("*."):
+                self.cnames[i].kind = 3
+
     cdef int match_name(self, const char *host, size_t n) noexcept:
         """1 when this server answers to `host` (already lowercase, no port)."""
         cdef int i
@@ -332,46 +434,12 @@ cdef class Server:
 
     cdef Location find_location(self, const char *uri, size_t n, regmatch_t *caps):
         """The location for a normalized, NUL-terminated path, or None."""
-        cdef int node = 0
-        cdef int longest = self.trie[0].prefix_loc if self.ntrie else -1
-        cdef size_t i
-        cdef int lo, hi, mid
-        cdef unsigned char ch
-        cdef TrieNode *t
-        cdef Location loc
-        if self.ntrie:
-            for i in range(n):
-                t = &self.trie[node]
-                ch = <unsigned char>uri[i]
-                lo = t.first_child
-                hi = lo + t.nchildren - 1
-                node = -1
-                while lo <= hi:
-                    mid = (lo + hi) >> 1
-                    if self.trie[mid].byte == ch:
-                        node = mid
-                        break
-                    if self.trie[mid].byte < ch:
-                        lo = mid + 1
-                    else:
-                        hi = mid - 1
-                if node < 0:
-                    break
-                if self.trie[node].prefix_loc >= 0:
-                    longest = self.trie[node].prefix_loc
-            else:
-                if self.trie[node].exact_loc >= 0:
-                    return <Location>self.locations[self.trie[node].exact_loc]
-        if longest >= 0:
-            loc = <Location>self.locations[longest]
-            if loc.kind == LOC_CARET:
-                return loc
-        for r in self.regex_locations:
-            if regexec(&(<Location>r).regex, uri, MAX_CAPTURES, caps, 0) == 0:
-                return <Location>r
-        if longest >= 0:
-            return <Location>self.locations[longest]
-        return None
+        cdef Location found
+        self.matched.found = None
+        self.level.match(uri, n, caps, self.matched)
+        found = self.matched.found
+        self.matched.found = None
+        return found
 
     def lookup(self, str path):
         """Python entry for tests and `edge -T`: the location a path selects."""

@@ -114,11 +114,12 @@ DIRECTIVES = [
               syntax="server_name name ...;",
               doc="Host names this server answers: exact, `*.example.com`, `.example.com` "
                   "(the domain and its subdomains) or `www.example.*`."),
-    Directive("location", (SERVER,), (1, 2), parse=_location, multi=True, block=LOCATION,
+    Directive("location", (SERVER, LOCATION), (1, 2), parse=_location, multi=True, block=LOCATION,
               syntax="location [= | ^~ | ~ | ~*] uri { ... }",
               doc="Settings for matching request paths, chosen with nginx's precedence: exact, "
                   "then the longest prefix (`^~` stops there), then regexes in order, then the "
-                  "longest prefix."),
+                  "longest prefix. Locations may nest, as in nginx: a nested prefix must lie "
+                  "inside its parent's, and nothing nests in an exact location."),
     Directive("client_header_timeout", HSL[:2], (1, 1), parse=types.time, default=60.0,
               doc="How long a client may take to send a request head; then 408."),
     Directive("proxy_protocol_timeout", HSL[:2], (1, 1), parse=types.time, default=30.0,

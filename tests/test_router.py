@@ -309,3 +309,44 @@ def test_nested_location_rules_are_config_errors(tmp_path):
         conf.write_text("http { server { listen 127.0.0.1:1;\n" + body + "\n} }\n")
         r = subprocess.run([sys.executable, "-m", "edge", "-t", "-c", str(conf)], capture_output=True, text=True)
         assert r.returncode == 1 and message in r.stderr and f"{conf}:2" in r.stderr, r.stderr
+
+
+NAME_PRIORITY = """
+http {
+    server { listen 127.0.0.1:@PORT@ default_server; return 200 "default"; }
+    server { listen 127.0.0.1:@PORT@; server_name ~^api[0-9]+\\.example\\.com$; return 200 "regex"; }
+    server { listen 127.0.0.1:@PORT@; server_name *.example.com; return 200 "star-short"; }
+    server { listen 127.0.0.1:@PORT@; server_name www.example.*; return 200 "trailing"; }
+    server { listen 127.0.0.1:@PORT@; server_name *.api.example.com; return 200 "star-long"; }
+    server { listen 127.0.0.1:@PORT@; server_name www.example.com; return 200 "exact"; }
+    server { listen 127.0.0.1:@PORT@; server_name ~^www\\.; return 200 "regex-www"; }
+}
+"""
+
+
+@pytest.mark.parametrize("host, expected", [
+    ("www.example.com", "exact"),              # exact beats every wildcard declared before it
+    ("a.api.example.com", "star-long"),        # the longest leading wildcard wins
+    ("api7.example.com", "star-short"),        # a wildcard beats a regex declared before it
+    ("www.example.org", "trailing"),           # trailing wildcard beats the www regex
+    ("api7.example.net", "default"),
+    ("www.other.net", "regex-www"),
+    ("API7.EXAMPLE.COM", "star-short"),
+])
+def test_server_name_priority(edge, host, expected):
+    """nginx: exact, longest *.x, longest x.*, first regex, then the default server."""
+    e = edge(NAME_PRIORITY)
+    r = get(e.port, "/", host=host)
+    assert (r.status, r.body.decode()) == (200, expected), host
+
+
+def test_server_name_regex_only_matches_its_pattern(edge):
+    e = edge("""
+http {
+    server { listen 127.0.0.1:@PORT@; return 200 "default"; }
+    server { listen 127.0.0.1:@PORT@; server_name ~^shop-[a-z]+\\.test$; return 200 "shop"; }
+}
+""")
+    assert get(e.port, "/", host="shop-berlin.test").body == b"shop"
+    assert get(e.port, "/", host="shop-.test").body == b"default"
+    assert get(e.port, "/", host="xshop-berlin.test").body == b"default"

@@ -206,6 +206,13 @@ def translate_regex(bytes pattern):
     return "".join(out).encode("latin-1")
 
 
+# server_name ranks (nginx): exact > leading wildcard > trailing wildcard > regex
+DEF NAME_SCORE_EXACT = 4000000
+DEF NAME_SCORE_LEADING = 3000000
+DEF NAME_SCORE_TRAILING = 2000000
+DEF NAME_SCORE_REGEX = 1000000
+
+
 cdef struct ServerName:
     const char *name        # lowercase; for wildcards the part without the '*'
     size_t len
@@ -361,6 +368,8 @@ cdef class Server:
     cdef list keep
     cdef ServerName *cnames
     cdef int ncnames
+    cdef regex_t *name_regexes
+    cdef int nregexes
     cdef readonly LocationLevel level
     cdef LocationMatch matched
     cdef readonly bytes first_name
@@ -368,16 +377,23 @@ cdef class Server:
     cdef readonly int line
 
     def __init__(self, list names, str file="", int line=0):
-        self.names = [n.lower() for n in names]
+        # regex names keep their case (they match case-insensitively); others fold
+        self.names = [n if n.startswith("~") else n.lower() for n in names]
         self.level = LocationLevel()
         self.matched = LocationMatch()
         self.file = file
         self.line = line
         self.first_name = (self.names[0].encode("latin-1") if self.names else b"")
+        self._compile_names()       # a bad regex fails here, while file:line is known
 
     def __dealloc__(self):
+        cdef int k
         if self.cnames != NULL:
             free(self.cnames)
+        if self.name_regexes != NULL:
+            for k in range(self.nregexes):
+                regfree(&self.name_regexes[k])
+            free(self.name_regexes)
 
     @property
     def locations(self):
@@ -387,15 +403,29 @@ cdef class Server:
         self.level.add(loc)
 
     def finalize(self):
-        self._compile_names()
         self.level.finalize()
 
     cdef _compile_names(self):
         self.keep = []
         self.ncnames = len(self.names)
         self.cnames = <ServerName *>malloc(sizeof(ServerName) * (self.ncnames or 1))
+        regex_names = [name for name in self.names if name.startswith("~")]
+        self.nregexes = len(regex_names)
+        self.name_regexes = <regex_t *>malloc(sizeof(regex_t) * (self.nregexes or 1))
         for i, name in enumerate(self.names):
             kind = 0
+            if name.startswith("~"):
+                k = regex_names.index(name)
+                rc = regcomp(&self.name_regexes[k], translate_regex(name[1:].encode("latin-1")),
+                             REG_EXTENDED | REG_NOSUB | REG_ICASE)
+                if rc != 0:
+                    self.nregexes = k       # free only what compiled
+                    raise ValueError('invalid server_name regex "%s"' % name[1:])
+                self.keep.append(b"")
+                self.cnames[i].name = NULL
+                self.cnames[i].len = k
+                self.cnames[i].kind = 4
+                continue
             if name.startswith("*."):
                 text, kind = name[1:], 1        # ".example.com"
             elif name.startswith("."):
@@ -413,24 +443,35 @@ cdef class Server:
                 self.cnames[i].kind = 3
 
     cdef int match_name(self, const char *host, size_t n) noexcept:
-        """1 when this server answers to `host` (already lowercase, no port)."""
+        """How well this server's names match `host` (lowercase, no port, NUL
+        terminated), ranked as nginx ranks them: an exact name, then the longest
+        "*.example.com" / ".example.com", then the longest "www.example.*", then the first
+        regex. Returns NAME_SCORE_* + the matched length, or 0."""
         cdef int i
+        cdef int best = 0
+        cdef int score
         cdef ServerName *sn
         for i in range(self.ncnames):
             sn = &self.cnames[i]
+            score = 0
             if sn.kind == 0:
                 if sn.len == n and memcmp(sn.name, host, n) == 0:
-                    return 1
+                    return NAME_SCORE_EXACT
             elif sn.kind == 1 or sn.kind == 3:
                 # ".example.com": any subdomain; kind 3 ("." form) also the bare domain
                 if n > sn.len and memcmp(sn.name, host + n - sn.len, sn.len) == 0:
-                    return 1
-                if sn.kind == 3 and n == sn.len - 1 and memcmp(sn.name + 1, host, n) == 0:
-                    return 1
+                    score = NAME_SCORE_LEADING + <int>sn.len
+                elif sn.kind == 3 and n == sn.len - 1 and memcmp(sn.name + 1, host, n) == 0:
+                    score = NAME_SCORE_LEADING + <int>sn.len
             elif sn.kind == 2:
                 if n > sn.len and memcmp(sn.name, host, sn.len) == 0:
-                    return 1
-        return 0
+                    score = NAME_SCORE_TRAILING + <int>sn.len
+            elif sn.kind == 4:
+                if regexec(&self.name_regexes[sn.len], host, 0, NULL, 0) == 0:
+                    score = NAME_SCORE_REGEX
+            if score > best:
+                best = score
+        return best
 
     cdef Location find_location(self, const char *uri, size_t n, regmatch_t *caps):
         """The location for a normalized, NUL-terminated path, or None."""
@@ -501,12 +542,21 @@ cdef class ListenBinding:
         self.t_pp = timer_list(self.proxy_protocol_timeout_ms)
 
     cdef Server find_server(self, const char *host, size_t n):
+        """nginx's order: exact name, longest leading wildcard, longest trailing
+        wildcard, first regex (config order breaks ties), else the default server."""
         cdef Server s
+        cdef Server best = None
+        cdef int score
+        cdef int best_score = 0
         if n:
             for s in self.servers:
-                if s.match_name(host, n):
+                score = s.match_name(host, n)
+                if score == NAME_SCORE_EXACT:
                     return s
-        return self.default
+                if score > best_score:
+                    best_score = score
+                    best = s
+        return best if best is not None else self.default
 
     def lookup(self, str host):
         cdef bytes b = host.lower().encode("latin-1")

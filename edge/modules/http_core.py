@@ -113,7 +113,9 @@ DIRECTIVES = [
     Directive("server_name", (SERVER,), (1, None), parse=types.strings, multi=True,
               syntax="server_name name ...;",
               doc="Host names this server answers: exact, `*.example.com`, `.example.com` "
-                  "(the domain and its subdomains) or `www.example.*`."),
+                  "(the domain and its subdomains), `www.example.*`, or `~regex` (POSIX "
+                  "extended, case-insensitive). nginx's order: exact, longest leading "
+                  "wildcard, longest trailing wildcard, first regex, then the default server."),
     Directive("location", (SERVER, LOCATION), (1, 2), parse=_location, multi=True, block=LOCATION,
               syntax="location [= | ^~ | ~ | ~*] uri { ... }",
               doc="Settings for matching request paths, chosen with nginx's precedence: exact, "
@@ -186,4 +188,9 @@ def new_location(conf):
 
 def new_server(conf):
     names = [n for values in (conf.local("server_name") or []) for n in values]
-    return Server(names or [""], conf.file, conf.line)
+    try:
+        return Server(names or [""], conf.file, conf.line)
+    except ValueError as e:
+        node = conf.node("server_name")
+        node = node[0] if node else conf
+        raise ConfigError(str(e), node.file, node.line)

@@ -345,12 +345,7 @@ class Listeners:
         socket is never closed (its queue would be reset); ``for_worker`` shares the
         extra ones out.
         """
-        wanted = {spec.key for spec in cycle.listens}
-        for key in list(self.sockets):
-            if key not in wanted:
-                for sock in self.sockets.pop(key):
-                    sock.close()
-                self.backlogs.pop(key, None)
+        self.drop_unused(cycle)
 
     def close_all(self):
         for socks in self.sockets.values():

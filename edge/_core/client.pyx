@@ -1143,14 +1143,9 @@ cdef class Client(Handle):
         return self.body_kind == BODY_NONE or not self.body_started
 
     cdef void finish_error_keepalive(self, int status):
-        cdef bytes head = error_head(status)
+        """A 502/504 after the request was fully read: the connection may go on."""
         self.state = CS_HEAD
-        buf_append_bytes(&self.wb, head)
-        self.append_date()
-        self.append_connection()
-        if not self.is_head:
-            buf_append_bytes(&self.wb, error_body(status))
-        self.response_done()
+        self.finish_without_body(status)
         if self.state == CS_HEAD:
             self.serve_heads()
 

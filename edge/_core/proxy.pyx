@@ -131,10 +131,8 @@ cdef class UpConn(Handle):
             return
         if self.state == US_IDLE:
             self.close()
-        elif self.state == US_CONNECTING:
-            self.fail(FAIL_TIMEOUT)
         else:
-            self.fail(FAIL_TIMEOUT)
+            self.fail(FAIL_TIMEOUT)     # connect, send or read timeout
 
     cdef void drive(self):
         """Move bytes: request body to the upstream, response to the client."""

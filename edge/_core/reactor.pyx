@@ -101,7 +101,6 @@ cdef class Loop:
     cdef object on_control
     cdef object log
     cdef int worker_index
-    cdef readonly dict stats
 
     def __init__(self, Plan plan, dict listen_fds, on_reopen=None, log=None,
                  int control_fd=-1, on_control=None, int worker_index=0, log_enabled=None):
@@ -232,7 +231,6 @@ cdef class Loop:
             self.register(c)
 
     cdef void client_closed(self, Client c):
-        cdef Listener lst
         self.nclients -= 1
         if c.rb.cap > 65536:
             buf_free(&c.rb)
@@ -319,13 +317,7 @@ cdef class Loop:
             if self.quitting and (self.nclients == 0 or g_now >= self.quit_deadline):
                 return "quit"
 
-    def quit(self):
-        self.begin_quit()
-
     def set_worker_generation(self, int64_t generation):
         if g_shared != NULL and self.worker_index < SHM_MAX_WORKERS:
             g_shared.worker_generation[self.worker_index] = generation
 
-    @property
-    def connections(self):
-        return self.nclients

@@ -138,8 +138,3 @@ cdef class Upstream:
         if p.fails and p.down_until_ms == 0:
             p.fails = 0
         p.down_until_ms = 0
-
-    def peer_states(self):
-        """For status output and tests: [(name, weight, down)]."""
-        return [(self.peer_names[i], self.peers[i].weight, self.peers[i].down_until_ms > 0)
-                for i in range(self.npeers)]

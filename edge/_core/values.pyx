@@ -152,7 +152,3 @@ def _variable_segment(str name):
         return (VARIABLES[name], b"", 0)
     raise ValueError('unknown "%s" variable' % name)
 
-
-def template_variables():
-    """The names a template may use, for docs."""
-    return sorted(VARIABLES) + ["http_NAME", "1..9"]

@@ -151,10 +151,6 @@ DIRECTIVES = [
 ]
 
 
-def compile_server(conf, server_runtime):
-    """Apply server-level settings; locations are built by the cycle."""
-
-
 def compile_location(conf, location, runtime):
     location.keepalive_timeout_ms = int(conf.get("keepalive_timeout") * 1000)
     location.keepalive_requests = conf.get("keepalive_requests")

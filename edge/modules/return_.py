@@ -54,7 +54,3 @@ def compile_location(conf, location, runtime):
     location.set_return(status, body, url)
     location.absolute_redirect = conf.get("absolute_redirect")
 
-
-def compile_server_fallback(conf):
-    """A server-level `return` with no location still answers everything."""
-    return conf.local("return")

@@ -11,10 +11,12 @@ from dataclasses import dataclass
 
 from edge._core.reactor import Location, Plan
 from edge.config import ConfigError, build, parse_file
-from edge.modules import core, health, http_core, proxy, realip, return_, upstream
+from edge.modules import (access_log, core, health, http_core, metrics, proxy, realip,
+                          request_id, return_, upstream)
 
 # The single list of features. A new module is a file in edge/modules/ added here.
-MODULES = [core, http_core, realip, upstream, proxy, return_, health]
+MODULES = [core, http_core, realip, upstream, proxy, return_, health, metrics, access_log,
+           request_id]
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,8 @@ class Runtime:
         self.plan = Plan()
         self.upstreams = {}             # upstream block name -> Upstream
         self.address_upstreams = {}     # "host:port" used directly in proxy_pass -> Upstream
+        self.log_sinks = {}             # remote access_log target -> its SinkSpec
+        self.access_log_ring_size = 1024 * 1024
 
 
 class Cycle:
@@ -50,6 +54,8 @@ class Cycle:
         self.pid_path = root.get("pid")
         self.error_log = root.get("error_log")
         self.worker_shutdown_timeout = root.get("worker_shutdown_timeout")
+        self.log_sinks = runtime.log_sinks              # for the control process's shipper
+        self.access_log_ring_size = runtime.access_log_ring_size
 
     def build_runtime(self):
         """The compiled data plane. Built (and validated) at load time in the master, so
@@ -87,6 +93,10 @@ def _compile_http(http, runtime, listens):
             hook(http, runtime)
     for server_conf in http.blocks("server"):
         server = http_core.new_server(server_conf)
+        for module in MODULES:
+            hook = getattr(module, "compile_server", None)
+            if hook is not None:
+                hook(server_conf, server, runtime)
         _compile_locations(server_conf, server, runtime)
         for listen, node in _listens_of(server_conf):
             spec = ListenSpec(listen.key, listen.host, listen.port, listen.family,

@@ -536,6 +536,7 @@ class Master:
         self._stop_timer = None
         self._poll_timer = None
         self._prctl = _libc_prctl()
+        self.zones = None                 # Zones: metrics and log rings, shared with the workers
 
     # ----------------------------------------------------------------- main loop
 
@@ -723,7 +724,7 @@ class Master:
             set_process_title("edge: worker process")
 
             self.worker_module.run(gen.cycle, own, index, control=control,
-                                   shared=self.shared, generation=gen.number)
+                                   shared=self.shared, generation=gen.number, zones=self.zones)
             code = 0
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
@@ -1533,6 +1534,7 @@ def run(config_path, exec_argv=None, exec_cwd=None):
     master = Master(cycle, listeners, edge.worker, shared=shared,
                     notifier=sd_notify.Notifier(), state_path=state_path,
                     exec_argv=exec_argv, exec_cwd=exec_cwd, upgrade_from=upgrade_from)
+    master.zones = create_zones(cycle)
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
@@ -1558,6 +1560,15 @@ def run(config_path, exec_argv=None, exec_cwd=None):
         loop.close()
         log.error("notice", "exit")
     return 0
+
+
+def create_zones(cycle):
+    """The shared zones for metrics and log rings, sized once at start: room for twice
+    the workers this start needs (a reload may add some), and the configured ring."""
+    from edge._core.reactor import Zones
+    workers = min(SHM_MAX_WORKERS, max(16, 2 * max(cycle.worker_processes, os.cpu_count() or 1)))
+    return Zones.create(series_cap=16384, workers_cap=workers,
+                        ring_size=cycle.access_log_ring_size)
 
 
 def version():

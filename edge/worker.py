@@ -78,7 +78,9 @@ class Control:
         generation = message["generation"]
         try:
             new = cycle_module.from_parsed(message["path"], message["parsed"])
-            self.loop.swap_plan(new.build_runtime())
+            plan = new.build_runtime()
+            plan.attach()       # series in the shared zone, log files
+            self.loop.swap_plan(plan)
             self.loop.set_worker_generation(generation)
             reply = {"op": "reloaded", "generation": generation, "ok": True, "error": None}
         except Exception as e:  # the master validated this config: report, keep serving
@@ -97,7 +99,7 @@ class Control:
             self.sock.setblocking(False)
 
 
-def run(cycle, sockets, index, control=None, shared=None, generation=0):
+def run(cycle, sockets, index, control=None, shared=None, generation=0, zones=None):
     """Never returns. `sockets`: listen key -> this worker's SO_REUSEPORT socket, or a
     list of them (after a reload that lowered the worker count);
     `control`: this worker's end of the master's socketpair (or None); `shared`: the
@@ -111,6 +113,9 @@ def run(cycle, sockets, index, control=None, shared=None, generation=0):
         run.sockets = sockets   # keep the socket objects alive: their fds belong to the loop
         if shared is not None:
             shared.use_in_worker()
+        if zones is not None:
+            zones.use_in_worker(index)
+        plan.attach()
         channel = Control(control, index) if control is not None else None
         loop = Loop(plan, fds, on_reopen=log.reopen, log=log.error,
                     control_fd=control.fileno() if control is not None else -1,

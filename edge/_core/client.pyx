@@ -19,6 +19,15 @@ DEF READ_CHUNK = 16384
 DEF OUTPUT_HIGH_WATER = 65536
 DEF LINGER_MS = 5000
 DEF PP_READ_LIMIT = 4096     # a PROXY header larger than this is refused
+DEF REQUEST_ID_MAX = 128   # the longest incoming request ID kept
+DEF MAX_TRIES = 8           # upstream tries remembered for $upstream_* and the log
+
+cdef struct UpTry:
+    int peer
+    int status
+    int64_t connect_us      # -1: never connected
+    int64_t header_us       # -1: no response head
+    int64_t response_us
 
 cdef enum ClientState:
     CS_HEAD = 0         # idle, or reading a request head
@@ -56,6 +65,48 @@ cdef void log_connection(str level, Client c, const char *reason, int status):
             c.binding.key if c.binding is not None else "-"))
     except Exception:
         pass
+
+
+cdef inline const char *rebase(const char *p, const char *base, const char *end,
+                               const char *new_base) noexcept nogil:
+    if p != NULL and p >= base and p <= end:
+        return new_base + (p - base)
+    return p
+
+
+cdef void log_refused(Listener lst, sockaddr_storage *sa, int status, size_t sent):
+    """A connection refused at accept (worker_connections full) still gets its log
+    record and its count, through a spare client object that never owns a socket."""
+    cdef Client c = g_loop.spare_client
+    cdef uint16_t port = 0
+    if c is None:
+        c = g_loop.spare_client = Client.__new__(Client)
+    c.listener = lst
+    c.binding = lst.binding
+    c.fd = -1
+    c.out_written = 0
+    c.conn_serial = next_connection_serial()
+    c.requests = 0
+    if sa.ss_family == AF_INET:
+        c.peer_family = AF_INET
+        memcpy(c.peer_addr, &(<sockaddr_in *>sa).sin_addr, 4)
+        port = ntohs((<sockaddr_in *>sa).sin_port)
+    elif sa.ss_family == AF_INET6:
+        c.peer_family = AF_INET6
+        memcpy(c.peer_addr, &(<sockaddr_in6 *>sa).sin6_addr, 16)
+        port = ntohs((<sockaddr_in6 *>sa).sin6_port)
+    else:
+        c.peer_family = 0
+    c.set_address(c.peer_family, c.peer_addr, port, c.conn_remote, &c.conn_remote_len,
+                  c.conn_port, &c.conn_port_len)
+    c.restore_remote()
+    c.begin_request()
+    c.status = status
+    c.head_end_mark = 0
+    c.out_written = <int64_t>sent
+    c.log_request(False)
+    c.binding = None
+    c.listener = None
 
 
 cdef inline bint name_is(const char *name, size_t n, const char *lower, size_t ln) noexcept nogil:
@@ -164,8 +215,33 @@ cdef class Client(Handle):
     cdef UpConn up
     cdef bint response_started
     cdef bint discarding        # a body we answered without reading is still arriving
+    cdef bint aborted           # the connection ended before the response was complete
     cdef uint64_t tried_peers
     cdef int tries
+
+    # the request as the log phase and metrics see it
+    cdef bint logged            # nothing left to log: between requests
+    cdef bint parsed            # the head parsed: method, target and headers are valid
+    cdef int status             # the status of the response edge wrote (0: none yet)
+    cdef int64_t start_us       # when the request's first byte was read
+    cdef int64_t out_written    # bytes written to this connection so far
+    cdef int64_t produced_mark  # output bytes produced before this response
+    cdef int64_t head_end_mark  # output bytes produced at the end of its head (-1: none)
+    cdef size_t head_begin      # buf_len(wb) when the response head began
+    cdef size_t head_len
+    cdef int64_t body_raw       # request body bytes as received (chunk framing included)
+    cdef const char *raw_target # the request target as sent, for $request
+    cdef size_t raw_target_len
+    cdef const char *raw_line   # the first line of a head that did not parse, for $request
+    cdef size_t raw_line_len
+    cdef int64_t req_number     # $connection_requests
+    cdef int64_t conn_serial    # $connection
+    cdef Buf hb                 # a copy of the request head, when a log reads it at the end
+    cdef Buf rh                 # a copy of the response head, for $sent_http_*
+    cdef char request_id[REQUEST_ID_MAX + 1]
+    cdef size_t request_id_len
+    cdef int ntries
+    cdef UpTry tries_log[MAX_TRIES]
 
     # ---- life cycle -------------------------------------------------------------------
 
@@ -189,6 +265,11 @@ cdef class Client(Handle):
         self.up = None
         self.loc = None
         self.server = None
+        self.logged = True
+        self.parsed = False
+        self.status = 0
+        self.out_written = 0
+        self.conn_serial = next_connection_serial()
         if self.rb.data == NULL:
             buf_init(&self.rb, READ_CHUNK)
         if self.wb.data == NULL:
@@ -351,6 +432,129 @@ cdef class Client(Handle):
                 return True
             end = start
 
+    cdef void begin_request(self) noexcept:
+        """The first bytes of a request head are here: what its log record and its
+        metrics will say starts now."""
+        self.logged = False
+        self.parsed = False
+        self.status = 0
+        self.start_us = g_now_us
+        self.produced_mark = self.out_written + self.pending_len()
+        self.head_end_mark = -1
+        self.head_len = 0
+        self.body_raw = 0
+        self.method_len = 0
+        self.target_len = 0
+        self.raw_target_len = 0
+        self.nheaders = 0
+        self.has_args = False
+        self.request_id_len = 0
+        self.ntries = 0
+        self.req_number = self.requests + 1
+        self.raw_line_len = 0
+        self.host_len = 0
+        buf_reset(&self.uri)
+        self.loc = None
+        self.server = None
+        buf_reset(&self.rh)
+
+    cdef void keep_request_head(self, size_t head_len) noexcept:
+        """Copy the request head out of rb and point the request at the copy, so that
+        the log phase can still read it after the body went through rb."""
+        cdef const char *base = self.rb.data + self.rb.start
+        cdef const char *end = base + head_len
+        cdef const char *nb
+        cdef size_t i
+        buf_reset(&self.hb)
+        if buf_append(&self.hb, base, head_len) < 0:
+            return
+        nb = self.hb.data
+        self.method = rebase(self.method, base, end, nb)
+        self.target = rebase(self.target, base, end, nb)
+        self.raw_target = rebase(self.raw_target, base, end, nb)
+        self.args = rebase(self.args, base, end, nb)
+        self.abs_host = rebase(self.abs_host, base, end, nb)
+        for i in range(self.nheaders):
+            self.headers[i].name = rebase(self.headers[i].name, base, end, nb)
+            self.headers[i].value = rebase(self.headers[i].value, base, end, nb)
+
+    cdef void keep_raw_line(self) noexcept:
+        """$request of a head that does not parse is its first line as received, as
+        nginx logs it (the log escapes what is not printable)."""
+        cdef const char *p = self.rb.data + self.rb.start
+        cdef size_t n = buf_len(&self.rb)
+        cdef size_t i = 0
+        if n > 8192:
+            n = 8192
+        while i < n and p[i] != 13 and p[i] != 10:
+            i += 1
+        self.raw_line = p
+        self.raw_line_len = i
+
+    cdef void log_request(self, bint aborted) noexcept:
+        """The log phase: once per request, however it ended. Metrics always; the
+        access logs of the location (or of the server, for requests no location took)."""
+        cdef PhasePlan phases
+        cdef int64_t *row
+        cdef int64_t us
+        if self.logged:
+            return
+        self.logged = True
+        self.aborted = aborted
+        if aborted and self.head_end_mark < 0:
+            # nginx: 499 when the client went away before the response head; a head
+            # that never completed is a bad request
+            self.status = 499 if self.parsed else 400
+        if self.loc is not None:
+            phases = self.loc.phases
+        elif self.server is not None:
+            phases = self.server.phases
+        elif self.binding is not None and self.binding.default is not None:
+            phases = self.binding.default.phases
+        else:
+            return
+        us = g_now_us - self.start_us
+        row = my_row(phases.route_series)
+        if row != NULL:
+            observe(row, us)
+            row[R_RECEIVED] += <int64_t>self.head_len + self.body_raw
+            row[R_SENT] += self.bytes_sent()
+        row = my_row(phases.code_series(self.status))
+        if row != NULL:
+            row[0] += 1
+        if phases.nlog:
+            run_log_handlers(phases.log, self)
+
+    cdef int64_t bytes_sent(self) noexcept:
+        """$bytes_sent: the response as produced, or as far as it went out when the
+        connection ended early."""
+        cdef int64_t end = self.out_written if self.aborted else self.out_written + self.pending_len()
+        return end - self.produced_mark if end > self.produced_mark else 0
+
+    cdef int64_t body_bytes_sent(self) noexcept:
+        cdef int64_t end = self.out_written if self.aborted else self.out_written + self.pending_len()
+        if self.head_end_mark < 0 or end <= self.head_end_mark:
+            return 0
+        return end - self.head_end_mark
+
+    cdef void record_try(self, int peer, int status, int64_t connect_us, int64_t header_us,
+                         int64_t response_us) noexcept:
+        """One upstream attempt ended: for $upstream_* and the upstream's histogram."""
+        cdef UpTry *t
+        cdef int64_t *row
+        if self.ntries < MAX_TRIES:
+            t = &self.tries_log[self.ntries]
+            t.peer = peer
+            t.status = status
+            t.connect_us = connect_us
+            t.header_us = header_us
+            t.response_us = response_us
+            self.ntries += 1
+        if self.loc is not None and self.loc.upstream is not None:
+            row = my_row(self.loc.upstream.series)
+            if row != NULL:
+                observe(row, response_us)
+
     cdef void reset_request(self) noexcept:
         # the next request runs on the newest config generation (reload in place)
         self.binding = self.listener.binding
@@ -372,6 +576,8 @@ cdef class Client(Handle):
         cdef UpConn up
         if self.state == CS_FREE:
             return
+        if not self.logged:
+            self.log_request(True)
         timer_stop(self)
         if self.up is not None:
             up = self.up
@@ -450,12 +656,17 @@ cdef class Client(Handle):
     cdef inline bint output_pending(self) noexcept:
         return buf_len(&self.wb) > 0 or self.win_len > 0 or self.suf_len > 0
 
+    cdef inline int64_t pending_len(self) noexcept:
+        return <int64_t>(buf_len(&self.wb) + self.win_len + self.suf_len)
+
     cdef int flush(self) noexcept:
         """Write queued output. 1: all sent; 0: the socket is full; -1: error."""
         cdef bint wrote = False
+        cdef int64_t before = self.pending_len()
         cdef int r = write_queued(self.fd, &self.wb, &self.win, &self.win_len,
                                   &self.suf, &self.suf_len, &wrote)
         cdef TimerList send_timer
+        self.out_written += before - self.pending_len()
         if r == 0:
             self.writable = False
             # send_timeout runs between two writes that made progress
@@ -480,13 +691,17 @@ cdef class Client(Handle):
             self.up = None
         self.win_len = 0
         self.suf_len = 0
+        self.keepalive = False
+        if not self.parsed:
+            self.keep_raw_line()
+        self.begin_head(status)
         buf_append_bytes(&self.wb, head)
         self.append_date()
-        buf_append_str(&self.wb, "Connection: close\r\n\r\n")
+        self.append_connection()
         if not self.is_head:
             buf_append_bytes(&self.wb, body)
+        self.log_request(False)
         self.state = CS_CLOSING
-        self.keepalive = False
         self.drive()
 
     cdef void start_linger(self, int flush_result):
@@ -572,6 +787,8 @@ cdef class Client(Handle):
                 # a new request head starts: client_header_timeout runs from here and is
                 # not restarted by each further byte, so a slowloris client is cut
                 timer_arm(self, self.binding.t_header, g_now)
+            if self.logged:
+                self.begin_request()
             nh = self.binding.max_headers
             ret = edge_parse_request(self.rb.data + self.rb.start, buf_len(&self.rb),
                                      &method, &method_len, &path, &path_len, &minor,
@@ -678,8 +895,14 @@ cdef class Client(Handle):
         cdef bint client_close = False
         cdef bint client_keepalive = False
         cdef Location loc
+        cdef PhasePlan phases
+        cdef int r
 
         self.reset_request()
+        self.parsed = True
+        self.head_len = head_len
+        self.raw_target = self.target
+        self.raw_target_len = self.target_len
         self.connection_header = -1
         self.upgrade_index = -1
         self.abs_host = NULL
@@ -834,8 +1057,24 @@ cdef class Client(Handle):
         if loc.client_max_body_size and content_length > loc.client_max_body_size:
             self.send_error(413, "client intended to send too large body")
             return
+        phases = loc.phases
+        if phases.keep_head and loc.content == CONTENT_PROXY:
+            self.keep_request_head(head_len)    # its body will be read into rb
         self.rb.start += head_len
         self.requests += 1
+
+        if phases.nrewrite:
+            r = run_handlers(phases.rewrite, self)
+            if r != PH_CONTINUE:
+                if r != PH_DONE:
+                    self.finish_without_body(r)
+                return
+        if phases.naccess:
+            r = run_handlers(phases.access, self)
+            if r != PH_CONTINUE:
+                if r != PH_DONE:
+                    self.finish_without_body(r)
+                return
 
         if loc.content == CONTENT_PROXY:
             self.start_proxy()
@@ -895,12 +1134,15 @@ cdef class Client(Handle):
                 n = <size_t>self.body_left
             self.rb.start += n
             self.body_left -= n
+            self.body_raw += n
             self.body_done = self.body_left == 0
             return 1 if self.body_done else 0
         sz = buf_len(&self.rb)
+        n = sz
         ret = edge_decode_chunked(&self.body_dec, self.rb.data + self.rb.start, &sz)
         if ret == -1:
             return -1
+        self.body_raw += <int64_t>(n - <size_t>ret) if ret >= 0 else <int64_t>n
         if ret >= 0:
             self.rb.end = self.rb.start + sz + <size_t>ret
             self.rb.start += sz
@@ -949,6 +1191,7 @@ cdef class Client(Handle):
         connection alive when the request body allows it."""
         cdef bytes head = error_head(status)
         self.start_discard()
+        self.begin_head(status)
         buf_append_bytes(&self.wb, head)
         self.append_date()
         self.append_connection()
@@ -956,17 +1199,37 @@ cdef class Client(Handle):
             buf_append_bytes(&self.wb, error_body(status))
         self.response_done()
 
+    cdef inline void begin_head(self, int status) noexcept:
+        """A response head starts in wb (every head edge writes ends in end_head)."""
+        self.status = status
+        self.head_begin = buf_len(&self.wb)
+
+    cdef void end_head(self, const char *connection_line) noexcept:
+        """The end of every response head: the header filters, the Connection line,
+        then what the log phase keeps of it."""
+        cdef PhasePlan phases = self.loc.phases if self.loc is not None else None
+        cdef size_t n
+        if phases is not None and phases.nheader_filter:
+            run_header_filters(phases.header_filter, self, &self.wb)
+        buf_append_str(&self.wb, connection_line)
+        self.head_end_mark = self.out_written + self.pending_len()
+        if phases is not None and phases.keep_response_head:
+            n = buf_len(&self.wb) - self.head_begin
+            buf_reset(&self.rh)
+            buf_append(&self.rh, self.wb.data + self.wb.end - n, n)
+
     cdef inline void append_connection(self) noexcept:
         if self.keepalive:
-            buf_append_str(&self.wb, "Connection: keep-alive\r\n\r\n")
+            self.end_head("Connection: keep-alive\r\n\r\n")
         else:
-            buf_append_str(&self.wb, "Connection: close\r\n\r\n")
+            self.end_head("Connection: close\r\n\r\n")
 
     cdef void respond_return(self, Location loc):
         cdef int status = loc.return_status
         cdef size_t mark, body_start
         cdef bytes body
         self.start_discard()
+        self.begin_head(status)
         buf_append_bytes(&self.wb, loc.return_head)
         self.append_date()
         if loc.return_location is not None:
@@ -998,16 +1261,15 @@ cdef class Client(Handle):
             if not self.is_head:
                 buf_append_bytes(&self.wb, loc.return_body.literal)
         else:
-            # the length is known only after evaluation: render the body after a gap,
-            # then write the length in front of it
-            mark = self.wb.end
-            buf_append_str(&self.wb, "                    \r\n")
+            # the length is known only after evaluation: render the body into the
+            # scratch buffer first (the proxy head is not in use on this path)
+            buf_reset(&self.pbuf)
+            eval_template(loc.return_body, self, &self.pbuf)
+            buf_append_uint(&self.wb, buf_len(&self.pbuf))
+            buf_append_str(&self.wb, "\r\n")
             self.append_connection()
-            body_start = self.wb.end
-            eval_template(loc.return_body, self, &self.wb)
-            self.write_length_at(mark, self.wb.end - body_start)
-            if self.is_head:
-                self.wb.end = body_start
+            if not self.is_head:
+                buf_append(&self.wb, self.pbuf.data, buf_len(&self.pbuf))
         self.response_done()
 
     cdef void respond_health(self, Location loc):
@@ -1026,6 +1288,7 @@ cdef class Client(Handle):
         else:
             body = '{"status":"stopping"}\n'
         self.start_discard()
+        self.begin_head(200 if code == 0 else 503)
         if code == 0:
             buf_append_str(&self.wb, "HTTP/1.1 200 OK\r\nServer: edge\r\n")
         else:
@@ -1058,19 +1321,10 @@ cdef class Client(Handle):
                 buf_append(&self.wb, self.binding.server_port, len(self.binding.server_port))
         buf_append(&self.wb, self.pbuf.data, buf_len(&self.pbuf))
 
-    cdef void write_length_at(self, size_t mark, size_t length) noexcept:
-        """Fill the 20-space gap at wb[mark] with the decimal length, left aligned, and
-        close the gap by moving the rest of the buffer."""
-        cdef char tmp[24]
-        cdef int n = snprintf(tmp, 24, "%zu", length)
-        cdef size_t gap = 20 - <size_t>n
-        memcpy(self.wb.data + mark, tmp, n)
-        memmove(self.wb.data + mark + n, self.wb.data + mark + 20, self.wb.end - mark - 20)
-        self.wb.end -= gap
-
     cdef void response_done(self):
         """The response is fully queued in wb. Keep the connection or close it after."""
         self.up = None
+        self.log_request(False)
         if not self.keepalive or g_loop.quitting:
             self.state = CS_CLOSING
             self.drive()
@@ -1152,6 +1406,7 @@ cdef class Client(Handle):
     cdef void proxy_finished(self):
         """Called by the upstream side once the whole response is queued and sent."""
         self.up = None
+        self.log_request(False)
         if not self.body_done or self.peer_closed or g_loop.quitting:
             self.keepalive = False
         if not self.keepalive:

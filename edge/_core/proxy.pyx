@@ -55,6 +55,10 @@ cdef class UpConn(Handle):
     cdef edge_chunked_decoder dec
     cdef bint chunk_to_client   # re-frame the body as chunked for an HTTP/1.1 client
     cdef int status
+    # this try's times, for $upstream_*_time and the upstream histogram
+    cdef int64_t try_start_us
+    cdef int64_t connected_us   # -1 until connected
+    cdef int64_t header_us      # -1 until the response head arrived
 
     # ---- life cycle -------------------------------------------------------------------
 
@@ -88,6 +92,10 @@ cdef class UpConn(Handle):
         buf_reset(&self.wb)
         buf_append(&self.wb, c.pbuf.data + c.pbuf.start, buf_len(&c.pbuf))
         self.nrequests += 1
+        self.try_start_us = g_now_us
+        self.header_us = -1
+        # a pooled connection is connected already: nginx reports 0 for it
+        self.connected_us = -1 if self.state == US_CONNECTING else g_now_us
         if self.state == US_CONNECTING:
             timer_arm(self, c.loc.t_connect, g_now)
             return
@@ -121,6 +129,7 @@ cdef class UpConn(Handle):
                 self.fail(FAIL_CONNECT)
                 return
             self.state = US_ACTIVE
+            self.connected_us = g_now_us
             self.ups.peer_ok(self.peer)
         self.drive()
 
@@ -228,6 +237,7 @@ cdef class UpConn(Handle):
                 self.win_len = n
                 c.rb.start += n
                 c.body_left -= n
+                c.body_raw += n
                 if c.body_left == 0:
                     c.body_done = True
                 continue
@@ -237,6 +247,7 @@ cdef class UpConn(Handle):
             if ret == -1:
                 c.send_error(400)
                 return -1
+            c.body_raw += <int64_t>(avail - <size_t>ret) if ret >= 0 else <int64_t>avail
             c.body_received += sz
             if c.loc.client_max_body_size and c.body_received > c.loc.client_max_body_size:
                 c.send_error(413)
@@ -463,6 +474,8 @@ cdef class UpConn(Handle):
             c.keepalive = False     # an HTTP/1.0 client learns the end from the close
 
         # the client's head
+        self.header_us = g_now_us
+        c.begin_head(status)
         buf_append_str(&c.wb, "HTTP/1.1 ")
         buf_append_uint(&c.wb, <uint64_t>status)
         buf_append_str(&c.wb, " ")
@@ -472,6 +485,8 @@ cdef class UpConn(Handle):
         for i in range(nh):
             h = &hs[i]
             if name_in_list(h.name, h.name_len, RESPONSE_DROP):
+                continue
+            if c.loc.response_strip is not None and name_in_list(h.name, h.name_len, c.loc.response_strip):
                 continue
             if conn_index >= 0 and token_listed(hs[conn_index].value, hs[conn_index].value_len,
                                                 h.name, h.name_len):
@@ -501,6 +516,8 @@ cdef class UpConn(Handle):
         cdef Client c = self.client
         cdef size_t i
         cdef edge_header *h
+        self.header_us = g_now_us
+        c.begin_head(101)
         buf_append_str(&c.wb, "HTTP/1.1 101 ")
         buf_append(&c.wb, msg, msg_len)
         buf_append_str(&c.wb, "\r\nServer: edge\r\n")
@@ -516,7 +533,7 @@ cdef class UpConn(Handle):
             buf_append_str(&c.wb, ": ")
             buf_append(&c.wb, h.value, h.value_len)
             buf_append_str(&c.wb, "\r\n")
-        buf_append_str(&c.wb, "Connection: upgrade\r\n\r\n")
+        c.end_head("Connection: upgrade\r\n\r\n")
         self.rb.start += <size_t>head_len
         self.head_done = True
         self.status = 101
@@ -539,6 +556,7 @@ cdef class UpConn(Handle):
         cdef UpConn oldest
         self.client = None
         timer_stop(self)
+        self.record_try(c, self.status)
         if (ups.keepalive > 0 and self.upstream_keepalive and c.body_done
                 and buf_len(&self.rb) == 0 and self.nrequests < ups.keepalive_requests
                 and not g_loop.quitting):
@@ -555,6 +573,12 @@ cdef class UpConn(Handle):
         else:
             self.close()
         c.proxy_finished()
+
+    cdef void record_try(self, Client c, int status) noexcept:
+        c.record_try(self.peer, status,
+                     self.connected_us - self.try_start_us if self.connected_us >= 0 else -1,
+                     self.header_us - self.try_start_us if self.header_us >= 0 else -1,
+                     g_now_us - self.try_start_us)
 
     cdef void log_failure(self, int why):
         cdef str what
@@ -594,6 +618,8 @@ cdef class UpConn(Handle):
             self.log_failure(why)
         status = 504 if why == FAIL_TIMEOUT else 502
         cdef bint was_connecting = self.state == US_CONNECTING
+        if not retry_same_peer:
+            self.record_try(c, status if not self.head_done else self.status)
         self.client = None
         self.close()
         c.up = None
@@ -747,11 +773,15 @@ cdef void eval_template(Template t, Client c, Buf *out) noexcept:
             append_variable(s, c, out)
 
 
-cdef void append_variable(Segment *s, Client c, Buf *out) noexcept:
+cdef bint append_variable(Segment *s, Client c, Buf *out) noexcept:
+    """Append a variable's value; False when it has none for this request (the access
+    log writes "-" then, as nginx does for a variable that is not found)."""
     cdef size_t i
     cdef bint first = True
     cdef edge_header *h
     cdef int v = s.var
+    if v >= VAR_REMOTE_USER:
+        return append_fact(s, c, out)
     if v == VAR_HOST:
         if c.host_len:
             buf_append(out, c.host, c.host_len)
@@ -782,16 +812,23 @@ cdef void append_variable(Segment *s, Client c, Buf *out) noexcept:
     elif v == VAR_SCHEME:
         buf_append_str(out, "http")
     elif v == VAR_REQUEST_URI:
+        if not c.parsed:
+            return False
         buf_append(out, c.target, c.target_len)
     elif v == VAR_URI:
+        if buf_len(&c.uri) == 0:
+            return False
         buf_append(out, c.uri.data, buf_len(&c.uri))
     elif v == VAR_ARGS:
-        if c.has_args:
-            buf_append(out, c.args, c.args_len)
+        if not c.has_args:
+            return False
+        buf_append(out, c.args, c.args_len)
     elif v == VAR_IS_ARGS:
         if c.has_args:
             buf_append_str(out, "?")
     elif v == VAR_REQUEST_METHOD:
+        if not c.parsed:
+            return False
         buf_append(out, c.method, c.method_len)
     elif v == VAR_SERVER_PORT:
         buf_append(out, c.binding.server_port, len(c.binding.server_port))
@@ -801,6 +838,8 @@ cdef void append_variable(Segment *s, Client c, Buf *out) noexcept:
         if c.server is not None:
             buf_append(out, c.server.first_name, len(c.server.first_name))
     elif v == VAR_SERVER_PROTOCOL:
+        if not c.parsed:
+            return False
         buf_append(out, "HTTP/1.1" if c.minor == 1 else "HTTP/1.0", 8)
     elif v == VAR_PROXY_HOST:
         if c.loc is not None and c.loc.upstream is not None:
@@ -815,12 +854,15 @@ cdef void append_variable(Segment *s, Client c, Buf *out) noexcept:
                     buf_append_str(out, ", ")
                 buf_append(out, h.value, h.value_len)
                 first = False
+        return not first
     elif v == VAR_PROXY_PROTOCOL_ADDR:
-        if c.has_pp:
-            buf_append(out, c.pp_text, c.pp_text_len)
+        if not c.has_pp:
+            return False
+        buf_append(out, c.pp_text, c.pp_text_len)
     elif v == VAR_PROXY_PROTOCOL_PORT:
-        if c.has_pp:
-            buf_append(out, c.pp_port, c.pp_port_len)
+        if not c.has_pp:
+            return False
+        buf_append(out, c.pp_port, c.pp_port_len)
     elif v == VAR_REALIP_REMOTE_ADDR:
         buf_append(out, c.conn_remote, c.conn_remote_len)
     elif v == VAR_REALIP_REMOTE_PORT:
@@ -830,3 +872,4 @@ cdef void append_variable(Segment *s, Client c, Buf *out) noexcept:
                 and c.caps[s.index].rm_so >= 0:
             buf_append(out, c.uri.data + c.caps[s.index].rm_so,
                        <size_t>(c.caps[s.index].rm_eo - c.caps[s.index].rm_so))
+    return True

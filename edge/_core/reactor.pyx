@@ -5,11 +5,16 @@
 # it includes the other .pyx files so that every call between them is a direct C call.
 # Order matters only for readability; Cython resolves the cdef classes module-wide.
 
+# phase handler results (phases.pyx), used by client.pyx before phases.pyx is read
+DEF PH_CONTINUE = 0
+DEF PH_DONE = 1
+
 include "includes/system.pxi"
 include "buffers.pyx"
 include "timers.pyx"
 include "status.pyx"
 include "shm.pyx"
+include "zones.pyx"
 include "values.pyx"
 include "upstream.pyx"
 include "realip.pyx"
@@ -17,6 +22,8 @@ include "router.pyx"
 include "uri.pyx"
 include "proxy_protocol.pyx"
 include "client.pyx"
+include "phases.pyx"
+include "access_log.pyx"
 include "proxy.pyx"
 
 DEF MAX_EVENTS = 512
@@ -32,22 +39,27 @@ cdef enum HandleKind:
 # One loop per process; the globals keep the hot path free of attribute lookups.
 cdef Loop g_loop = None
 cdef int64_t g_now = 0                  # monotonic milliseconds, refreshed once per wake-up
+cdef int64_t g_now_us = 0               # the same instant in microseconds (request times)
+cdef int64_t g_real_ms = 0              # wall clock, epoch milliseconds ($msec)
 cdef time_t g_date_second = 0
 cdef char g_date[64]                    # "Date: ...\r\n", rebuilt once a second
 cdef size_t g_date_len = 0
 
 
 cdef void update_time() noexcept:
-    global g_now, g_date_second, g_date_len
+    global g_now, g_now_us, g_real_ms, g_date_second, g_date_len
     cdef timespec ts
     cdef tm t
     clock_gettime(CLOCK_MONOTONIC, &ts)
-    g_now = <int64_t>ts.tv_sec * 1000 + ts.tv_nsec // 1000000
+    g_now_us = <int64_t>ts.tv_sec * 1000000 + ts.tv_nsec // 1000
+    g_now = g_now_us // 1000
     clock_gettime(CLOCK_REALTIME, &ts)
+    g_real_ms = <int64_t>ts.tv_sec * 1000 + ts.tv_nsec // 1000000
     if ts.tv_sec != g_date_second:
         g_date_second = ts.tv_sec
         gmtime_r(&ts.tv_sec, &t)
         g_date_len = strftime(g_date, 64, "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &t)
+        update_log_times(ts.tv_sec)
 
 
 cdef const char *WORKER_FULL_RESPONSE = (
@@ -100,7 +112,9 @@ cdef class Loop:
     cdef object on_reopen
     cdef object on_control
     cdef object log
+    cdef Client spare_client        # logs connections refused at accept
     cdef int worker_index
+    cdef int64_t next_gauges_ms     # when the connection gauges are next published
 
     def __init__(self, Plan plan, dict listen_fds, on_reopen=None, log=None,
                  int control_fd=-1, on_control=None, int worker_index=0, log_enabled=None):
@@ -114,6 +128,7 @@ cdef class Loop:
         self.on_control = on_control
         self.worker_index = worker_index
         self.log = log
+        seed_worker()
         self.handles = [None] * 4096
         self.free_clients = []
         self.listeners = []
@@ -214,6 +229,7 @@ cdef class Loop:
                 # hanging in the listen queue (a best-effort write; the socket is new)
                 write(fd, WORKER_FULL_RESPONSE, strlen(WORKER_FULL_RESPONSE))
                 close(fd)
+                log_refused(lst, &sa, 503, strlen(WORKER_FULL_RESPONSE))
                 if not self.full_logged:
                     self.full_logged = True
                     self.log_error("%d worker_connections are not enough" % self.max_clients)
@@ -246,6 +262,8 @@ cdef class Loop:
         elif signo == SIGTERM or signo == SIGINT:
             self.stopping = True
         elif signo == SIGUSR1:
+            for err in reopen_logs():
+                self.log_error(err)
             if self.on_reopen is not None:
                 self.on_reopen()
 
@@ -301,6 +319,11 @@ cdef class Loop:
             update_time()
             if g_shared != NULL and self.worker_index < SHM_MAX_WORKERS:
                 g_shared.heartbeat_ms[self.worker_index] = g_now
+            if g_now >= self.next_gauges_ms:
+                self.next_gauges_ms = g_now + 1000
+                self.publish_gauges()
+            if g_buffered_files:
+                flush_due_logs()
             if n < 0:
                 if errno == EINTR:
                     continue
@@ -313,9 +336,47 @@ cdef class Loop:
                     h.on_events(events[i].events)
             timers_fire(g_now)
             if self.stopping:
+                self.before_exit()
                 return "stop"
             if self.quitting and (self.nclients == 0 or g_now >= self.quit_deadline):
+                self.before_exit()
                 return "quit"
+
+    cdef void before_exit(self):
+        """The worker is leaving: requests still open are logged (as nginx does when it
+        closes them), and buffered log lines are written."""
+        cdef Handle h
+        for h in list(self.handles):
+            if h is not None and h.kind == K_CLIENT:
+                (<Client>h).close()
+        flush_logs()
+        self.publish_gauges()
+
+    cdef void publish_gauges(self):
+        """edge_connections{state}: counted once a second from the client states
+        (nginx's active / reading / writing / waiting)."""
+        cdef Handle h
+        cdef Client c
+        cdef int64_t reading = 0, writing = 0, idle = 0
+        cdef WorkerBlock *w
+        if g_worker < 0:
+            return
+        for h in self.handles:
+            if h is None or h.kind != K_CLIENT:
+                continue
+            c = <Client>h
+            if c.state == CS_HEAD or c.state == CS_PP_HEADER:
+                if c.logged and buf_len(&c.rb) == 0:
+                    idle += 1
+                else:
+                    reading += 1
+            else:
+                writing += 1
+        w = &g_zone.workers[g_worker]
+        w.active = self.nclients
+        w.reading = reading
+        w.writing = writing
+        w.idle = idle
 
     def set_worker_generation(self, int64_t generation):
         if g_shared != NULL and self.worker_index < SHM_MAX_WORKERS:

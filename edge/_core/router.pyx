@@ -75,6 +75,12 @@ cdef class Location:
     cdef public RealIP realip
     cdef TimerList t_keepalive, t_body, t_send_client
 
+    # the phase plan: handlers besides the content, and the metrics series
+    cdef public PhasePlan phases
+    cdef public bytes route_b        # $route: route_name, or the match text
+    cdef public bytes response_strip # lowercase names NUL separated (and a final NUL)
+                                     # dropped from upstream responses, or None
+
     def __cinit__(self):
         self.has_regex = False
 
@@ -101,6 +107,8 @@ cdef class Location:
         self.proxy_send_timeout_ms = 60000
         self.proxy_tunnel_timeout_ms = 3600000
         self.upgrade_protocols = b"websocket\0\0"
+        self.phases = PhasePlan()
+        self.route_b = self.match_text().encode("latin-1")
         if self.kind in (LOC_REGEX, LOC_REGEX_ICASE):
             self._compile_regex()
 
@@ -150,6 +158,11 @@ cdef class Location:
         self.proxy_headers = headers
         self.proxy_strip = b"".join(n.lower() + b"\0" for n in strip_names)
 
+    def add_proxy_header(self, bytes name, Template value):
+        """Send `name: value` upstream instead of the client's own `name` headers."""
+        self.proxy_headers = self.proxy_headers + [(name, value)]
+        self.proxy_strip = (self.proxy_strip or b"") + name.lower() + b"\0"
+
     cdef void prepare(self):
         """Called once the plan is complete: prebuilt heads and timer classes."""
         cdef bytes reason
@@ -171,6 +184,20 @@ cdef class Location:
         while i < n and value[i] != 44 and value[i] != 47 and value[i] != 32:
             i += 1
         return i > 0 and name_in_list(value, i, <const char *>self.upgrade_protocols)
+
+    def match_text(self):
+        """How the location reads in the config: "/api/", "= /health", "~ ^/v\\d/"."""
+        modifier = {0: "", 1: "=", 2: "^~", 3: "~", 4: "~*"}[self.kind]
+        path = self.pattern.decode("latin-1")
+        return "%s %s" % (modifier, path) if modifier else path
+
+    def attach(self):
+        """In the worker: metrics series and log files of this location and those
+        nested in it."""
+        self.phases.attach()
+        if self.children is not None:
+            for loc in self.children.locations:
+                loc.attach()
 
     def __repr__(self):
         return "Location(%s %r)" % ({0: "", 1: "=", 2: "^~", 3: "~", 4: "~*"}[self.kind],
@@ -375,6 +402,7 @@ cdef class Server:
     cdef readonly bytes first_name
     cdef readonly str file
     cdef readonly int line
+    cdef public PhasePlan phases     # for requests that no location took (404) or no server parsed
 
     def __init__(self, list names, str file="", int line=0):
         # regex names keep their case (they match case-insensitively); others fold
@@ -384,6 +412,7 @@ cdef class Server:
         self.file = file
         self.line = line
         self.first_name = (self.names[0].encode("latin-1") if self.names else b"")
+        self.phases = PhasePlan()
         self._compile_names()       # a bad regex fails here, while file:line is known
 
     def __dealloc__(self):
@@ -584,6 +613,21 @@ cdef class Plan:
 
     def add_upstream(self, Upstream u):
         self.upstreams.append(u)
+
+    def attach(self):
+        """In the worker, before it serves this plan: resolve the metrics series in
+        the shared zone (Zones.use_in_worker) and open the access log files."""
+        seen = set()
+        for b in self.bindings.values():
+            for s in (<ListenBinding>b).servers:
+                if id(s) in seen:
+                    continue
+                seen.add(id(s))
+                (<Server>s).phases.attach()
+                for loc in (<Server>s).locations:
+                    loc.attach()
+        for u in self.upstreams:
+            (<Upstream>u).attach()
 
     def finalize(self):
         seen = set()

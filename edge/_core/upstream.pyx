@@ -28,6 +28,9 @@ cdef class Upstream:
     cdef list idle                            # UpConn, most recently used last
     cdef TimerList t_idle
     cdef readonly bytes host_header           # for $proxy_host
+    cdef readonly list peer_names_b           # for $upstream_addr
+    cdef int64_t series                       # metrics: response time histogram
+    cdef int64_t *peer_series                 # metrics: per peer failures and state
 
     def __init__(self, str name, int keepalive=0):
         self.name = name
@@ -39,10 +42,29 @@ cdef class Upstream:
         self.keepalive_requests = 1000
         self.idle = []
         self.host_header = name.encode("latin-1")
+        self.peer_names_b = []
+        self.series = -1
 
     def __dealloc__(self):
         if self.peers != NULL:
             free(self.peers)
+        if self.peer_series != NULL:
+            free(self.peer_series)
+
+    def attach(self):
+        """In the worker: this group's series in the shared zone."""
+        cdef int i
+        self.series = series_for(SK_UPSTREAM, [self.name])
+        if self.peer_series != NULL:
+            free(self.peer_series)
+        self.peer_series = <int64_t *>malloc(sizeof(int64_t) * (self.npeers or 1))
+        for i in range(self.npeers):
+            self.peer_series[i] = series_for(SK_PEER, [self.name, self.peer_names[i]])
+
+    cdef inline int64_t *peer_row(self, int i) noexcept:
+        if self.peer_series == NULL:
+            return NULL
+        return my_row(self.peer_series[i])
 
     def add_peer(self, str host, int port, int weight=1, int max_fails=1,
                  double fail_timeout=10.0):
@@ -76,14 +98,16 @@ cdef class Upstream:
             sin.sin_port = htons(port)
             inet_pton(AF_INET, ipb, &sin.sin_addr)
             p.addrlen = sizeof(sockaddr_in)
-            self.peer_names.append("%s:%d" % (ip, port))
+            name = "%s:%d" % (ip, port)
         else:
             sin6 = <sockaddr_in6 *>&p.addr
             sin6.sin6_family = AF_INET6
             sin6.sin6_port = htons(port)
             inet_pton(AF_INET6, ipb, &sin6.sin6_addr)
             p.addrlen = sizeof(sockaddr_in6)
-            self.peer_names.append("[%s]:%d" % (ip, port))
+            name = "[%s]:%d" % (ip, port)
+        self.peer_names.append(name)
+        self.peer_names_b.append(name.encode())     # no wraparound: no [-1] in this file
         p.weight = weight if weight > 0 else 1
         p.max_fails = max_fails
         p.fail_timeout_ms = <int64_t>(fail_timeout * 1000)
@@ -123,6 +147,9 @@ cdef class Upstream:
 
     cdef void peer_failed(self, int i, int64_t now) noexcept:
         cdef Peer *p = &self.peers[i]
+        cdef int64_t *row = self.peer_row(i)
+        if row != NULL:
+            row[R_PEER_FAILURES] += 1
         if p.max_fails == 0:
             return
         if now - p.checked_ms > p.fail_timeout_ms:
@@ -132,9 +159,16 @@ cdef class Upstream:
         if p.fails >= p.max_fails:
             p.down_until_ms = now + p.fail_timeout_ms
             p.fails = 0
+            if row != NULL:
+                row[R_PEER_DOWN_UNTIL] = p.down_until_ms
 
     cdef void peer_ok(self, int i) noexcept:
         cdef Peer *p = &self.peers[i]
+        cdef int64_t *row
         if p.fails and p.down_until_ms == 0:
             p.fails = 0
+        if p.down_until_ms:
+            row = self.peer_row(i)
+            if row != NULL:
+                row[R_PEER_DOWN_UNTIL] = 0
         p.down_until_ms = 0

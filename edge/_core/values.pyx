@@ -27,6 +27,30 @@ cdef enum VarId:
     VAR_PROXY_PROTOCOL_PORT
     VAR_REALIP_REMOTE_ADDR
     VAR_REALIP_REMOTE_PORT
+    # request and response facts, mostly for access logs (nginx's meanings)
+    VAR_REMOTE_USER
+    VAR_TIME_LOCAL
+    VAR_TIME_ISO8601
+    VAR_MSEC
+    VAR_REQUEST
+    VAR_ARG                 # $arg_<name>: a query argument
+    VAR_COOKIE              # $cookie_<name>
+    VAR_SENT_HTTP           # $sent_http_<name>: a response header as sent
+    VAR_STATUS
+    VAR_BODY_BYTES_SENT
+    VAR_BYTES_SENT
+    VAR_REQUEST_LENGTH
+    VAR_REQUEST_TIME
+    VAR_UPSTREAM_ADDR
+    VAR_UPSTREAM_STATUS
+    VAR_UPSTREAM_CONNECT_TIME
+    VAR_UPSTREAM_HEADER_TIME
+    VAR_UPSTREAM_RESPONSE_TIME
+    VAR_CONNECTION
+    VAR_CONNECTION_REQUESTS
+    VAR_PID
+    VAR_REQUEST_ID
+    VAR_ROUTE
 
 # name -> id; `$http_*` and `$1`..`$9` are handled by prefix.
 VARIABLES = {
@@ -54,7 +78,33 @@ VARIABLES = {
     "proxy_protocol_port": VAR_PROXY_PROTOCOL_PORT,
     "realip_remote_addr": VAR_REALIP_REMOTE_ADDR,
     "realip_remote_port": VAR_REALIP_REMOTE_PORT,
+    "remote_user": VAR_REMOTE_USER,
+    "time_local": VAR_TIME_LOCAL,
+    "time_iso8601": VAR_TIME_ISO8601,
+    "msec": VAR_MSEC,
+    "request": VAR_REQUEST,
+    "status": VAR_STATUS,
+    "body_bytes_sent": VAR_BODY_BYTES_SENT,
+    "bytes_sent": VAR_BYTES_SENT,
+    "request_length": VAR_REQUEST_LENGTH,
+    "request_time": VAR_REQUEST_TIME,
+    "upstream_addr": VAR_UPSTREAM_ADDR,
+    "upstream_status": VAR_UPSTREAM_STATUS,
+    "upstream_connect_time": VAR_UPSTREAM_CONNECT_TIME,
+    "upstream_header_time": VAR_UPSTREAM_HEADER_TIME,
+    "upstream_response_time": VAR_UPSTREAM_RESPONSE_TIME,
+    "connection": VAR_CONNECTION,
+    "connection_requests": VAR_CONNECTION_REQUESTS,
+    "pid": VAR_PID,
+    "request_id": VAR_REQUEST_ID,
+    "route": VAR_ROUTE,
 }
+
+# Variables whose value is known only once the response is done; they read the request
+# head at the end of the request, or the response head edge wrote.
+HEAD_VARIABLES = {VAR_HTTP, VAR_HTTP_HOST, VAR_PROXY_ADD_XFF, VAR_REQUEST_URI, VAR_ARGS,
+                  VAR_IS_ARGS, VAR_REQUEST_METHOD, VAR_CONTENT_LENGTH, VAR_CONTENT_TYPE,
+                  VAR_REMOTE_USER, VAR_REQUEST, VAR_ARG, VAR_COOKIE}
 
 
 cdef struct Segment:
@@ -73,6 +123,8 @@ cdef class Template:
     cdef readonly bint is_literal
     cdef readonly bytes literal
     cdef readonly int max_capture
+    cdef readonly bint uses_head            # reads the request head (see HEAD_VARIABLES)
+    cdef readonly bint uses_sent_http       # reads the response head
 
     def __dealloc__(self):
         if self.segs != NULL:
@@ -132,6 +184,10 @@ cdef class Template:
             t.segs[k].index = index
             if var == VAR_CAPTURE and index > t.max_capture:
                 t.max_capture = index
+            if var in HEAD_VARIABLES:
+                t.uses_head = True
+            if var == VAR_SENT_HTTP:
+                t.uses_sent_http = True
         t.is_literal = all(p[0] == 0 for p in parts)
         t.literal = b"".join(p[1] for p in parts) if t.is_literal else None
         return t
@@ -148,6 +204,11 @@ def _variable_segment(str name):
     if name.startswith("http_") and len(name) > 5:
         # $http_x_forwarded_for names the X-Forwarded-For header.
         return (VAR_HTTP, name[5:].replace("_", "-").encode("latin-1"), 0)
+    for prefix, var in (("arg_", VAR_ARG), ("cookie_", VAR_COOKIE)):
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return (var, name[len(prefix):].encode("latin-1"), 0)
+    if name.startswith("sent_http_") and len(name) > 10:
+        return (VAR_SENT_HTTP, name[10:].replace("_", "-").encode("latin-1"), 0)
     if name in VARIABLES:
         return (VARIABLES[name], b"", 0)
     raise ValueError('unknown "%s" variable' % name)

@@ -117,6 +117,8 @@ cdef extern from "<time.h>" nogil:
     struct tm:
         pass
     tm *gmtime_r(const time_t *timep, tm *result)
+    tm *localtime_r(const time_t *timep, tm *result)
+    void tzset()
     size_t strftime(char *s, size_t max, const char *fmt, const tm *t)
 
 cdef extern from "<signal.h>" nogil:

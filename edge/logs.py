@@ -508,10 +508,13 @@ class Follower:
     still drained for TAIL_GRACE seconds, since a writer keeps writing to it until it
     reopens its logs; when it is truncated (copytruncate), reading starts over."""
 
+    MARK = 64  # bytes before the read position that must not change (see _rewritten)
+
     def __init__(self, path):
         self.path = path
         self.f = None
         self.partial = b""
+        self.mark = b""    # the MARK bytes before self.f's position
         self.retired = []  # [file, partial, time it last grew]
 
     def start(self, count, match):
@@ -522,9 +525,11 @@ class Follower:
             return []
         if count <= 0:
             self.f.seek(0, os.SEEK_END)
+            self._remember()
             return []
         found, offset = last_matching(self.f, count, match)
         self.f.seek(offset)
+        self._remember()
         return found
 
     def poll(self):
@@ -540,8 +545,11 @@ class Follower:
                 entry[0].close()
                 self.retired.remove(entry)
         if self.f is not None:
-            got, self.partial = _read_lines(self.f, self.partial)
-            lines += got
+            if self._rewritten():
+                _say("notice", f'"{self.path}" was truncated; reading from its start')
+                self.f.seek(0)
+                self.partial = b""
+            lines += self._read()
         try:
             st = os.stat(self.path)
         except OSError:
@@ -554,14 +562,27 @@ class Follower:
                 _say("notice", f'"{self.path}" has been replaced; following the new file')
                 self.retired.append([self.f, self.partial, now])
                 self._open_new()
-            elif st.st_size < self.f.tell():
-                _say("notice", f'"{self.path}" was truncated; reading from its start')
-                self.f.seek(0)
-                self.partial = b""
         if self.f is not None:
-            got, self.partial = _read_lines(self.f, self.partial)
-            lines += got
+            lines += self._read()
         return lines
+
+    def _read(self):
+        got, self.partial = _read_lines(self.f, self.partial)
+        if got or self.partial:
+            self._remember()
+        return got
+
+    def _remember(self):
+        pos = self.f.tell()
+        size = min(self.MARK, pos)
+        self.mark = os.pread(self.f.fileno(), size, pos - size)
+
+    def _rewritten(self):
+        """Was the file truncated since we read it? A smaller size says so, but not
+        when it was written past our position again before we looked (copytruncate,
+        then a burst of records): then the bytes before our position have changed."""
+        pos = self.f.tell()
+        return os.pread(self.f.fileno(), len(self.mark), pos - len(self.mark)) != self.mark
 
     def _open_new(self):
         try:
@@ -569,6 +590,7 @@ class Follower:
         except OSError:
             self.f = None
         self.partial = b""
+        self.mark = b""
 
     def close(self):
         for entry in self.retired:

@@ -462,9 +462,11 @@ def format_record(r):
              field("request_uri") if r.get("request_uri") else field("uri"),
              f"route={route}", took, field("remote_addr")]
     if r.get("upstream_addr"):
-        parts.append(f"up={r['upstream_addr']}")
-        if r.get("upstream_status") and str(r["upstream_status"]) != str(r.get("status")):
-            parts.append(f"up_status={r['upstream_status']}")
+        # nginx's lists ("a:81, a:82") without their spaces: one word per field.
+        parts.append("up=" + str(r["upstream_addr"]).replace(", ", ","))
+        upstream_status = str(r.get("upstream_status") or "")
+        if upstream_status and upstream_status != str(r.get("status")):
+            parts.append("up_status=" + upstream_status.replace(", ", ","))
     return _printable(" ".join(parts))
 
 

@@ -459,6 +459,12 @@ def test_tail_line_format(tmp_path, tails):
     t = tails("--logs", path)
     assert t.take(1) == ["2026-12-01T17:58:04+00:00 200 GET /v1/x route=/v1/ 0.003s "
                          "127.0.0.1 up=127.0.0.1:8081"]
+    # Several peers tried: nginx's lists, one word each; the upstream's status too.
+    append(path, record(2, status=200, upstream_addr="127.0.0.1:8081, 127.0.0.1:8082",
+                        upstream_status="502, 200", time="2026-12-01T17:58:05+00:00",
+                        request_uri="/v1/y", request_time=1.25))
+    assert t.take(1) == ["2026-12-01T17:58:05+00:00 200 GET /v1/y route=/v1/ 1.250s "
+                         "127.0.0.1 up=127.0.0.1:8081,127.0.0.1:8082 up_status=502,200"]
     # Client-controlled text cannot reach the terminal as control characters.
     append(path, record(1, request_uri="/\x1b[31mred"))
     assert uri_of(t.take(1)[0]) == "/\\x1b[31mred"
@@ -546,3 +552,13 @@ def test_tail_rejects_a_bad_status_filter(tmp_path):
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2
     assert '"6xx" is not a status code or class' in r.stderr
+
+
+def test_the_logs_commands_do_not_need_the_compiled_reactor():
+    # `edge logs` must work where the extension is not built (a laptop, a log host).
+    code = ("import sys; import edge.cli, edge.logs; "
+            "print(sorted(m for m in sys.modules if m.startswith('edge._core')))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(),
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "[]\n"

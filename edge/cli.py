@@ -8,6 +8,8 @@
                                QUIT to the old one, reporting each step
     edge status                is the master running, its workers, readiness
     edge drain / undrain       flip the drain flag: readiness answers 503, traffic flows
+    edge logs query "SQL"      SQL over the JSON access logs (DuckDB); edge/logs.py
+    edge logs tail             follow the JSON access log, formatted
 
 Messages go to stderr in nginx's form (``edge: [emerg] ...``); only ``-T``'s dump and
 ``status`` write to stdout. Exit status: 0 on success, 1 on any error; ``status`` exits
@@ -47,7 +49,9 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="edge",
         description="edge: an API gateway and edge server with an nginx-style config.",
-        epilog=f"Without -c, the config is {DEFAULT_CONF} if it exists, else {SYSTEM_CONF}.",
+        epilog=f"Without -c, the config is {DEFAULT_CONF} if it exists, else {SYSTEM_CONF}. "
+               "The access logs: edge logs query \"SQL\" and edge logs tail "
+               "(edge logs -h).",
     )
     parser.add_argument("command", nargs="?", choices=["status", "drain", "undrain"],
                         help="status: show whether the master in the pid file runs, its "
@@ -73,6 +77,12 @@ def build_parser():
 
 
 def main(argv=None):
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["logs"]:
+        # Its own parser (query/tail and their options); it needs no compiled code.
+        from edge import logs
+        return logs.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     testing = args.test or args.dump

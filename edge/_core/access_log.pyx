@@ -591,7 +591,10 @@ cdef bint append_fact(Segment *s, Client c, Buf *out) noexcept:
             if v == VAR_UPSTREAM_ADDR:
                 buf_append_bytes(out, <bytes>ups.peer_names_b[t.peer])
             elif v == VAR_UPSTREAM_STATUS:
-                buf_append_uint(out, <uint64_t>t.status)
+                if t.status:
+                    buf_append_uint(out, <uint64_t>t.status)
+                else:
+                    buf_append_str(out, "-")    # no response: the client left first
             elif v == VAR_UPSTREAM_CONNECT_TIME:
                 if t.connect_us < 0:
                     buf_append_str(out, "-")

@@ -577,6 +577,8 @@ cdef class Client(Handle):
         if self.state == CS_FREE:
             return
         if not self.logged:
+            if self.up is not None and self.up.client is self:
+                self.up.record_try(self, 0)     # abandoned while the upstream worked
             self.log_request(True)
         timer_stop(self)
         if self.up is not None:
@@ -605,6 +607,14 @@ cdef class Client(Handle):
             self.writable = True
         if (events & (EPOLLHUP | EPOLLERR)) and self.state == CS_PROXY:
             # reset by the client while the upstream works for it: stop both
+            self.close()
+            return
+        if (events & EPOLLRDHUP) and self.state == CS_PROXY and not self.response_started \
+                and self.body_done and buf_len(&self.rb) == 0 and not self.upgrade:
+            # the client closed before the response began: nginx's 499, and the upstream
+            # request is abandoned (nginx's proxy_ignore_client_abort off)
+            if g_log_info:
+                log_connection("info", self, "client prematurely closed connection while waiting for upstream", 0)
             self.close()
             return
         self.drive()

@@ -80,7 +80,9 @@ class Shipper:
         for target, spec in new.items():
             if target not in self._sinks:
                 self._add(target, spec)
-                self._unknown.pop(target, None)
+                # Keep dropped() monotonic, and warn again if it goes unknown again.
+                if target in self._unknown:
+                    self._gone[target] = self._gone.get(target, 0) + self._unknown.pop(target)
         if removed:
             await asyncio.gather(*(sink.stop(REMOVED_FLUSH) for sink in removed))
             for sink in removed:
@@ -161,5 +163,6 @@ class Shipper:
                 full = False
             for sink in self._sinks.values():
                 sink.report_drops()
+                sink.keep_running()
             # Rings still full: go again at once, but let the sinks' tasks run first.
             await asyncio.sleep(0 if full else self._interval)

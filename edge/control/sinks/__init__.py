@@ -215,6 +215,8 @@ def _split_url(text, kind):
     try:
         parts = urlsplit(text)
         port = parts.port
+        if port == 0:
+            raise ValueError
     except ValueError:
         raise ConfigError(f'invalid port in "{text}"') from None
     if parts.username is not None or parts.password is not None:
@@ -224,7 +226,7 @@ def _split_url(text, kind):
     if not parts.hostname or parts.fragment:
         raise ConfigError(f'invalid {kind} sink "{text}"')
     host = parts.hostname
-    return host, port or DEFAULT_PORTS[kind], parts.path, parts.query
+    return host, DEFAULT_PORTS[kind] if port is None else port, parts.path, parts.query
 
 
 def _parse_http(text):

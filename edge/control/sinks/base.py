@@ -77,6 +77,18 @@ class Sink:
     def start(self):
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"sink {self.target}")
 
+    def keep_running(self):
+        """Restart the task if a bug ended it: shipping must not stop for good while
+        the queue silently fills (the Shipper's pump calls this)."""
+        task = self._task
+        if task is None or not task.done() or self.queue._closing:
+            return
+        error = None if task.cancelled() else task.exception()
+        self._log("crit", "crashed", f"access log sink {self.target} stopped ({error!r}), restarting it")
+        self.abandoned += self._in_hand
+        self._in_hand = 0
+        self.start()
+
     async def stop(self, timeout):
         """Deliver what is queued for at most ``timeout`` seconds, then close. Records
         still held after that are counted as abandoned (and so as dropped)."""

@@ -36,7 +36,7 @@ class RedisStreamSink(Sink):
         return aioredis.Redis(
             host=spec.host, port=spec.port,
             socket_connect_timeout=spec.timeout, socket_timeout=spec.timeout,
-            retry=RedisRetry(NoBackoff(), 0), retry_on_timeout=False,
+            retry=RedisRetry(NoBackoff(), 0),
             single_connection_client=True, client_name="edge-log-shipper")
 
     async def _send(self, batch):

@@ -372,7 +372,7 @@ def test_http_4xx_drops_the_batch_and_5xx_retries(error_log):
     assert shipper.dropped()[next(iter(shipper.dropped()))] == 5
     text = error_log.read_text()
     assert re.search(r"\[error\] .*5 access log records dropped for sink http://127\.0\.0\.1:\d+/ \(HTTP 400\)", text)
-    assert re.search(r"\[error\] .*access log sink http://127\.0\.0\.1:\d+/ failed: Retry: HTTP 503, retrying in", text)
+    assert re.search(r"\[error\] .*access log sink http://127\.0\.0\.1:\d+/ failed: HTTP 503, retrying in", text)
 
 
 def test_http_collector_down_then_stalled_stays_bounded_and_resumes(error_log):
@@ -644,3 +644,25 @@ def test_kafka_topic_read_back():
         return got
 
     assert sorted(run(main(), timeout=20), key=seq_of) == [record(n) for n in range(20)]
+
+
+def test_kafka_unreachable_broker_retries_and_stop_is_bounded(error_log):
+    pytest.importorskip("aiokafka")
+    spec = parse_target(f"kafka://127.0.0.1:{closed_port()}/logs", {"timeout": "1s", "queue": "10"})
+
+    async def main():
+        rings = Rings()
+        shipper = Shipper(rings, cycle(spec))
+        shipper.start()
+        for n in range(30):
+            rings.write(spec.target, record(n))
+        await until(lambda: not rings.records)
+        await asyncio.sleep(0.5)
+        await shipper.stop()
+        return shipper
+
+    shipper = run(main(), timeout=10)
+    # 20 pushed out of the queue of 10, the other 10 still held when stop ran out of time.
+    assert shipper.dropped() == {spec.target: 30}
+    assert shipper.stats()[spec.target]["dropped_queue_full"] == 20
+    assert re.search(r"access log sink kafka://127\.0\.0\.1:\d+/logs failed: .*retrying in", error_log.read_text())

@@ -43,6 +43,7 @@ class Shipper:
         self._sinks = {}          # target -> Sink
         self._unknown = {}        # target -> records for a target no sink has
         self._gone = {}           # target -> records dropped by sinks removed by a reload
+        self._retiring = set()    # removed sinks still flushing (their drops still count)
         self._pump_task = None
         self._stopping = False
 
@@ -84,8 +85,10 @@ class Shipper:
                 if target in self._unknown:
                     self._gone[target] = self._gone.get(target, 0) + self._unknown.pop(target)
         if removed:
+            self._retiring.update(removed)
             await asyncio.gather(*(sink.stop(REMOVED_FLUSH) for sink in removed))
             for sink in removed:
+                self._retiring.discard(sink)
                 self._gone[sink.target] = self._gone.get(sink.target, 0) + sink.dropped()
 
     async def stop(self):
@@ -115,8 +118,8 @@ class Shipper:
         out = dict(self._gone)
         for target, n in self._unknown.items():
             out[target] = out.get(target, 0) + n
-        for target, sink in self._sinks.items():
-            out[target] = out.get(target, 0) + sink.dropped()
+        for sink in (*self._sinks.values(), *self._retiring):
+            out[sink.target] = out.get(sink.target, 0) + sink.dropped()
         return out
 
     def stats(self):

@@ -200,4 +200,9 @@ def _describe(error):
     text = str(error)
     if isinstance(error, asyncio.TimeoutError):
         return "timed out"
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    name = type(error).__name__
+    if isinstance(error, Retry) and text:
+        return text  # our own words: "HTTP 503", "connection closed before the response"
+    if not text:
+        return name
+    return text if text.startswith(name) else f"{name}: {text}"

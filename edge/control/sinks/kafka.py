@@ -10,11 +10,19 @@ larger than the broker allows is dropped, counted and logged.
 """
 
 import asyncio
+import logging
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from .base import Sink
+
+# aiokafka reports every failed connection through the logging module, which in the
+# control process would end on stderr, once per attempt. The sink already says what
+# matters in edge's error log, rate-limited.
+_aiokafka_log = logging.getLogger("aiokafka")
+_aiokafka_log.addHandler(logging.NullHandler())
+_aiokafka_log.propagate = False
 
 
 class KafkaSink(Sink):

@@ -37,7 +37,7 @@ class RedisStreamSink(Sink):
             host=spec.host, port=spec.port,
             socket_connect_timeout=spec.timeout, socket_timeout=spec.timeout,
             retry=RedisRetry(NoBackoff(), 0),
-            single_connection_client=True, client_name="edge-log-shipper")
+            client_name="edge-log-shipper")
 
     async def _send(self, batch):
         if self._client is None:

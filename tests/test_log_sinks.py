@@ -375,6 +375,27 @@ def test_http_4xx_drops_the_batch_and_5xx_retries(error_log):
     assert re.search(r"\[error\] .*access log sink http://127\.0\.0\.1:\d+/ failed: HTTP 503, retrying in", text)
 
 
+def test_http_collector_closing_idle_connections_costs_no_retry(error_log):
+    async def main():
+        collector = await HttpCollector().start()
+        collector.close_after_answer = True
+        spec = parse_target(f"http://127.0.0.1:{collector.port}/", {"batch": "2", "flush": "10ms"})
+        rings = Rings()
+        shipper = Shipper(rings, cycle(spec))
+        shipper.start()
+        for n in range(6):
+            rings.write(spec.target, record(n))
+            await collector.wait_until(lambda: len(collector.lines()) == n + 1)
+        await shipper.stop()
+        await collector.stop()
+        return collector, shipper
+
+    collector, shipper = run(main())
+    assert collector.lines() == [record(n) for n in range(6)]
+    assert collector.connections == collector.requests == 6, "a new connection for each request"
+    assert "failed" not in error_log.read_text() and sum(shipper.dropped().values()) == 0
+
+
 def test_http_collector_down_then_stalled_stays_bounded_and_resumes(error_log):
     """The collector is down, then stalled (accepts, never answers), while records keep
     coming: the queue never exceeds its bound, the oldest records are dropped and

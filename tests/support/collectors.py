@@ -5,7 +5,8 @@ keeps exactly what it received.
 
 They can go down and come back on the same port (``stop()`` closes the listener and
 aborts every open connection, as a crashed server would), and the HTTP collector can
-answer with any status or stall: accept, read the request and never answer.
+answer with any status, stall (accept, read the request and never answer), or close a
+keep-alive connection right after answering without saying so (an idle timeout).
 """
 
 import asyncio
@@ -124,6 +125,7 @@ class HttpCollector(_StreamServer):
     def __init__(self):
         super().__init__()
         self.mode = 200
+        self.close_after_answer = False   # close kept-alive connections right after answering, unannounced
         self.batches = []         # (connection number, headers dict, body) of answered 2xx requests
         self.requests = 0         # every request read, whatever the answer
 
@@ -153,6 +155,8 @@ class HttpCollector(_StreamServer):
             writer.write(b"HTTP/1.1 %d %s\r\nContent-Length: 3\r\n\r\nok\n" % (mode, reason))
             await writer.drain()
             self._notify()
+            if self.close_after_answer:
+                return
 
     def lines(self):
         return [line for _, _, body in self.batches for line in body.split(b"\n")[:-1]]

@@ -14,7 +14,6 @@ import socket
 import sys
 import time
 from collections import deque
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest

@@ -45,7 +45,6 @@ class Shipper:
         self._gone = {}           # target -> records dropped by sinks removed by a reload
         self._retiring = set()    # removed sinks still flushing (their drops still count)
         self._pump_task = None
-        self._stopping = False
 
     # -- service -------------------------------------------------------------------
 
@@ -68,16 +67,9 @@ class Shipper:
             if spec is None:
                 removed.append(self._sinks.pop(target))
             elif spec != sink.spec:
-                if sink.spec.same_endpoint(spec):
-                    sink.retune(spec)
-                else:
-                    # Same text, another meaning (cannot happen with today's parser,
-                    # which derives everything but the tuning from the text): start over,
-                    # carrying the queued records.
-                    removed.append(self._sinks.pop(target))
-                    fresh = self._add(target, spec)
-                    for record in sink.queue.take(len(sink.queue)):
-                        fresh.submit(record)
+                # Everything but the tuning is derived from the target text, so an
+                # unchanged target is the same endpoint: keep the connection.
+                sink.retune(spec)
         for target, spec in new.items():
             if target not in self._sinks:
                 self._add(target, spec)
@@ -94,7 +86,6 @@ class Shipper:
     async def stop(self):
         """Stop pumping, drain the rings a last time, give every sink up to STOP_FLUSH
         seconds (together) to deliver what it holds, then close them."""
-        self._stopping = True
         if self._pump_task is not None:
             self._pump_task.cancel()
             try:

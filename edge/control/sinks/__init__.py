@@ -56,9 +56,10 @@ _TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 @dataclass(frozen=True)
 class SinkSpec:
-    """One remote sink, as the config names it. Immutable and comparable: the
-    Shipper keeps a running sink across a reload when its target text is unchanged,
-    and applies a changed ``queue``/``batch``/``flush``/``timeout`` in place."""
+    """One remote sink, as the config names it. Immutable and comparable. Every
+    field but the tuning (``queue``, ``batch``, ``flush``, ``timeout``) derives from
+    the target text, so the Shipper keeps a running sink across a reload when its
+    target text is unchanged, and applies changed tuning in place."""
 
     kind: str                 # "syslog" | "http" | "redis" | "kafka"
     target: str               # the target text as written: the key of the log rings and the metrics label
@@ -82,13 +83,6 @@ class SinkSpec:
     def pri(self):
         """The syslog PRI value: facility * 8 + severity."""
         return self.facility * 8 + self.severity
-
-    def same_endpoint(self, other):
-        """True if ``other`` ships to the same place the same way, so a running sink
-        (its connection) can take the other's tuning parameters in place."""
-        tuning = ("queue", "batch", "flush", "timeout")
-        return all(getattr(self, f) == getattr(other, f)
-                   for f in self.__dataclass_fields__ if f not in tuning)
 
 
 def is_remote(text):

@@ -18,6 +18,8 @@ import time
 
 from edge import log
 
+from .queue import DropQueue
+
 BACKOFF_FIRST = 0.1
 BACKOFF_CAP = 5.0
 LOG_INTERVAL = 1.0    # at most one error-log line per sink and reason per second
@@ -40,8 +42,6 @@ class Sink:
     RETRY_ERRORS = (Retry, OSError, asyncio.TimeoutError, EOFError)
 
     def __init__(self, spec):
-        from .queue import DropQueue
-
         self.spec = spec
         self.queue = DropQueue(spec.queue)
         self.sent = 0           # records delivered
@@ -81,7 +81,7 @@ class Sink:
         """Restart the task if a bug ended it: shipping must not stop for good while
         the queue silently fills (the Shipper's pump calls this)."""
         task = self._task
-        if task is None or not task.done() or self.queue._closing:
+        if task is None or not task.done() or self.queue.closed:
             return
         error = None if task.cancelled() else task.exception()
         self._log("crit", "crashed", f"access log sink {self.target} stopped ({error!r}), restarting it")
@@ -120,7 +120,7 @@ class Sink:
         if new <= 0:
             return
         now = time.monotonic()
-        if not force and now - self._last_log.get("queue", -LOG_INTERVAL) < LOG_INTERVAL:
+        if not force and now - self._last_log.get("queue", float("-inf")) < LOG_INTERVAL:
             return
         self._last_log["queue"] = now
         self._queue_logged = self.queue.dropped
@@ -129,7 +129,7 @@ class Sink:
     def _log(self, level, reason, msg):
         """Log ``msg`` unless a line for the same reason went out less than a second ago."""
         now = time.monotonic()
-        if now - self._last_log.get(reason, -LOG_INTERVAL) < LOG_INTERVAL:
+        if now - self._last_log.get(reason, float("-inf")) < LOG_INTERVAL:
             self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
             return
         self._last_log[reason] = now

@@ -29,6 +29,10 @@ class DropQueue:
     def bound(self):
         return self._bound
 
+    @property
+    def closed(self):
+        return self._closing
+
     def resize(self, bound):
         """Change the bound (a reload changed ``queue=``); shrinking drops the oldest."""
         self._bound = bound

@@ -1,0 +1,162 @@
+"""Log shipping: the control process's service that drains the workers' log rings and
+ships each record to its remote sink (docs/logging-sinks.md).
+
+The workers write records for remote sinks into per-worker rings in shared memory and
+never wait on a sink. This service's pump calls ``zones.drain(max_records)`` every
+~20 ms, at once again while it returns full batches, and puts each record into the
+bounded queue of its sink (``edge/control/sinks/queue.py``). Each sink's own task
+ships from its queue. Nothing here blocks the event loop: ``drain`` is a copy out of
+shared memory and ``submit`` is an append.
+
+Records pass through three bounded places: the worker's ring (drops counted in
+``zones.snapshot()["sinks"]``), the sink's queue, and the one batch a sink holds while
+sending. ``dropped()`` reports what this process lost, per sink.
+
+The service contract of the control process's registry:
+``start()`` (from the running loop), ``await reload(cycle)``, ``await stop()``.
+"""
+
+import asyncio
+
+from edge import log
+
+from .sinks import make_sink
+
+PUMP_INTERVAL = 0.02      # seconds between drains when the rings were emptied
+MAX_RECORDS = 1000        # records per drain call
+REMOVED_FLUSH = 1.0       # seconds a sink removed by a reload gets to flush
+STOP_FLUSH = 2.0          # seconds all sinks together get to flush at stop
+STOP_DRAIN_ROUNDS = 100   # drain calls at most at stop (bounded even if workers keep writing)
+
+
+def _sink_specs(cycle):
+    # cycle.log_sinks: {target text: SinkSpec}. A cycle without it has no remote sinks.
+    return dict(getattr(cycle, "log_sinks", None) or {})
+
+
+class Shipper:
+    def __init__(self, zones, cycle, *, interval=PUMP_INTERVAL, max_records=MAX_RECORDS):
+        self._zones = zones
+        self._cycle = cycle
+        self._interval = interval
+        self._max_records = max_records
+        self._sinks = {}          # target -> Sink
+        self._unknown = {}        # target -> records for a target no sink has
+        self._gone = {}           # target -> records dropped by sinks removed by a reload
+        self._retiring = set()    # removed sinks still flushing (their drops still count)
+        self._pump_task = None
+
+    # -- service -------------------------------------------------------------------
+
+    def start(self):
+        """Create and start the sinks of the cycle and the pump (needs a running loop)."""
+        for target, spec in _sink_specs(self._cycle).items():
+            self._add(target, spec)
+        self._pump_task = asyncio.get_running_loop().create_task(self._pump(), name="log shipping pump")
+
+    async def reload(self, cycle):
+        """Switch to the sinks of ``cycle``. A sink whose target is unchanged keeps its
+        queue and its connection (a changed queue/batch/flush/timeout applies in place);
+        new ones start; removed ones get REMOVED_FLUSH seconds to flush, then stop."""
+        new = _sink_specs(cycle)
+        self._cycle = cycle
+        removed = []
+        for target in list(self._sinks):
+            sink = self._sinks[target]
+            spec = new.get(target)
+            if spec is None:
+                removed.append(self._sinks.pop(target))
+            elif spec != sink.spec:
+                # Everything but the tuning is derived from the target text, so an
+                # unchanged target is the same endpoint: keep the connection.
+                sink.retune(spec)
+        for target, spec in new.items():
+            if target not in self._sinks:
+                self._add(target, spec)
+                # Keep dropped() monotonic, and warn again if it goes unknown again.
+                if target in self._unknown:
+                    self._gone[target] = self._gone.get(target, 0) + self._unknown.pop(target)
+        if removed:
+            self._retiring.update(removed)
+            await asyncio.gather(*(sink.stop(REMOVED_FLUSH) for sink in removed))
+            for sink in removed:
+                self._retiring.discard(sink)
+                self._gone[sink.target] = self._gone.get(sink.target, 0) + sink.dropped()
+
+    async def stop(self):
+        """Stop pumping, drain the rings a last time, give every sink up to STOP_FLUSH
+        seconds (together) to deliver what it holds, then close them."""
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+            try:
+                await self._pump_task
+            except asyncio.CancelledError:
+                pass
+            self._pump_task = None
+        for _ in range(STOP_DRAIN_ROUNDS):
+            if self._drain_once() < self._max_records:
+                break
+        sinks = list(self._sinks.values())
+        await asyncio.gather(*(sink.stop(STOP_FLUSH) for sink in sinks))
+
+    # -- reading -------------------------------------------------------------------
+
+    def dropped(self):
+        """{target: records lost in the control process}: pushed out of a full queue,
+        refused by the sink (HTTP 4xx, error replies), still held when a stop ran out
+        of time, or drained for a target that has no sink. Monotonic, for
+        ``edge_log_records_dropped_total{sink}`` (which adds the rings' own drops)."""
+        out = dict(self._gone)
+        for target, n in self._unknown.items():
+            out[target] = out.get(target, 0) + n
+        for sink in (*self._sinks.values(), *self._retiring):
+            out[sink.target] = out.get(sink.target, 0) + sink.dropped()
+        return out
+
+    def stats(self):
+        """{target: {queued, in_flight, sent, dropped_queue_full, rejected, abandoned}}."""
+        return {target: sink.stats() for target, sink in self._sinks.items()}
+
+    def sinks(self):
+        """{target: Sink} of the running sinks (for status pages and tests)."""
+        return dict(self._sinks)
+
+    # -- inside --------------------------------------------------------------------
+
+    def _add(self, target, spec):
+        sink = make_sink(spec)
+        self._sinks[target] = sink
+        sink.start()
+        return sink
+
+    def _drain_once(self):
+        records = self._zones.drain(self._max_records)
+        sinks = self._sinks
+        for target, record in records:
+            sink = sinks.get(target)
+            if sink is not None:
+                sink.submit(record)
+            else:
+                self._drop_unknown(target)
+        return len(records)
+
+    def _drop_unknown(self, target):
+        # Records for a sink that is not (or no longer, or not yet) configured here:
+        # during a reload the workers and this process switch at different moments.
+        count = self._unknown.get(target, 0)
+        if count == 0:
+            log.error("warn", f"access log records for unknown sink {target} dropped")
+        self._unknown[target] = count + 1
+
+    async def _pump(self):
+        while True:
+            try:
+                full = self._drain_once() >= self._max_records
+            except Exception as e:  # a bad record must not end shipping for good
+                log.error("alert", f"log shipping: draining the log rings failed: {e!r}")
+                full = False
+            for sink in self._sinks.values():
+                sink.report_drops()
+                sink.keep_running()
+            # Rings still full: go again at once, but let the sinks' tasks run first.
+            await asyncio.sleep(0 if full else self._interval)

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 from edge._core.reactor import Location, Plan
 from edge.config import ConfigError, build, parse_file
-from edge.modules import core, health, http_core, proxy, realip, return_, upstream
+from edge.modules import admin, core, health, http_core, proxy, realip, return_, upstream
 
 # The single list of features. A new module is a file in edge/modules/ added here.
-MODULES = [core, http_core, realip, upstream, proxy, return_, health]
+MODULES = [core, http_core, realip, upstream, proxy, return_, health, admin]
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class Runtime:
         self.plan = Plan()
         self.upstreams = {}             # upstream block name -> Upstream
         self.address_upstreams = {}     # "host:port" used directly in proxy_pass -> Upstream
+        self.admin = None               # AdminSettings (modules/admin.py): the control process's
 
 
 class Cycle:
@@ -50,6 +51,7 @@ class Cycle:
         self.pid_path = root.get("pid")
         self.error_log = root.get("error_log")
         self.worker_shutdown_timeout = root.get("worker_shutdown_timeout")
+        self.admin = runtime.admin      # None, or where the control process serves /status
 
     def build_runtime(self):
         """The compiled data plane. Built (and validated) at load time in the master, so

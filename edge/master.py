@@ -3,8 +3,9 @@
 The master never serves a request. It loads the config (a ``Cycle``), binds the listen
 sockets, writes the pid file, creates the shared state block, forks the workers and
 then runs an asyncio (uvloop) loop that reacts to signals, to worker deaths and to the
-workers' control messages. That loop is also where the control plane (admin API,
-metrics, Redis sync) will run, as tasks next to the reload task.
+workers' control messages. The control plane (admin API, metrics, log shipping) does
+not run here but in the control process (below), so nothing slow can delay a respawn,
+a reload or a signal.
 
 Sockets. For each ``listen`` the master binds one ``SO_REUSEPORT`` socket per worker
 (``Listeners``); worker *i* of any generation gets socket *i* of each listen, so the

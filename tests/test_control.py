@@ -568,3 +568,29 @@ def test_upgrade_rollback_brings_the_old_control_process_back(edge):
         assert pid_in(e.pid_path) == old
     finally:
         stop_master(new)
+
+
+def test_usr1_reaches_the_control_process(edge):
+    """After logrotate's rename and USR1, the control process writes to the new file
+    (it holds its own descriptor, inherited at fork)."""
+    e = start(edge, CONF)
+    old_port = e.ports["PORT2"]
+    ctl = one_control(e)
+    wait_status(old_port, e=e)
+    rotated = e.error_log_path.with_name("error.log.1")
+    os.rename(e.error_log_path, rotated)
+    e.send_signal(signal.SIGUSR1)
+    wait_for(lambda: e.error_log_path.exists(), 5, "the master to reopen the log", e)
+    # reopen is asynchronous in the control process: move admin_listen until the
+    # control process's line lands in the new file (each try is one more reload)
+    port = old_port
+    for _ in range(20):
+        new_port = free_port()
+        rewrite(e, e.conf_path.read_text().replace(f"127.0.0.1:{port}", f"127.0.0.1:{new_port}"))
+        port = new_port
+        e.send_signal(signal.SIGHUP)
+        wait_status(port, e=e)
+        if f"{ctl}#0: admin listener on 127.0.0.1:{port}" in e.error_log:
+            break
+    assert f"{ctl}#0: admin listener on 127.0.0.1:{port}" in e.error_log, e.report()
+    assert f"{ctl}#0: admin listener on 127.0.0.1:{old_port}" in rotated.read_text()

@@ -62,8 +62,9 @@ class ControlProcess:
         for sig in HANDLED_SIGNALS:
             self.loop.add_signal_handler(sig, self._on_signal, sig)
         # The master forks us with its signals blocked, so none lands on a default
-        # handler before the ones above are in place.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+        # handler before the ones above are in place. All of them are unblocked: a
+        # blocked mask would be inherited by any program a service runs.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS + IGNORED_SIGNALS)
         if self.channel is not None:
             self.channel.setblocking(False)
             self.loop.add_reader(self.channel.fileno(), self._on_channel)

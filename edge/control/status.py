@@ -15,7 +15,10 @@ def document(ctx):
     workers = []
     ready, reason = shared.ready()
     for index in range(shared.workers_expected):
-        beat = shared.heartbeat(index)
+        try:
+            beat = shared.heartbeat(index)
+        except IndexError:      # more workers than the block has slots for
+            break
         workers.append({
             "index": index,
             "pid": shared.worker_pid(index) or None,

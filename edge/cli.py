@@ -242,7 +242,7 @@ def send_signal(conf, name):
 
 def status(conf):
     """``status``: report the master named by the pid file and its workers."""
-    from edge.master import PidFileError, running_master_pid, worker_pids
+    from edge.master import PidFileError, control_pids, running_master_pid, worker_pids
     cycle = _load_for_pid(conf)
     if cycle is None:
         return 1
@@ -260,6 +260,8 @@ def status(conf):
         print(f"  worker process {worker}")
     if not workers:
         print("  no worker processes")
+    for control in control_pids(pid):
+        print(f"  control process {control}")
     state = _open_state(cycle.pid_path, quiet=True)
     if state is not None:
         ready, reason = state.ready()

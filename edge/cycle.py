@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 from edge._core.reactor import Location, Plan
 from edge.config import ConfigError, build, parse_file
-from edge.modules import (access_log, core, health, http_core, metrics, proxy, realip,
+from edge.modules import (access_log, admin, core, health, http_core, metrics, proxy, realip,
                           request_id, return_, upstream)
 
 # The single list of features. A new module is a file in edge/modules/ added here.
 MODULES = [core, http_core, realip, upstream, proxy, return_, health, metrics, access_log,
-           request_id]
+           request_id, admin]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class Runtime:
         self.address_upstreams = {}     # "host:port" used directly in proxy_pass -> Upstream
         self.log_sinks = {}             # remote access_log target -> its SinkSpec
         self.access_log_ring_size = 1024 * 1024
+        self.admin = None               # AdminSettings (modules/admin.py): the control process's
 
 
 class Cycle:
@@ -56,6 +57,7 @@ class Cycle:
         self.worker_shutdown_timeout = root.get("worker_shutdown_timeout")
         self.log_sinks = runtime.log_sinks              # for the control process's shipper
         self.access_log_ring_size = runtime.access_log_ring_size
+        self.admin = runtime.admin      # None, or where the control process serves /status
 
     def build_runtime(self):
         """The compiled data plane. Built (and validated) at load time in the master, so

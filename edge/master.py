@@ -3,8 +3,9 @@
 The master never serves a request. It loads the config (a ``Cycle``), binds the listen
 sockets, writes the pid file, creates the shared state block, forks the workers and
 then runs an asyncio (uvloop) loop that reacts to signals, to worker deaths and to the
-workers' control messages. That loop is also where the control plane (admin API,
-metrics, Redis sync) will run, as tasks next to the reload task.
+workers' control messages. The control plane (admin API, metrics, log shipping) does
+not run here but in the control process (below), so nothing slow can delay a respawn,
+a reload or a signal.
 
 Sockets. For each ``listen`` the master binds one ``SO_REUSEPORT`` socket per worker
 (``Listeners``); worker *i* of any generation gets socket *i* of each listen, so the
@@ -36,6 +37,15 @@ Readiness. The shared block (``SharedState``) carries what the data plane's
 ``health ready`` answers from: the generation in force, workers expected and up,
 ``config_failed`` and the drain flag (written by ``edge drain``). It lives in the file
 ``<pid file>.state``. systemd hears READY/RELOADING/STOPPING/MAINPID (``edge.sd_notify``).
+
+The control process (edge.control.process) is one more child, forked and supervised
+like a worker but not counted as one: its own control channel and pidfd, respawned
+with the same back-off, QUIT on a graceful stop and TERM on a fast one, told of every
+successful reload (a failure there never fails the reload), USR1 passed on. It runs
+the control plane (admin listener, /metrics, log shipping) on its own event loop, so
+nothing slow ever runs in the master. On a binary upgrade the new master starts its
+own; WINCH stops ours with our workers, and a rollback starts it again. If it dies,
+serving goes on: the workers never talk to it.
 
 Worker deaths are watched with a pidfd per worker in the event loop rather than SIGCHLD:
 uvloop reserves SIGCHLD for its own subprocess support, and waiting on our own pids
@@ -209,8 +219,33 @@ def state_path_for(pid_path):
     return f"{pid_path}.state"
 
 
+# The control process names itself so (prctl PR_SET_NAME, /proc/PID/comm), whether or
+# not setproctitle is installed: `edge status`, `edge -s upgrade` and the tests tell it
+# from the workers by this name.
+CONTROL_COMM = "edge-control"
+
+
+def is_control_process(pid):
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return f.read().strip() == CONTROL_COMM.encode()
+    except OSError:
+        return False
+
+
 def worker_pids(master_pid):
-    """The pids of the children of ``master_pid``, from /proc (for ``edge status``)."""
+    """The pids of the worker processes of ``master_pid``, from /proc (for ``edge
+    status``): its children but the control process."""
+    return [pid for pid in child_pids(master_pid) if not is_control_process(pid)]
+
+
+def control_pids(master_pid):
+    """The control process of ``master_pid`` (a list: empty while it is respawned)."""
+    return [pid for pid in child_pids(master_pid) if is_control_process(pid)]
+
+
+def child_pids(master_pid):
+    """The pids of the children of ``master_pid``, from /proc."""
     children = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -435,6 +470,18 @@ class Slot:
             self.respawn_timer = None
 
 
+class ControlSlot(Slot):
+    """The control process: a slot with no generation, and an ordered outgoing queue
+    for its channel (reload messages must not block the master nor interleave)."""
+
+    def __init__(self):
+        super().__init__(-1)
+        self.outbuf = bytearray()
+        self.writing = False        # a writer callback waits for the channel to drain
+        self.expected_exit = False  # we sent it QUIT/TERM: its exit is no crash
+        self.kill_timer = None
+
+
 class Generation:
     """A set of workers and the config they run.
 
@@ -507,10 +554,17 @@ class Master:
     """The running master: generations of workers, signal handling, reload, upgrade."""
 
     def __init__(self, cycle, listeners, worker_module, shared=None, notifier=None,
-                 state_path=None, exec_argv=None, exec_cwd=None, upgrade_from=None):
+                 state_path=None, exec_argv=None, exec_cwd=None, upgrade_from=None,
+                 control_module=None):
         self.cycle = cycle                # the config now in force
         self.listeners = listeners
         self.worker_module = worker_module
+        self.control_module = control_module  # edge.control.process, or None: no control process
+        self.control = ControlSlot()      # the control process's pid, channel, crash record
+        self.control_wanted = True        # False after WINCH and while stopping
+        # The shared-memory zones (metric slots, log rings), created before the first
+        # fork so that workers and the control process inherit them; None until built.
+        self.zones = None
         self.shared = shared              # SharedState: readiness, drain flag, heartbeats
         self.notifier = notifier or sd_notify.Notifier(address="")
         self.pid = os.getpid()
@@ -555,7 +609,8 @@ class Master:
         self.current = self.serving = self._start_generation(self.cycle)
         self.published = self.current.number
         self._publish()  # a worker may have been seen up before `serving` was set
-        # The control plane (admin API, metrics, Redis sync) will be more tasks here.
+        # The control plane runs in its own process, never here (see the docstring).
+        self._start_control()
         tasks = [asyncio.create_task(self._reload_loop(), name="edge-reload"),
                  asyncio.create_task(self._announce_ready(), name="edge-ready")]
         try:
@@ -569,6 +624,7 @@ class Master:
             if self.new_binary is not None and self.new_binary.pidfd is not None:
                 self.loop.remove_reader(self.new_binary.pidfd)
                 os.close(self.new_binary.pidfd)
+            self._close_control_channel()
 
     async def _announce_ready(self):
         """READY=1 once the listeners are bound (run() did that) and every worker of the
@@ -681,6 +737,8 @@ class Master:
         slot.started = time.monotonic()
         slot.spawn_ms = spawn_ms
         slot.up = False
+        if self.shared is not None and slot.index < SHM_MAX_WORKERS:
+            self.shared.set_worker_pid(slot.index, pid)   # for /status
         ours.setblocking(False)
         slot.control = ours
         slot.reader = self.worker_module.FrameReader()
@@ -717,6 +775,7 @@ class Master:
                     os.close(other.pidfd)
                 if other.control is not None:
                     other.control.close()
+            self._close_control_fds_in_child()
             if self.new_binary is not None and self.new_binary.pidfd is not None:
                 os.close(self.new_binary.pidfd)
             self._die_with_master()
@@ -756,7 +815,7 @@ class Master:
     def _poll(self):
         self._poll_timer = None
         self._reap()
-        if self.by_pid:
+        if self.by_pid or self.control.pid is not None:
             self._poll_timer = self.loop.call_later(REAP_POLL_INTERVAL, self._poll)
 
     def _reap(self):
@@ -768,6 +827,8 @@ class Master:
                 done, status = pid, None  # reaped elsewhere; it is gone all the same
             if done:
                 self._on_worker_exit(pid, status)
+        if self.control.pid is not None and self.control.pidfd is None:
+            self._reap_control()      # no pidfd: the poll timer covers it too
 
     def _on_worker_exit(self, pid, status):
         gen, slot = self.by_pid.pop(pid)
@@ -784,6 +845,9 @@ class Master:
         slot.ack = None
         slot.pid = None
         slot.up = False
+        if (self.shared is not None and slot.index < SHM_MAX_WORKERS
+                and self.shared.worker_pid(slot.index) == pid):
+            self.shared.set_worker_pid(slot.index, 0)
         self._publish()
 
         expected = gen.retiring or self.stopping is not None
@@ -792,10 +856,12 @@ class Master:
         log.error(level, f"worker process {pid} exited {describe_exit(status)}")
 
         if not expected:
+            if self.shared is not None:
+                self.shared.worker_restarts += 1     # edge_worker_restarts_total
             self._schedule_respawn(gen, slot)
         elif gen.retiring and not gen.pids():
             self._generation_done(gen)
-        if self.stopping and not self.by_pid:
+        if self.stopping and not self._children_left():
             self._finish_stop()
 
     def _close_control(self, slot):
@@ -805,6 +871,12 @@ class Master:
             slot.control = None
 
     def _schedule_respawn(self, gen, slot):
+        delay = self._respawn_delay(slot, f"worker process #{slot.index}")
+        slot.respawn_timer = self.loop.call_later(delay, self._respawn, gen, slot)
+
+    def _respawn_delay(self, slot, what):
+        """How long to wait before replacing ``slot``'s dead process: RESPAWN_DELAY,
+        or a doubling back-off when it is crash-looping. Records the death."""
         now = time.monotonic()
         if slot.started and now - slot.started >= CRASH_WINDOW:
             slot.deaths.clear()  # it had been running fine: not a crash loop
@@ -817,9 +889,9 @@ class Master:
         if slot.backoff or len(slot.deaths) > CRASH_LIMIT:
             slot.backoff = min(BACKOFF_MAX, slot.backoff * 2 or BACKOFF_FIRST)
             delay = slot.backoff
-            log.error("alert", f"worker process #{slot.index} exited {len(slot.deaths)} "
+            log.error("alert", f"{what} exited {len(slot.deaths)} "
                                f"times in {CRASH_WINDOW:g}s, respawning it in {delay:g}s")
-        slot.respawn_timer = self.loop.call_later(delay, self._respawn, gen, slot)
+        return delay
 
     def _respawn(self, gen, slot):
         slot.respawn_timer = None
@@ -949,6 +1021,11 @@ class Master:
                 log.error("alert", "reload failed: " + traceback.format_exc().rstrip())
                 ok = False
             self.reloads += 1
+            if self.shared is not None:             # edge_config_reloads_total{result}
+                if ok:
+                    self.shared.reloads_ok += 1
+                else:
+                    self.shared.reloads_failed += 1
             if self.stopping:
                 return
             # systemd leaves the "reloading" state on READY=1, whatever the outcome:
@@ -1008,6 +1085,9 @@ class Master:
         self._publish()
         log.error("notice", f"configuration generation {number} is in force"
                             + (" (workers reloaded in place)" if in_place else ""))
+        # Told, not awaited: a slow or dead control process must not hold up a reload.
+        self._control_send({"op": "reload", "generation": number, "path": cycle.path,
+                            "parsed": cycle.parsed})
         return True
 
     async def _reload_in_place(self, cycle, number):
@@ -1295,6 +1375,8 @@ class Master:
             return
         self.noaccepting = True
         self.retire(self.current)
+        # The new master's control process serves the admin listener from now on.
+        self._stop_control(signal.SIGQUIT, self.cycle.worker_shutdown_timeout)
         self._publish()
 
     def restart_workers(self):
@@ -1302,6 +1384,258 @@ class Master:
         self.noaccepting = False
         self.current = self.serving = self._start_generation(self.cycle, self.current.number)
         self._publish()
+        self._start_control()
+
+    # ----------------------------------------------------------------- control process
+
+    def _children_left(self):
+        return bool(self.by_pid) or self.control.pid is not None
+
+    def _start_control(self):
+        """Run the control process (again): at start, and on an upgrade rollback. If the
+        previous one is still finishing, its exit starts the new one."""
+        if self.control_module is None or self.stopping:
+            return
+        self.control_wanted = True
+        c = self.control
+        if c.pid is None and c.respawn_timer is None:
+            self._spawn_control()
+
+    def _spawn_control(self):
+        c = self.control
+        c.respawn_timer = None
+        if self.stopping or not self.control_wanted or c.pid is not None:
+            return
+        gen = self.current
+        cycle, number = (gen.cycle, gen.number) if gen is not None else (self.cycle, self.published)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        saved_mask = signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)
+        gc.freeze()
+        # The child carries its name from its first instant (comm is inherited at
+        # fork): nothing that lists the master's children ever mistakes it for a
+        # worker. The master is single-threaded, so no worker is forked meanwhile.
+        own_comm = get_comm()
+        set_comm(CONTROL_COMM)
+        try:
+            pid = os.fork()
+        except OSError as e:
+            set_comm(own_comm)
+            gc.unfreeze()
+            signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)
+            ours.close()
+            theirs.close()
+            log.error("alert", f"fork() of the control process failed {os_error_text(e)}")
+            c.respawn_timer = self.loop.call_later(
+                self._respawn_delay(c, "the control process"), self._spawn_control)
+            return
+        if pid == 0:
+            ours.close()
+            self._become_control(cycle, number, theirs)  # does not return
+        set_comm(own_comm)
+        gc.unfreeze()
+        signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)
+        theirs.close()
+
+        c.pid = pid
+        c.started = time.monotonic()
+        c.expected_exit = False
+        ours.setblocking(False)
+        c.control = ours
+        c.reader = self.worker_module.FrameReader()
+        c.outbuf.clear()
+        self.loop.add_reader(ours.fileno(), self._on_control_readable)
+        try:
+            c.pidfd = os.pidfd_open(pid)
+            self.loop.add_reader(c.pidfd, self._reap_control)
+        except (OSError, AttributeError):
+            c.pidfd = None
+            if self._poll_timer is None:
+                self._poll_timer = self.loop.call_later(REAP_POLL_INTERVAL, self._poll)
+        if self.shared is not None:
+            self.shared.control_pid = pid
+        log.error("notice", f"start control process {pid}")
+
+    def _become_control(self, cycle, number, channel):
+        """In the forked child: become the control process. Never returns. The master's
+        signals stay blocked until the control process's handlers are installed."""
+        code = 2
+        try:
+            signal.set_wakeup_fd(-1)
+            for sig in (signal.SIGQUIT, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+                signal.signal(sig, signal.SIG_DFL)
+            for sig in (signal.SIGHUP, signal.SIGWINCH, signal.SIGUSR2):
+                signal.signal(sig, signal.SIG_IGN)
+            signal.signal(signal.SIGUSR1, _reopen_log_on_signal)
+            asyncio.events._set_running_loop(None)
+            asyncio.set_event_loop(None)
+            # It serves no data-plane socket: holding one would keep an address the
+            # master prunes alive in the SO_REUSEPORT group with nobody accepting.
+            self.listeners.close_all()
+            for _gen, other in self.by_pid.values():
+                if other.pidfd is not None:
+                    os.close(other.pidfd)
+                if other.control is not None:
+                    other.control.close()
+            if self.new_binary is not None and self.new_binary.pidfd is not None:
+                os.close(self.new_binary.pidfd)
+            self._die_with_master()
+            set_process_title("edge: control process")
+            set_comm(CONTROL_COMM)     # setproctitle may have changed it
+            self.control_module.run(cycle, channel, self.shared, self.zones, number)
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except BaseException:
+            log.error("alert", "control process failed: " + traceback.format_exc().rstrip())
+        finally:
+            os._exit(code)
+
+    def _close_control_fds_in_child(self):
+        c = self.control
+        if c.pidfd is not None:
+            os.close(c.pidfd)
+        if c.control is not None:
+            c.control.close()
+
+    def _reap_control(self):
+        c = self.control
+        if c.pid is None:
+            return
+        try:
+            done, status = os.waitpid(c.pid, os.WNOHANG)
+        except ChildProcessError:
+            done, status = c.pid, None
+        if done:
+            self._on_control_exit(status)
+
+    def _on_control_exit(self, status):
+        c = self.control
+        pid = c.pid
+        if c.pidfd is not None:
+            self.loop.remove_reader(c.pidfd)
+            os.close(c.pidfd)
+            c.pidfd = None
+        self._close_control_channel()
+        if c.kill_timer is not None:
+            c.kill_timer.cancel()
+            c.kill_timer = None
+        c.pid = None
+        if self.shared is not None:
+            self.shared.control_pid = 0
+        expected = c.expected_exit or self.stopping is not None
+        c.expected_exit = False
+        clean = status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        log.error("notice" if clean and expected else "alert",
+                  f"control process {pid} exited {describe_exit(status)}")
+        if self.stopping:
+            if not self._children_left():
+                self._finish_stop()
+            return
+        if not self.control_wanted:
+            return
+        # Stopped on purpose and wanted again (a quick upgrade rollback): no crash.
+        delay = RESPAWN_DELAY if expected else self._respawn_delay(c, "the control process")
+        c.respawn_timer = self.loop.call_later(delay, self._spawn_control)
+
+    def _stop_control(self, sig, timeout):
+        """Stop the control process and do not respawn it: QUIT lets it finish (KILL
+        after ``timeout`` + SHUTDOWN_MARGIN, or the master's own stop timer when
+        ``timeout`` is None), TERM asks it to exit now."""
+        self.control_wanted = False
+        c = self.control
+        c.cancel_respawn()
+        if c.pid is None:
+            return
+        c.expected_exit = True
+        self._signal_workers([c.pid], sig)
+        if timeout is not None and c.kill_timer is None:
+            c.kill_timer = self.loop.call_later(timeout + SHUTDOWN_MARGIN, self._kill_control)
+
+    def _kill_control(self):
+        c = self.control
+        c.kill_timer = None
+        if c.pid is not None:
+            log.error("alert", f"control process {c.pid} did not exit in time, killing it")
+            self._signal_workers([c.pid], signal.SIGKILL)
+
+    def _on_control_readable(self):
+        c = self.control
+        sock = c.control
+        if sock is None:
+            return
+        while True:
+            try:
+                data = sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._close_control_channel()   # it is exiting; the pidfd tells when
+                return
+            try:
+                messages = c.reader.feed(data)
+            except Exception as e:
+                log.error("alert", f"control process {c.pid} sent an unreadable control "
+                                   f"message: {e!r}")
+                self._close_control_channel()
+                return
+            for message in messages:
+                op = message.get("op")
+                if op == "up":
+                    log.error("info", f"control process {c.pid} runs generation "
+                                      f"{message.get('generation')}")
+                elif op == "reloaded":
+                    if not message.get("ok"):
+                        # The workers serve the new config; only the control plane lags.
+                        log.error("alert", f"control process {c.pid}: generation "
+                                           f"{message.get('generation')} applied with errors: "
+                                           f"{message.get('error')}")
+                else:
+                    log.error("warn", f"control process {c.pid}: unknown control message {op!r}")
+
+    def _control_send(self, message):
+        """Queue ``message`` for the control process, in order, without blocking. If it
+        is not running, it is dropped: a respawned control process starts from the
+        config in force."""
+        c = self.control
+        if c.control is None:
+            return
+        c.outbuf += self.worker_module.encode(message)
+        self._control_flush()
+
+    def _control_flush(self):
+        c = self.control
+        sock = c.control
+        while sock is not None and c.outbuf:
+            try:
+                sent = sock.send(c.outbuf)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                c.outbuf.clear()
+                break
+            del c.outbuf[:sent]
+        want = sock is not None and bool(c.outbuf)
+        if want and not c.writing:
+            self.loop.add_writer(sock.fileno(), self._control_flush)
+        elif not want and c.writing:
+            self.loop.remove_writer(sock.fileno())
+        c.writing = want
+
+    def _close_control_channel(self):
+        c = self.control
+        if c.control is None:
+            return
+        if c.writing:
+            self.loop.remove_writer(c.control.fileno())
+            c.writing = False
+        self.loop.remove_reader(c.control.fileno())
+        c.control.close()
+        c.control = None
+        c.outbuf.clear()
 
     # ----------------------------------------------------------------- logs
 
@@ -1311,6 +1645,8 @@ class Master:
         except OSError as e:
             log.error("alert", f'reopen of "{log.target()}" failed {os_error_text(e)}')
         self._signal_workers(list(self.by_pid), signal.SIGUSR1)
+        if self.control.pid is not None:
+            self._signal_workers([self.control.pid], signal.SIGUSR1)
 
     # ----------------------------------------------------------------- stop
 
@@ -1343,17 +1679,19 @@ class Master:
         if mode == "graceful":
             pids = [pid for gen in self.generations if not gen.retiring for pid in gen.pids()]
             self._signal_workers(pids, signal.SIGQUIT)
+            self._stop_control(signal.SIGQUIT, None)
             timeouts = [gen.cycle.worker_shutdown_timeout for gen in self.generations]
             limit = None if None in timeouts else max(timeouts, default=0) + SHUTDOWN_MARGIN
         else:
             self._signal_workers(list(self.by_pid), signal.SIGTERM)
+            self._stop_control(signal.SIGTERM, None)
             limit = FAST_STOP_GRACE
         # The workers hold their own copies; see Listeners.prune for why the master
         # lets go of its copies now rather than when the last worker has gone. (After
         # a binary upgrade the new master holds the same sockets: they stay open.)
         self.listeners.close_all()
 
-        if not self.by_pid:
+        if not self._children_left():
             self._finish_stop()
         elif limit is not None:
             self._stop_timer = self.loop.call_later(limit, self._kill_all)
@@ -1362,10 +1700,15 @@ class Master:
         for pid in self.by_pid:
             log.error("alert", f"worker process {pid} did not exit in time, killing it")
         self._signal_workers(list(self.by_pid), signal.SIGKILL)
+        if self.control.pid is not None:
+            log.error("alert", f"control process {self.control.pid} did not exit in time, "
+                               "killing it")
+            self._signal_workers([self.control.pid], signal.SIGKILL)
         self._stop_timer = self.loop.call_later(KILL_REAP_WAIT, self._give_up_waiting)
 
     def _give_up_waiting(self):
-        log.error("alert", "worker processes " + ", ".join(map(str, self.by_pid))
+        left = list(self.by_pid) + ([self.control.pid] if self.control.pid else [])
+        log.error("alert", "processes " + ", ".join(map(str, left))
                   + " do not exit even after SIGKILL, exiting without them")
         self._finish_stop()
 
@@ -1390,6 +1733,25 @@ def _reopen_log_on_signal(signum, frame):
 def set_process_title(title):
     if _setproctitle is not None:
         _setproctitle(title)
+
+
+PR_SET_NAME = 15  # <linux/prctl.h>
+
+
+def get_comm():
+    try:
+        with open("/proc/thread-self/comm") as f:
+            return f.read().rstrip("\n")
+    except OSError:
+        return "edge"
+
+
+def set_comm(name):
+    """Set /proc/self/comm (at most 15 bytes): what `ps -o comm`, `top` and
+    ``is_control_process`` show, with or without setproctitle."""
+    prctl = _libc_prctl()
+    if prctl is not None:
+        prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
 
 
 def raise_nofile_limit():
@@ -1467,6 +1829,7 @@ def run(config_path, exec_argv=None, exec_cwd=None):
 
     # Imported here, not at the top: `edge -t` and `edge -s` need neither.
     import uvloop
+    import edge.control.process
     import edge.worker
     from edge._core.reactor import SharedState
 
@@ -1533,7 +1896,8 @@ def run(config_path, exec_argv=None, exec_cwd=None):
 
     master = Master(cycle, listeners, edge.worker, shared=shared,
                     notifier=sd_notify.Notifier(), state_path=state_path,
-                    exec_argv=exec_argv, exec_cwd=exec_cwd, upgrade_from=upgrade_from)
+                    exec_argv=exec_argv, exec_cwd=exec_cwd, upgrade_from=upgrade_from,
+                    control_module=edge.control.process)
     master.zones = create_zones(cycle)
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)

@@ -24,9 +24,15 @@ cdef struct SharedBlock:
     int64_t workers_expected    # master
     int64_t workers_up          # master: workers alive and serving the current generation
     int64_t master_pid
-    int64_t reserved[9]
+    int64_t reloads_ok          # master: reloads that applied (Prometheus counter)
+    int64_t reloads_failed      # master: reloads refused or failed
+    int64_t worker_restarts     # master: workers respawned after an unexpected exit
+    int64_t control_pid         # master: the live control process, 0 while there is none
+    int64_t started_ms          # master: wall-clock ms when it started (uptime)
+    int64_t reserved[4]
     int64_t heartbeat_ms[SHM_MAX_WORKERS]    # worker i: last loop iteration (monotonic ms)
     int64_t worker_generation[SHM_MAX_WORKERS]
+    int64_t worker_pid[SHM_MAX_WORKERS]      # master: worker i's pid, 0 when it has none
 
 
 cdef SharedBlock *g_shared = NULL
@@ -62,6 +68,8 @@ cdef class SharedState:
         st.block.draining = draining
         st.block.magic = SHM_MAGIC
         st.block.master_pid = os.getpid()
+        import time
+        st.block.started_ms = int(time.time() * 1000)
         st.path = path
         return st
 
@@ -122,6 +130,37 @@ cdef class SharedState:
 
     property master_pid:
         def __get__(self): return self.block.master_pid
+
+    property started_ms:
+        def __get__(self): return self.block.started_ms
+
+    # Master counters, exported by the control process's /metrics.
+    property reloads_ok:
+        def __get__(self): return self.block.reloads_ok
+        def __set__(self, int64_t value): self.block.reloads_ok = value
+
+    property reloads_failed:
+        def __get__(self): return self.block.reloads_failed
+        def __set__(self, int64_t value): self.block.reloads_failed = value
+
+    property worker_restarts:
+        def __get__(self): return self.block.worker_restarts
+        def __set__(self, int64_t value): self.block.worker_restarts = value
+
+    property control_pid:
+        def __get__(self): return self.block.control_pid
+        def __set__(self, int64_t value): self.block.control_pid = value
+
+    def worker_pid(self, int index):
+        """The pid of worker `index` (0: none), written by the master at fork."""
+        if not 0 <= index < SHM_MAX_WORKERS:
+            raise IndexError(index)
+        return self.block.worker_pid[index]
+
+    def set_worker_pid(self, int index, int64_t pid):
+        if not 0 <= index < SHM_MAX_WORKERS:
+            raise IndexError(index)
+        self.block.worker_pid[index] = pid
 
     def heartbeat(self, int index):
         """Monotonic ms of worker `index`'s last loop iteration (0: never)."""

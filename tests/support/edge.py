@@ -77,14 +77,31 @@ def all_pids():
             yield int(name)
 
 
-def children_of(pid: int) -> list[int]:
-    """Live (non-zombie) children of `pid`, by a scan of /proc (no psutil)."""
+def is_control_process(pid: int) -> bool:
+    """True for edge's control process (it sets /proc/PID/comm to "edge-control")."""
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return f.read().strip() == b"edge-control"
+    except OSError:
+        return False
+
+
+def children_of(pid: int, control: bool = False) -> list[int]:
+    """Live (non-zombie) children of `pid`, by a scan of /proc (no psutil). The tests
+    count workers with this, so the master's control process is left out unless
+    `control` is true."""
     out = []
     for p in all_pids():
         st = proc_stat(p)
-        if st and st[1] == pid and st[0] not in ("Z", "X"):
+        if st and st[1] == pid and st[0] not in ("Z", "X") and (control or not is_control_process(p)):
             out.append(p)
     return sorted(out)
+
+
+def control_of(pid: int) -> list[int]:
+    """The control process(es) of the master `pid` (normally one; none while it is
+    being respawned)."""
+    return [p for p in children_of(pid, control=True) if is_control_process(p)]
 
 
 def group_members(pgid: int) -> list[int]:

@@ -1,0 +1,86 @@
+"""What runs in the control process: a list of services, started from the cycle.
+
+A service is an object with
+
+    start()               -> None, or an awaitable (bind sockets, start tasks)
+    async reload(cycle)   a new configuration generation is in force
+    async stop()          finish: close listeners, flush queues (bounded by the caller)
+
+and optionally `dropped() -> {sink text: count}` (log records it dropped, for
+/metrics). Each entry of SERVICES is a factory `factory(ctx, cycle) -> service | None`
+(None: nothing to run in this build). They start in list order and stop in list order,
+so the admin listener closes first and later services may still flush.
+
+A service must never block the event loop: the admin listener shares it.
+"""
+
+import importlib.util
+import os
+import time
+
+from edge import log
+
+
+class Context:
+    """What every service may read: the shared state block (master counters,
+    heartbeats), the shared-memory zones (None until the lead's zones exist), the
+    generation last applied here, and the other services."""
+
+    def __init__(self, shared, zones, generation):
+        self.shared = shared
+        self.zones = zones
+        self.generation = generation
+        self.pid = os.getpid()
+        self.started = time.monotonic()
+        self.services = []
+
+    def dropped(self):
+        """Log records the services dropped, summed by sink."""
+        total = {}
+        for service in self.services:
+            counts = getattr(service, "dropped", None)
+            if counts is None:
+                continue
+            try:
+                for sink, n in counts().items():
+                    total[sink] = total.get(sink, 0) + n
+            except Exception as e:  # a metrics scrape must not fail on one service
+                log.error("error", f"control process: {type(service).__name__}.dropped() "
+                                   f"failed: {e!r}")
+        return total
+
+
+def _admin(ctx, cycle):
+    from edge.control.admin import AdminServer
+    return AdminServer(ctx, cycle)
+
+
+def _shipper(ctx, cycle):
+    # The log shipper (access_log to syslog/http/redis/kafka sinks) lives in
+    # edge/control/shipping.py, built on its own branch. Until it is merged, this build
+    # runs without it. find_spec rather than `except ImportError`, so that a shipper
+    # that exists but fails to import is reported, not silently skipped.
+    if importlib.util.find_spec("edge.control.shipping") is None:
+        return None
+    from edge.control.shipping import Shipper
+    return Shipper(ctx.zones, cycle)
+
+
+# The registry. A new control-plane task is one factory added here.
+SERVICES = [_admin, _shipper]
+
+
+def build(ctx, cycle):
+    """The services of this build, in start order. A factory that fails is logged and
+    left out: one broken service must not keep the others from running."""
+    services = []
+    for factory in SERVICES:
+        try:
+            service = factory(ctx, cycle)
+        except Exception as e:
+            log.error("alert", f"control process: {factory.__name__.strip('_')} failed to "
+                               f"start: {e!r}")
+            continue
+        if service is not None:
+            services.append(service)
+    return services

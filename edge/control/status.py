@@ -1,0 +1,39 @@
+"""`/status`: what the node runs, as JSON, from the shared state block.
+
+Every value is read from shared memory on each request; the control process keeps no
+copy, so a respawned one answers exactly as the one before it.
+"""
+
+import time
+
+import edge
+
+
+def document(ctx):
+    shared = ctx.shared
+    now_ms = int(time.monotonic() * 1000)   # the clock the workers stamp heartbeats with
+    workers = []
+    ready, reason = shared.ready()
+    for index in range(shared.workers_expected):
+        try:
+            beat = shared.heartbeat(index)
+        except IndexError:      # more workers than the block has slots for
+            break
+        workers.append({
+            "index": index,
+            "pid": shared.worker_pid(index) or None,
+            "generation": shared.worker_generation(index),
+            "heartbeat_age_ms": max(0, now_ms - beat) if beat else None,
+        })
+    started = shared.started_ms
+    return {
+        "version": edge.__version__,
+        "generation": shared.generation,
+        "master_pid": shared.master_pid,
+        "control_pid": ctx.pid,
+        "draining": shared.draining,
+        "ready": ready,
+        "ready_reason": reason,
+        "workers": workers,
+        "uptime_seconds": round(max(0.0, time.time() - started / 1000), 3) if started else None,
+    }

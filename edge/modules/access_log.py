@@ -200,8 +200,12 @@ def _formats_builtin():
 
 
 def _path(target, node):
-    """Relative paths are relative to the config's directory (edge has no prefix)."""
-    path = target if os.path.isabs(target) else os.path.join(os.path.dirname(node.file), target)
+    """Relative paths are relative to the working directory (`edge -p PREFIX`), as the
+    pid file's and the error log's are, so `edge logs` finds them the same way."""
+    if "$" in target:
+        raise ConfigError(f'variables in access_log paths are not supported: "{target}"',
+                          node.file, node.line)
+    path = os.path.abspath(target)
     # nginx -t opens the log files: a path that cannot be written fails the config here,
     # with its file:line, and a reload keeps the running config
     try:

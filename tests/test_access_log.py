@@ -514,3 +514,50 @@ def test_request_id_is_unique_per_request(edge):
         ids = {c.request("GET", "/").body for _ in range(200)}
     assert len(ids) == 200
     assert all(re.fullmatch(rb"[0-9a-f]{32}", i) for i in ids)
+
+
+@pytest.mark.edge_only
+def test_logs_query_over_what_edge_wrote(edge, upstream, tmp_path):
+    """`edge logs query` answers from the JSON log a running edge wrote, found through
+    the config, rotated and gzipped parts included."""
+    import gzip
+    import subprocess
+    import sys
+    log = tmp_path / "access.json"
+    e = edge("""
+        http {
+            access_log @LOG@ json;
+            server {
+                listen 127.0.0.1:@PORT@;
+                location /api/ { route_name api; proxy_pass http://@UP@; }
+                location = /ping { return 200 "pong"; }
+            }
+        }""", UP=upstream, LOG=log)
+    with Conn(e.port) as c:
+        for _ in range(7):
+            assert c.request("GET", "/api/x").status == 200
+        for _ in range(4):
+            assert c.request("GET", "/ping").status == 200
+        for _ in range(3):
+            assert c.request("GET", "/missing").status == 404
+    assert len(wait_lines(log, 14)) == 14
+    # rotate: the first lines go to a gzipped file, edge goes on in a new one
+    os.rename(log, str(log) + ".1")
+    e.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 5
+    while not log.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with open(str(log) + ".1", "rb") as src, gzip.open(str(log) + ".2.gz", "wb") as dst:
+        dst.write(src.read())
+    os.unlink(str(log) + ".1")
+    assert get(e.port, "/api/y").status == 200
+    assert len(wait_lines(log, 1)) == 1
+    r = subprocess.run([sys.executable, "-m", "edge", "logs", "query",
+                        "SELECT route, status, count(*) AS n FROM logs GROUP BY ALL ORDER BY ALL",
+                        "--format", "json", "-c", str(e.conf_path)],
+                       capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)),
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == [{"route": "", "status": 404, "n": 3},
+                                    {"route": "= /ping", "status": 200, "n": 4},
+                                    {"route": "api", "status": 200, "n": 8}]

@@ -578,7 +578,8 @@ cdef class Client(Handle):
             return
         if not self.logged:
             if self.up is not None and self.up.client is self:
-                self.up.record_try(self, 0)     # abandoned while the upstream worked
+                # a tunnel that ended, or a try abandoned while the upstream worked
+                self.up.record_try(self, self.up.status if self.up.head_done else 0)
             self.log_request(True)
         timer_stop(self)
         if self.up is not None:

@@ -519,6 +519,32 @@ def describe_exit(status):
     return f"with code {os.waitstatus_to_exitcode(status)}"
 
 
+def read_channel(sock, reader, who, on_message, on_closed):
+    """Read what a child sent on its control socket (non-blocking) and hand each whole
+    message to ``on_message``; ``on_closed`` when the child closed its end or sent
+    something unreadable."""
+    if sock is None:
+        return
+    while True:
+        try:
+            data = sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            on_closed()
+            return
+        try:
+            messages = reader.feed(data)
+        except Exception as e:
+            log.error("alert", f"{who} sent an unreadable control message: {e!r}")
+            on_closed()
+            return
+        for message in messages:
+            on_message(message)
+
+
 def _libc_prctl():
     try:
         return ctypes.CDLL(None, use_errno=True).prctl
@@ -910,29 +936,9 @@ class Master:
 
     def _on_control(self, slot):
         """The worker sent something on its control socket (a reload ack)."""
-        sock = slot.control
-        if sock is None:
-            return
-        while True:
-            try:
-                data = sock.recv(65536)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                data = b""
-            if not data:
-                # The worker is exiting; its pidfd reports the exit itself.
-                self._close_control(slot)
-                return
-            try:
-                messages = slot.reader.feed(data)
-            except Exception as e:
-                log.error("alert", f"worker process {slot.pid} sent an unreadable "
-                                   f"control message: {e!r}")
-                self._close_control(slot)
-                return
-            for message in messages:
-                self._on_worker_message(slot, message)
+        read_channel(slot.control, slot.reader, f"worker process {slot.pid}",
+                     lambda message: self._on_worker_message(slot, message),
+                     lambda: self._close_control(slot))  # exiting: its pidfd reports the exit
 
     def _on_worker_message(self, slot, message):
         op = message.get("op")
@@ -1562,39 +1568,23 @@ class Master:
 
     def _on_control_readable(self):
         c = self.control
-        sock = c.control
-        if sock is None:
-            return
-        while True:
-            try:
-                data = sock.recv(65536)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                data = b""
-            if not data:
-                self._close_control_channel()   # it is exiting; the pidfd tells when
-                return
-            try:
-                messages = c.reader.feed(data)
-            except Exception as e:
-                log.error("alert", f"control process {c.pid} sent an unreadable control "
-                                   f"message: {e!r}")
-                self._close_control_channel()
-                return
-            for message in messages:
-                op = message.get("op")
-                if op == "up":
-                    log.error("info", f"control process {c.pid} runs generation "
-                                      f"{message.get('generation')}")
-                elif op == "reloaded":
-                    if not message.get("ok"):
-                        # The workers serve the new config; only the control plane lags.
-                        log.error("alert", f"control process {c.pid}: generation "
-                                           f"{message.get('generation')} applied with errors: "
-                                           f"{message.get('error')}")
-                else:
-                    log.error("warn", f"control process {c.pid}: unknown control message {op!r}")
+        read_channel(c.control, c.reader, f"control process {c.pid}", self._on_control_message,
+                     self._close_control_channel)   # exiting: the pidfd tells when
+
+    def _on_control_message(self, message):
+        c = self.control
+        op = message.get("op")
+        if op == "up":
+            log.error("info", f"control process {c.pid} runs generation "
+                              f"{message.get('generation')}")
+        elif op == "reloaded":
+            if not message.get("ok"):
+                # The workers serve the new config; only the control plane lags.
+                log.error("alert", f"control process {c.pid}: generation "
+                                   f"{message.get('generation')} applied with errors: "
+                                   f"{message.get('error')}")
+        else:
+            log.error("warn", f"control process {c.pid}: unknown control message {op!r}")
 
     def _control_send(self, message):
         """Queue ``message`` for the control process, in order, without blocking. If it

@@ -196,6 +196,18 @@ class Sink:
         """Drop the connection (a retry reconnects)."""
 
 
+async def close_writer(writer):
+    """Close a stream, waiting a moment for it: a peer that never reads must not hold up
+    a reconnect or a stop."""
+    if writer is None:
+        return
+    writer.close()
+    try:
+        await asyncio.wait_for(writer.wait_closed(), 1.0)
+    except (OSError, asyncio.TimeoutError):
+        pass
+
+
 def _describe(error):
     text = str(error)
     if isinstance(error, asyncio.TimeoutError):

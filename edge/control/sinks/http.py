@@ -24,7 +24,7 @@ lost may see it again.
 
 import asyncio
 
-from .base import Rejected, Retry, Sink
+from .base import Rejected, Retry, Sink, close_writer
 
 MAX_HEAD = 64 * 1024          # a response head larger than this is malformed
 MAX_DRAINED_BODY = 1 << 20    # read (and discard) a response body up to this; else close
@@ -121,12 +121,7 @@ class HttpSink(Sink):
 
     async def _close(self):
         writer, self._reader, self._writer = self._writer, None, None
-        if writer is not None:
-            writer.close()
-            try:
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
-            except (OSError, asyncio.TimeoutError):
-                pass
+        await close_writer(writer)
 
 
 class _StaleConnection(Retry):

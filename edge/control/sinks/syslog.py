@@ -27,7 +27,7 @@ import os
 import socket
 import time
 
-from .base import Sink
+from .base import Sink, close_writer
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -151,9 +151,4 @@ class SyslogSink(Sink):
             self._sock.close()
             self._sock = None
         writer, self._reader, self._writer = self._writer, None, None
-        if writer is not None:
-            writer.close()
-            try:
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
-            except (OSError, asyncio.TimeoutError):
-                pass
+        await close_writer(writer)

@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import socket
+import threading
 import time
 from datetime import datetime
 
@@ -561,3 +562,37 @@ def test_logs_query_over_what_edge_wrote(edge, upstream, tmp_path):
     assert json.loads(r.stdout) == [{"route": "", "status": 404, "n": 3},
                                     {"route": "= /ping", "status": 200, "n": 4},
                                     {"route": "api", "status": 200, "n": 8}]
+
+
+@pytest.mark.edge_only
+def test_websocket_tunnel_is_logged_when_it_ends(edge, tmp_path):
+    """A 101 tunnel gets its record when it closes, with the upstream's 101 and the bytes
+    that went through it."""
+    from websockets.sync.client import connect
+    from websockets.sync.server import serve
+
+    def echo(ws):
+        for msg in ws:
+            ws.send(msg)
+
+    server = serve(echo, "127.0.0.1", 0, compression=None)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        log = tmp_path / "ws.json"
+        e = edge("""
+            http {
+                access_log @LOG@ json;
+                server {
+                    listen 127.0.0.1:@PORT@;
+                    location /ws { proxy_pass http://@WS@; }
+                }
+            }""", LOG=log, WS=f"127.0.0.1:{server.socket.getsockname()[1]}")
+        with connect(f"ws://127.0.0.1:{e.port}/ws", compression=None) as ws:
+            ws.send("x" * 5000)
+            assert ws.recv() == "x" * 5000
+            assert wait_lines(log, 1, timeout=0.3) == []    # still open: no record yet
+        rec = records(log, 1)[0]
+        assert rec["status"] == 101 and rec["upstream_status"] == "101"
+        assert rec["body_bytes_sent"] >= 5000
+    finally:
+        server.shutdown()

@@ -178,10 +178,24 @@ def test_json_format_fields(edge, upstream, tmp_path):
         assert r.status == 200
         r2 = c.request("GET", "/health", host="api.example.com")
         assert r2.status == 200
-    recs = records(log, 2)
+    lines = wait_lines(log, 2)
+    recs = [json.loads(line) for line in lines]
     assert len(recs) == 2
     a, b = recs
     worker = e.worker_pids()[0]
+    # the /health line byte for byte: only the clock, the ID and the connection vary
+    exact = (r'\{"time":"[0-9T:+-]{25}","msec":\d{10}\.\d{3},"request_id":"[0-9a-f]{32}",'
+             r'"remote_addr":"127\.0\.0\.1","remote_user":"","host":"api\.example\.com",'
+             r'"server_name":"api\.example\.com","route":"= /health","request_method":"GET",'
+             r'"request_uri":"/health","uri":"/health","args":"","server_protocol":"HTTP/1\.1",'
+             r'"status":200,"request_length":%d,"bytes_sent":%d,"body_bytes_sent":3,'
+             r'"request_time":\d+\.\d{3},"upstream_addr":"","upstream_status":"",'
+             r'"upstream_connect_time":"","upstream_header_time":"","upstream_response_time":"",'
+             r'"http_referer":"","http_user_agent":"","http_x_forwarded_for":"",'
+             r'"connection":\d+,"connection_requests":2,"pid":%d\}'
+             % (len(b"GET /health HTTP/1.1\r\nHost: api.example.com\r\n\r\n"),
+                len(r2.raw_head) + len(r2.body), worker))
+    assert re.fullmatch(exact.encode(), lines[1]), lines[1]
     assert a["remote_addr"] == "127.0.0.1" and a["remote_user"] == ""
     assert a["host"] == "api.example.com" and a["server_name"] == "api.example.com"
     assert a["route"] == "v1" and b["route"] == "= /health"

@@ -10,13 +10,16 @@ shared memory and ``submit`` is an append.
 
 Records pass through three bounded places: the worker's ring (drops counted in
 ``zones.snapshot()["sinks"]``), the sink's queue, and the one batch a sink holds while
-sending. ``dropped()`` reports what this process lost, per sink.
+sending. ``dropped()`` reports what this process lost, per sink. The pump also writes the
+rings' drops to the error log, at most once a second (the workers cannot: they never
+make a syscall for a remote record).
 
 The service contract of the control process's registry:
 ``start()`` (from the running loop), ``await reload(cycle)``, ``await stop()``.
 """
 
 import asyncio
+import time
 
 from edge import log
 
@@ -27,6 +30,7 @@ MAX_RECORDS = 1000        # records per drain call
 REMOVED_FLUSH = 1.0       # seconds a sink removed by a reload gets to flush
 STOP_FLUSH = 2.0          # seconds all sinks together get to flush at stop
 STOP_DRAIN_ROUNDS = 100   # drain calls at most at stop (bounded even if workers keep writing)
+RING_REPORT_INTERVAL = 1.0  # seconds between looks at the rings' drop counters
 
 
 def _sink_specs(cycle):
@@ -45,6 +49,8 @@ class Shipper:
         self._gone = {}           # target -> records dropped by sinks removed by a reload
         self._retiring = set()    # removed sinks still flushing (their drops still count)
         self._pump_task = None
+        self._ring_reported = None    # target -> ring drops already logged; None: not looked yet
+        self._ring_checked = float("-inf")
 
     # -- service -------------------------------------------------------------------
 
@@ -148,6 +154,38 @@ class Shipper:
             log.error("warn", f"access log records for unknown sink {target} dropped")
         self._unknown[target] = count + 1
 
+    def _report_ring_drops(self):
+        """Log the records the workers dropped from their full rings since the last
+        look, per sink, at most once a second. The counters live in shared memory
+        (``zones.snapshot()["sinks"]``), summed over the workers; a scan costs well
+        under a millisecond, hence the interval rather than a look per pump round."""
+        now = time.monotonic()
+        if now - self._ring_checked < RING_REPORT_INTERVAL:
+            return
+        self._ring_checked = now
+        snapshot = getattr(self._zones, "snapshot", None)
+        if snapshot is None:
+            return
+        try:
+            counts = {target: info.get("ring_dropped", 0)
+                      for target, info in snapshot().get("sinks", {}).items()}
+        except Exception as e:  # reporting must never stop shipping
+            log.error("alert", f"log shipping: reading the rings' drop counters failed: {e!r}")
+            return
+        first = self._ring_reported is None
+        reported = self._ring_reported or {}
+        for target, count in counts.items():
+            new = count - reported.get(target, 0)
+            if new <= 0:
+                continue
+            # The counters outlive this process: on its first look they hold every ring
+            # drop since the master started, including those made while no control
+            # process was draining (say, before a respawn), which nobody logged yet.
+            when = " before this control process started" if first else ""
+            log.error("warn", f"{new} access log records dropped for sink {target} "
+                              f"(ring full{when})")
+        self._ring_reported = counts
+
     async def _pump(self):
         while True:
             try:
@@ -158,5 +196,6 @@ class Shipper:
             for sink in self._sinks.values():
                 sink.report_drops()
                 sink.keep_running()
+            self._report_ring_drops()
             # Rings still full: go again at once, but let the sinks' tasks run first.
             await asyncio.sleep(0 if full else self._interval)

@@ -7,6 +7,7 @@ worker's ring in shared memory and the control process ships them.
 """
 
 import os
+import re
 
 from edge._core.reactor import AccessLog, Template, log_file
 from edge.config import HTTP, LOCATION, SERVER, ConfigError, Directive, types
@@ -35,6 +36,9 @@ JSON = ('{"time":"$time_iso8601","msec":$msec,"request_id":"$request_id",'
 BUILTIN = {"combined": ("default", COMBINED), "json": ("json", JSON)}
 
 REMOTE_PREFIXES = ("syslog:", "http://", "https://", "redis://", "kafka://")
+# Anything else that reads as a URL (`udp://...`, `HTTP://...`, `tcp://...`) is refused
+# rather than taken for a relative file path, which is what it would otherwise be.
+_URL_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def _template(text):
@@ -67,6 +71,10 @@ def _access_log(node):
     target = args[0]
     fmt = args[1] if len(args) > 1 else "combined"
     remote = target.startswith(REMOTE_PREFIXES)
+    if not remote and _URL_LIKE.match(target):
+        scheme = target[:target.index("://") + 3]
+        raise ConfigError(f'unknown access log target scheme "{scheme}" in "{target}": remote '
+                          f'targets are syslog:, http://, redis:// and kafka:// (lower case)')
     params = {}
     sink_params = {}     # for a remote target: its sink's parameters, as written
     for arg in args[2:]:

@@ -74,7 +74,8 @@ class Collectors:
                         await result
                 except Exception:
                     pass
-            # Handlers still parked (a stalled HTTP answer) end with the loop.
+            # Handlers still parked (a stalled HTTP answer) end with the loop, quietly.
+            asyncio.get_running_loop().set_exception_handler(lambda loop, context: None)
             for task in asyncio.all_tasks():
                 if task is not asyncio.current_task():
                     task.cancel()
@@ -174,7 +175,7 @@ class Traffic:
         self.port = port
         self.pause = pause
         self.deadline = time.monotonic() + max_seconds
-        self.samples = []        # (start, seconds)
+        self.samples = []        # (start, seconds, uri) of each request that got its 200
         self.failures = []       # (uri, error)
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -198,7 +199,12 @@ class Traffic:
 
     def latencies(self, t0, t1):
         with self._lock:
-            return sorted(d for start, d in self.samples if t0 <= start < t1)
+            return sorted(d for start, d, _ in self.samples if t0 <= start < t1)
+
+    def uris(self, t0, t1):
+        """The URIs of the requests started in [t0, t1)."""
+        with self._lock:
+            return {uri for start, _, uri in self.samples if t0 <= start < t1}
 
     def _loop(self, n):
         conn = None
@@ -216,7 +222,7 @@ class Traffic:
                 if r.status != 200 or body != b"ok":
                     raise AssertionError(f"{r.status} {body[:80]!r}")
                 with self._lock:
-                    self.samples.append((start, time.monotonic() - start))
+                    self.samples.append((start, time.monotonic() - start, uri))
             except Exception as err:  # every error is a failed request
                 with self._lock:
                     self.failures.append((uri, repr(err)))
@@ -532,6 +538,7 @@ def test_reload_that_changes_the_target_ships_to_the_new_collector(edge, collect
     conf = """
         worker_processes 2;
         http {
+            keepalive_requests 1000000;
             server {
                 listen 127.0.0.1:@PORT@;
                 access_log http://127.0.0.1:@HTTP@/ingest json flush=50ms;
@@ -540,24 +547,39 @@ def test_reload_that_changes_the_target_ships_to_the_new_collector(edge, collect
         }"""
     e = edge(conf, HTTP=first.port)
     control_ready(e, one_control(e))
-    before = [f"/before/{n}" for n in range(5)]
-    for uri in before:
-        ask(e.port, uri)
-    wait_for(lambda: len(collectors.read(first.lines)) >= 5, 10, "records at the first collector", e)
-
-    rewrite(e, e.conf_text.replace(f":{first.port}/", f":{second.port}/"))
-    e.send_signal(signal.SIGHUP)
-    wait_generation(e, 2)
-    # At once: the workers are on the new config; the control process hears of it
-    # from the master a moment later, and must not lose what they write meanwhile.
-    after = [f"/after/{n}" for n in range(20)]
+    # Traffic goes on across the reload: the workers switch first, the control process
+    # hears of the new config from the master a moment later, and what the workers
+    # write meanwhile must not be lost.
+    traffic = Traffic(e.port, threads=2, pause=0.002).start()
+    try:
+        wait_for(lambda: len(collectors.read(first.lines)) >= 20, 10, "records at the first collector", e)
+        t_hup = time.monotonic()
+        rewrite(e, e.conf_text.replace(f":{first.port}/", f":{second.port}/"))
+        e.send_signal(signal.SIGHUP)
+        wait_generation(e, 2)
+        t_new = time.monotonic()
+        wait_for(lambda: len(collectors.read(second.lines)) >= 20, 10, "records at the second collector", e)
+    finally:
+        traffic.stop()
+    after = [f"/after/{n}" for n in range(5)]
     for uri in after:
         ask(e.port, uri)
-    wait_for(lambda: len(collectors.read(second.lines)) >= 20, 10, "records at the second collector", e)
-    time.sleep(0.3)
-    assert sorted(r["request_uri"] for r in http_records(collectors, second)) == sorted(after)
-    assert sorted(r["request_uri"] for r in http_records(collectors, first)) == sorted(before)
-    assert "unknown sink" not in e.error_log
+    total = traffic.count() + len(after)
+    assert traffic.failures == [], traffic.failures[:10]
+
+    def everything():
+        a = [r["request_uri"] for r in http_records(collectors, first)]
+        b = [r["request_uri"] for r in http_records(collectors, second)]
+        return (a, b) if len(set(a) | set(b)) >= total else None
+
+    a, b = wait_for(everything, 10, "a record of every request at one collector or the other", e)
+    assert len(a) + len(b) == len(set(a) | set(b)) == total, "each record once"
+    assert set(after) <= set(b)
+    # Requests started before the HUP went to the first collector, those started once
+    # the new generation was in force to the second.
+    assert traffic.uris(0, t_hup) <= set(a)
+    assert traffic.uris(t_new, float("inf")) <= set(b)
+    assert "unknown sink" not in e.error_log, e.error_log[-2000:]
 
 
 # --------------------------------------------------------------------------- config

@@ -6,6 +6,7 @@ import signal
 import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -33,9 +34,17 @@ CONFIG = """
 
 
 def scrape(admin_port):
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as r:
-        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-        text = r.read().decode()
+    deadline = time.monotonic() + 10
+    while True:     # the control process may still be starting its listener
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as r:
+                assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+                text = r.read().decode()
+            break
+        except urllib.error.URLError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
     samples = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:

@@ -14,7 +14,9 @@
 #   worker blocks     per worker: connection gauges and its log ring's head and tail
 #   rows              per worker, per series: 16 counters. A worker writes only its own
 #                     rows (plain stores, no lock, no atomic); the control process sums
-#                     the rows of all workers on a scrape
+#                     the rows of all workers on a scrape. One more row set, after the
+#                     workers', belongs to the control process (its own drop counts, so
+#                     they outlive a respawn of it)
 #   rings             per worker: a byte ring of access-log records for remote sinks
 #
 # Labels are bounded by the config, never by traffic: the only series made at run time
@@ -68,6 +70,7 @@ DEF R_SENT = 14
 DEF R_PEER_FAILURES = 0
 DEF R_PEER_DOWN_UNTIL = 1
 DEF R_SINK_DROPPED = 0
+DEF R_SINK_CONTROL_DROPPED = 1      # in the control process's row: lost after the ring
 
 # Histogram bounds in microseconds, and as Prometheus prints them.
 cdef int64_t BUCKET_US[NBUCKETS]
@@ -292,7 +295,7 @@ cdef class Zones:
             ring_size = 4096
         ring_size = (ring_size + 4095) & ~4095
         size = (4096 + sizeof(SeriesEntry) * series_cap + sizeof(WorkerBlock) * workers_cap
-                + sizeof(int64_t) * ROW_WORDS * series_cap * workers_cap + ring_size * workers_cap)
+                + sizeof(int64_t) * ROW_WORDS * series_cap * (workers_cap + 1) + ring_size * workers_cap)
         size = (size + 4095) & ~(<size_t>4095)
         # untouched pages cost nothing: a worker touches the rows of the series it uses
         p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
@@ -303,7 +306,7 @@ cdef class Zones:
         zs.z.series = <SeriesEntry *>(<char *>p + 4096)
         zs.z.workers = <WorkerBlock *>(<char *>zs.z.series + sizeof(SeriesEntry) * series_cap)
         zs.z.rows = <int64_t *>(<char *>zs.z.workers + sizeof(WorkerBlock) * workers_cap)
-        zs.z.rings = <char *>zs.z.rows + sizeof(int64_t) * ROW_WORDS * series_cap * workers_cap
+        zs.z.rings = <char *>zs.z.rows + sizeof(int64_t) * ROW_WORDS * series_cap * (workers_cap + 1)
         zs.z.header.magic = ZONES_MAGIC
         zs.z.header.series_cap = series_cap
         zs.z.header.workers_cap = workers_cap
@@ -405,7 +408,9 @@ cdef class Zones:
                 peers.append({"upstream": labels[0], "peer": labels[1],
                               "failures": sums[R_PEER_FAILURES], "up": down_until <= now})
             elif e.kind == SK_SINK:
-                sinks[labels[0]] = {"ring_dropped": sums[R_SINK_DROPPED]}
+                row = zone_row(&self.z, self.workers_cap, i)
+                sinks[labels[0]] = {"ring_dropped": sums[R_SINK_DROPPED],
+                                    "control_dropped": row[R_SINK_CONTROL_DROPPED]}
         conns = {"active": 0, "reading": 0, "writing": 0, "idle": 0}
         for w in range(nworkers):
             conns["active"] += self.z.workers[w].active
@@ -456,6 +461,22 @@ cdef class Zones:
                 name = ""
             self.sink_names[series] = name
         return name
+
+    def store_control_drops(self, dict totals):
+        """The control process's own drop counts per sink (records lost after they left
+        the rings), kept here so that a respawned control process goes on from them."""
+        cdef bytes key
+        cdef int64_t series
+        for sink, total in totals.items():
+            key = labels_bytes([sink])
+            series = zone_series(&self.z, SK_SINK, 0, key, len(key))
+            if series >= 0:
+                zone_row(&self.z, self.workers_cap, series)[R_SINK_CONTROL_DROPPED] = total
+
+    def control_drops(self):
+        """What store_control_drops last kept, per sink."""
+        return {sink: info["control_dropped"] for sink, info in self.snapshot()["sinks"].items()
+                if info["control_dropped"]}
 
     def set_connections(self, int index, int64_t active, int64_t reading, int64_t writing, int64_t idle):
         if 0 <= index < self.workers_cap:

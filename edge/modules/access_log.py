@@ -7,6 +7,7 @@ worker's ring in shared memory and the control process ships them.
 """
 
 import os
+import re
 
 from edge._core.reactor import AccessLog, Template, log_file
 from edge.config import HTTP, LOCATION, SERVER, ConfigError, Directive, types
@@ -35,6 +36,9 @@ JSON = ('{"time":"$time_iso8601","msec":$msec,"request_id":"$request_id",'
 BUILTIN = {"combined": ("default", COMBINED), "json": ("json", JSON)}
 
 REMOTE_PREFIXES = ("syslog:", "http://", "https://", "redis://", "kafka://")
+# Anything else that reads as a URL (`udp://...`, `HTTP://...`, `tcp://...`) is refused
+# rather than taken for a relative file path, which is what it would otherwise be.
+_URL_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def _template(text):
@@ -66,34 +70,36 @@ def _access_log(node):
         return None
     target = args[0]
     fmt = args[1] if len(args) > 1 else "combined"
+    remote = target.startswith(REMOTE_PREFIXES)
+    if not remote and _URL_LIKE.match(target):
+        scheme = target[:target.index("://") + 3]
+        raise ConfigError(f'unknown access log target scheme "{scheme}" in "{target}": remote '
+                          f'targets are syslog:, http://, redis:// and kafka:// (lower case)')
     params = {}
+    sink_params = {}     # for a remote target: its sink's parameters, as written
     for arg in args[2:]:
         key, eq, value = arg.partition("=")
         if not eq:
             if arg == "gzip":
                 raise ConfigError('"gzip" in "access_log" is not supported; compress rotated files instead')
             raise ConfigError(f'invalid parameter "{arg}"')
-        if key == "buffer":
+        if key == "if":
+            params["if"] = _template(value)
+        elif remote and key in ("queue", "batch", "flush", "timeout"):
+            # A sink's own tuning (docs/logging-sinks.md); the sink parser checks the
+            # values, so `flush=` means the same on every line naming the sink.
+            sink_params[key] = value
+        elif key == "buffer":
             params["buffer"] = types.parse_size(value)
         elif key == "flush":
             params["flush"] = types.parse_time(value)
-        elif key == "if":
-            params["if"] = _template(value)
-        elif key in ("queue", "batch"):
-            if not value.isdigit() or int(value) < 1:
-                raise ConfigError(f'invalid value "{value}" of "{key}"')
-            params[key] = int(value)
+        elif key in ("queue", "batch", "timeout"):
+            raise ConfigError(f'"{key}" applies to remote log targets, not to the file "{target}"')
         else:
             raise ConfigError(f'invalid parameter "{arg}"')
-    remote = target.startswith(REMOTE_PREFIXES)
-    if remote and ("buffer" in params or "flush" in params):
-        raise ConfigError(f'"buffer" and "flush" apply to files, not to "{target}"')
-    if not remote and ("queue" in params or "batch" in params):
-        raise ConfigError('"queue" and "batch" apply to remote log targets')
-    if remote:
-        spec = _sink_spec(target, params)
-    else:
-        spec = None
+    if remote and "buffer" in params:
+        raise ConfigError(f'"buffer" applies to files, not to "{target}"')
+    spec = _sink_spec(target, sink_params) if remote else None
     return {"target": target, "format": fmt, "params": params, "remote": remote, "sink": spec}
 
 
@@ -104,7 +110,7 @@ def _sink_spec(target, params):
     except ImportError:
         raise ConfigError(f'remote access log targets are not available: "{target}"')
     try:
-        return parse_target(target, {k: v for k, v in params.items() if k in ("queue", "batch")})
+        return parse_target(target, params)
     except ValueError as e:
         raise ConfigError(str(e))
 
@@ -118,7 +124,7 @@ DIRECTIVES = [
                   "valid JSON whatever the client sent."),
     Directive("access_log", (HTTP, SERVER, LOCATION), (1, None), parse=_access_log, multi=True,
               syntax="access_log path [format [buffer=size] [flush=time] [if=condition]] | "
-                     "target [format [queue=N] [batch=N] [if=condition]] | off;",
+                     "target [format [queue=N] [batch=N] [flush=time] [timeout=time] [if=condition]] | off;",
               doc="Where request records go: a file (one write per record, or buffered with "
                   "`buffer=`, written at least every `flush=` (1s)), or a remote target "
                   "shipped by the control process (`syslog:server=...`, `http://`, "

@@ -332,19 +332,6 @@ cdef class Zones:
             g_worker = -1
         return g_worker >= 0
 
-    def use_in_control(self):
-        """The control process registers label sets too (sinks), but has no rows."""
-        global g_zone, g_worker
-        g_zone = self.z
-        g_worker = -1
-
-    def series(self, str kind, list labels, int code=0):
-        """Index of a label set (for tests and the control process)."""
-        kinds = {"route": SK_ROUTE, "code": SK_CODE, "upstream": SK_UPSTREAM,
-                 "peer": SK_PEER, "sink": SK_SINK}
-        cdef bytes key = labels_bytes(labels)
-        return zone_series(&self.z, kinds[kind], code, key, len(key))
-
     property series_overflow:
         def __get__(self): return self.z.header.series_overflow
 
@@ -477,16 +464,6 @@ cdef class Zones:
         """What store_control_drops last kept, per sink."""
         return {sink: info["control_dropped"] for sink, info in self.snapshot()["sinks"].items()
                 if info["control_dropped"]}
-
-    def set_connections(self, int index, int64_t active, int64_t reading, int64_t writing, int64_t idle):
-        if 0 <= index < self.workers_cap:
-            self.z.workers[index].active = active
-            self.z.workers[index].reading = reading
-            self.z.workers[index].writing = writing
-            self.z.workers[index].idle = idle
-
-    def next_connection_number(self):
-        return edge_fetch_add64(&self.z.header.connection_counter, 1) + 1
 
 
 cdef list _cumulative(int64_t *sums, int64_t count):

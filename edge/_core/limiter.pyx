@@ -485,6 +485,29 @@ cdef class LimitZone:
                 "local_decisions": self.hd.local_decisions, "full": self.hd.full,
                 "mode": MODE_NAMES.get(self.hd.mode, "?"), "live_nodes": self.hd.live_nodes}
 
+    def check(self, bytes key, int64_t now_us, int64_t real_ms, int64_t burst=0,
+              bint nodelay=True, int64_t delay_n=0, int64_t conn_limit=0):
+        """The decision the workers make for `key` at an explicit time, with the same C
+        code (for the algorithm tests): (admitted, delay_us, remaining, reset_s)."""
+        cdef Decision d
+        cdef uint64_t h = key_hash(key, len(key))
+        cdef int64_t *e = zone_entry(self.hd, h, now_us, real_ms)
+        memset(&d, 0, sizeof(Decision))
+        if e == NULL:
+            return (False, 0, 0, 0)
+        if self.hd.kind == LK_REQ:
+            decide_req(self.hd, e, burst, burst if nodelay else delay_n, nodelay, now_us, &d)
+        elif self.hd.kind == LK_COUNT:
+            decide_count(self.hd, e, real_ms, &d)
+        else:
+            decide_conn(self.hd, e, conn_limit, &d)
+        entry_unlock(e)
+        return (d.verdict == 0, d.delay_us, d.remaining, d.reset_s)
+
+    def release(self, bytes key):
+        """limit_conn: one request of `key` ended."""
+        conn_release(self.hd, key_hash(key, len(key)))
+
     def peek(self, bytes key):
         """The entry of a key, for tests and `edge` tools: a dict, or None."""
         cdef uint64_t h = key_hash(key, len(key))
@@ -633,8 +656,9 @@ cdef class Limit(PhaseHandler):
                         else:
                             e[E_A] -= 1     # more limit_conn than a request can hold: not counted
                 entry_unlock(e)
-        # the most restrictive limit is the one the client is told about
-        if c.rl_limit < 0 or d.remaining < c.rl_remaining:
+        # the most restrictive rate or quota is the one the client is told about
+        # (limit_conn has no such numbers to give)
+        if self.kind != LK_CONN and (c.rl_limit < 0 or d.remaining < c.rl_remaining):
             c.rl_limit = d.limit
             c.rl_remaining = d.remaining
             c.rl_reset = d.reset_s

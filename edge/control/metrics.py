@@ -128,6 +128,10 @@ def render(snapshot, counters, drops=None, buckets=DEFAULT_BUCKETS):
                      "Configuration reloads, by result (ok or failed).")
     restarts = family("edge_worker_restarts_total", "counter",
                       "Worker processes restarted after an unexpected exit.")
+    limited = family("edge_limit_requests_total", "counter",
+                     "Decisions of limit_req, limit_count and limit_conn, by zone and decision "
+                     "(passed, delayed, rejected, dry_run; passed_local and rejected_local: "
+                     "made under limit_redis_failure while Redis was unreachable).")
     dropped = family("edge_log_records_dropped_total", "counter",
                      "Log records dropped because a ring or a sink queue was full, by sink.")
 
@@ -176,6 +180,12 @@ def render(snapshot, counters, drops=None, buckets=DEFAULT_BUCKETS):
     reloads.sample(counters.get("reloads_ok", 0), (("result", "ok"),))
     reloads.sample(counters.get("reloads_failed", 0), (("result", "failed"),))
     restarts.sample(counters.get("worker_restarts", 0))
+
+    decisions = {}
+    for entry in snapshot.get("limits", []):
+        _add(decisions, (entry["zone"], entry["decision"]), entry["count"])
+    for (zone, decision), count in sorted(decisions.items()):
+        limited.sample(count, (("zone", zone), ("decision", decision)))
 
     sinks = {}
     for sink, info in snapshot.get("sinks", {}).items():

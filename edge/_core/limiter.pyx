@@ -353,6 +353,7 @@ cdef class LimitZone:
     cdef LimitHeader *hd
     cdef readonly int64_t size
     cdef readonly str path
+    cdef readonly int64_t inode
 
     def __dealloc__(self):
         self.close()
@@ -364,7 +365,9 @@ cdef class LimitZone:
         cdef void *p
         fd = os.open(path, os.O_RDWR)
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            size = st.st_size
+            z.inode = st.st_ino
             if size < <long>sizeof(LimitHeader) + ENTRY_WORDS * 8:
                 raise ValueError("%s is not a limit zone" % path)
             p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
@@ -537,11 +540,14 @@ cdef dict g_zone_refs = {}      # path -> LimitZone: mapped once per process, ne
 cdef LimitZone zone_for(str name):
     """The mapped zone `name` of this master, or None when there is none (edge -t, or a
     process the master did not prepare)."""
+    import os
     path = limit_zone_path(name)
     if path is None:
         return None
     z = g_zone_refs.get(path)
-    if z is None or (<LimitZone>z).hd == NULL:
+    # a resized zone is a new file at the same path: map that one (the old mapping stays
+    # with the plans still using it)
+    if z is None or (<LimitZone>z).hd == NULL or (<LimitZone>z).inode != os.stat(path).st_ino:
         z = LimitZone.open(path)
         g_zone_refs[path] = z
     return z

@@ -159,7 +159,7 @@ DIRECTIVES = [
     Directive("limit_req_log_level", HSL, (1, 1), parse=LEVELS, default="error",
               syntax="limit_req_log_level info | notice | warn | error;",
               doc="Error-log level of rejections; delays log one level lower (nginx)."),
-    Directive("limit_count_zone", (HTTP,), (4, 6), parse=_zone_directive("count"), multi=True,
+    Directive("limit_count_zone", (HTTP,), (2, 6), parse=_zone_directive("count"), multi=True,
               syntax="limit_count_zone key zone=name:size count=N window=time [type=fixed|sliding] "
                      "[scope=node|cluster];",
               doc="A quota zone: N requests per window, fixed windows or sliding (the previous "
@@ -174,7 +174,7 @@ DIRECTIVES = [
     Directive("limit_count_log_level", HSL, (1, 1), parse=LEVELS, default="error",
               syntax="limit_count_log_level info | notice | warn | error;",
               doc="Error-log level of limit_count rejections."),
-    Directive("limit_conn_zone", (HTTP,), (2, 2), parse=_zone_directive("conn"), multi=True,
+    Directive("limit_conn_zone", (HTTP,), (2, 3), parse=_zone_directive("conn"), multi=True,
               syntax="limit_conn_zone key zone=name:size;",
               doc="A concurrency zone: requests in flight per key; 8,192 keys per MiB."),
     Directive("limit_conn", HSL, (2, 2), parse=_use("conn"), multi=True,

@@ -340,3 +340,55 @@ def test_zone_files_go_with_the_master(edge):
     assert os.path.exists(path)
     e.stop()
     assert not glob.glob(str(e.pid_path) + ".state.limit.*")
+
+
+def test_a_rejected_request_uses_up_none_of_the_other_limits(edge):
+    e = edge("""
+        http {
+            limit_count_zone $server_name zone=wide:64k count=100 window=60s;
+            limit_req_zone $server_name zone=rate:64k rate=1r/m;
+            limit_count_zone $server_name zone=narrow:64k count=1 window=60s;
+            server {
+                listen 127.0.0.1:@PORT@;
+                server_name multi;
+                location / {
+                    limit_count zone=wide; limit_req zone=rate burst=5 nodelay;
+                    limit_count zone=narrow; limit_headers ietf;
+                    return 200 "ok";
+                }
+            }
+        }""")
+    r = get(e.port, "/", host="multi")
+    assert r.status == 200
+    # the most restrictive limit is the one described
+    assert r.header("RateLimit-Policy") == '"narrow";q=1;w=60'
+    assert [get(e.port, "/", host="multi").status for _ in range(4)] == [429] * 4
+    wide = LimitZone.open(zone_file(e, "wide"))
+    rate = LimitZone.open(zone_file(e, "rate"))
+    try:
+        assert wide.peek(b"multi")["own"] == 1         # the four rejections were given back
+        # the rate zone was charged once: its theoretical arrival time is one emission
+        # interval (60 s at 1r/m) ahead, not five
+        ahead = rate.peek(b"multi")["a"] - time.monotonic() * 1e6
+        assert 55e6 < ahead <= 60e6, ahead
+    finally:
+        wide.close()
+        rate.close()
+
+
+def test_ietf_headers_of_a_rate_and_dry_run_delays_nothing(edge):
+    e = edge("""
+        http {
+            limit_req_zone $remote_addr zone=perip:64k rate=30r/m;
+            server {
+                listen 127.0.0.1:@PORT@;
+                limit_headers ietf;
+                location /dry { limit_req zone=perip burst=1; limit_req_dry_run on; return 200 "dry"; }
+            }
+        }""")
+    start = time.monotonic()
+    statuses = [get(e.port, "/dry").status for _ in range(4)]
+    assert statuses == [200] * 4 and time.monotonic() - start < 1.0   # no delay, no rejection
+    r = get(e.port, "/dry")
+    assert r.header("RateLimit-Policy") == '"perip";q=30;w=60;edge-burst=1'
+    assert re.fullmatch(r'"perip";r=0;t=\d+', r.header("RateLimit"))

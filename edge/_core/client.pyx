@@ -21,7 +21,7 @@ DEF LINGER_MS = 5000
 DEF PP_READ_LIMIT = 4096     # a PROXY header larger than this is refused
 DEF REQUEST_ID_MAX = 128   # the longest incoming request ID kept
 DEF MAX_TRIES = 8           # upstream tries remembered for $upstream_* and the log
-DEF MAX_CONN_HOLDS = 4      # limit_conn slots one request can hold
+DEF MAX_CHARGES = 8         # limits one request is charged by (rolled back on a rejection)
 
 cdef struct UpTry:
     int peer
@@ -246,11 +246,13 @@ cdef class Client(Handle):
     cdef int ntries
     cdef UpTry tries_log[MAX_TRIES]
 
-    # limits (limiter.pyx): the delay to serve, the slots to release, the headers to send
+    # limits (limiter.pyx): the delay to serve, what the request was charged (to roll back
+    # when a later limit rejects it; limit_conn slots to release when it ends), the headers
     cdef int64_t limit_delay_us
-    cdef void *conn_holds[MAX_CONN_HOLDS]
-    cdef uint64_t conn_hashes[MAX_CONN_HOLDS]
-    cdef int nconn_holds
+    cdef void *charge_zone[MAX_CHARGES]
+    cdef uint64_t charge_hash[MAX_CHARGES]
+    cdef int64_t charge_window[MAX_CHARGES]
+    cdef int ncharges
     cdef int64_t rl_limit           # -1: no limit applied to this request
     cdef int64_t rl_remaining
     cdef int64_t rl_reset
@@ -467,7 +469,7 @@ cdef class Client(Handle):
         self.ntries = 0
         self.req_number = self.requests + 1
         self.limit_delay_us = 0
-        self.nconn_holds = 0
+        self.ncharges = 0
         self.rl_limit = -1
         self.rl_retry_after = 0
         self.rl_rejected = False
@@ -522,8 +524,8 @@ cdef class Client(Handle):
             return
         self.logged = True
         self.aborted = aborted
-        if self.nconn_holds:
-            release_conn_holds(self)
+        if self.ncharges:
+            release_conn_charges(self)
         if aborted and self.head_end_mark < 0:
             # nginx: 499 when the client went away before the response head; a head
             # that never completed is a bad request

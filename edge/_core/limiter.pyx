@@ -193,7 +193,7 @@ cdef void decide_req(LimitHeader *hd, int64_t *e, int64_t burst, int64_t delay_n
     cdef int64_t tat = e[E_A] if e[E_A] > now_us else now_us
     cdef int64_t wait = tat - now_us
     cdef int64_t tau = burst * T
-    d.limit = limit_milli // 1000 if limit_milli >= 1000 else 1
+    d.limit = 1 + burst        # the most that can pass at once
     d.excess_milli = wait * 1000 // T
     if wait > tau:
         d.verdict = 1
@@ -581,12 +581,16 @@ cdef class Limit(PhaseHandler):
     cdef str reject_level
     cdef str delay_level
     cdef int64_t series[6]          # passed, rejected, delayed, dry_run, passed_local, rejected_local
+    cdef int64_t quota              # limit_headers ietf: q requests per w seconds
+    cdef int64_t quota_window
 
     def __init__(self, str kind, str zone_name, Template key, int64_t burst=0, bint nodelay=False,
                  int64_t delay_n=0, int64_t conn_limit=0, int status=429, bint dry_run=False,
-                 str log_level="error", log_enabled=None):
+                 str log_level="error", log_enabled=None, int64_t quota=0, int64_t quota_window=1):
         self.name = "limit_" + kind
         self.kind = KIND_CODES[kind]
+        self.quota = quota
+        self.quota_window = quota_window
         self.zone_name = zone_name
         self.key = key
         self.burst = burst
@@ -653,14 +657,16 @@ cdef class Limit(PhaseHandler):
                     decide_count(hd, e, g_real_ms, &d)
                 else:
                     decide_conn(hd, e, self.conn_limit, &d)
-                    if d.verdict == 0:
-                        # held until the request ends, however it ends (log_request)
-                        if c.nconn_holds < MAX_CONN_HOLDS:
-                            c.conn_holds[c.nconn_holds] = <void *>hd
-                            c.conn_hashes[c.nconn_holds] = h
-                            c.nconn_holds += 1
-                        else:
-                            e[E_A] -= 1     # more limit_conn than a request can hold: not counted
+                if d.verdict == 0:
+                    # remembered: rolled back if a later limit rejects this request; a
+                    # limit_conn slot is also given back when the request ends (log_request)
+                    if c.ncharges < MAX_CHARGES:
+                        c.charge_zone[c.ncharges] = <void *>hd
+                        c.charge_hash[c.ncharges] = h
+                        c.charge_window[c.ncharges] = e[E_A] if self.kind == LK_COUNT else 0
+                        c.ncharges += 1
+                    elif self.kind == LK_CONN:
+                        e[E_A] -= 1     # more limits than a request can track: not counted
                 entry_unlock(e)
         # the most restrictive rate or quota is the one the client is told about
         # (limit_conn has no such numbers to give)
@@ -670,6 +676,8 @@ cdef class Limit(PhaseHandler):
             c.rl_reset = d.reset_s
             c.rl_zone = self
         if d.verdict == 1:
+            if not self.dry_run:
+                refund_charges(c)   # a rejected request uses up none of the other limits
             if self.dry_run:
                 # limit_*_dry_run: counted and logged, served, and the state left as it was
                 self.count(3)
@@ -685,6 +693,8 @@ cdef class Limit(PhaseHandler):
                 self.log_limit(c, self.reject_level, "limiting", d.excess_milli)
             return self.status
         edge_fetch_add64(&hd.admitted, 1)
+        if d.delay_us > 0 and self.dry_run:
+            d.delay_us = 0          # dry run: nothing is delayed either
         if d.delay_us > 0:
             edge_fetch_add64(&hd.delayed, 1)
             self.count(2)
@@ -737,17 +747,19 @@ cdef class LimitHeaders(HeaderFilter):
             buf_append_uint(out, <uint64_t>c.rl_reset)
             buf_append_str(out, "\r\n")
         elif self.mode == 2 and c.rl_zone is not None:
-            # draft-ietf-httpapi-ratelimit-headers: a policy (quota q over window w) and
-            # the state of it (r remaining, t seconds until reset)
+            # draft-ietf-httpapi-ratelimit-headers: a policy (quota q per w seconds; a
+            # rate's burst as the vendor parameter edge-burst) and its state (r remaining
+            # now, t seconds until it is whole again), for the most restrictive limit
+            lim = <Limit>c.rl_zone
             buf_append_str(out, "RateLimit-Policy: \"")
-            buf_append_bytes(out, (<Limit>c.rl_zone).zone_name.encode("latin-1"))
+            buf_append_bytes(out, lim.zone_name.encode("latin-1"))
             buf_append_str(out, "\";q=")
-            buf_append_uint(out, <uint64_t>c.rl_limit)
-            if (<Limit>c.rl_zone).kind == LK_COUNT and (<Limit>c.rl_zone).hd != NULL:
-                buf_append_str(out, ";w=")
-                buf_append_uint(out, <uint64_t>(((<Limit>c.rl_zone).hd.window_ms + 999) // 1000))
-            elif (<Limit>c.rl_zone).kind == LK_REQ:
-                buf_append_str(out, ";w=1")
+            buf_append_uint(out, <uint64_t>lim.quota)
+            buf_append_str(out, ";w=")
+            buf_append_uint(out, <uint64_t>lim.quota_window)
+            if lim.kind == LK_REQ:
+                buf_append_str(out, ";edge-burst=")
+                buf_append_uint(out, <uint64_t>lim.burst)
             buf_append_str(out, "\r\nRateLimit: \"")
             buf_append_bytes(out, (<Limit>c.rl_zone).zone_name.encode("latin-1"))
             buf_append_str(out, "\";r=")
@@ -763,8 +775,45 @@ cdef class LimitHeaders(HeaderFilter):
         return 0
 
 
-cdef inline void release_conn_holds(Client c) noexcept:
+cdef void release_conn_charges(Client c) noexcept:
+    """The request ended, however it ended: its limit_conn slots are free again."""
     cdef int i
-    for i in range(c.nconn_holds):
-        conn_release(<LimitHeader *>c.conn_holds[i], c.conn_hashes[i])
-    c.nconn_holds = 0
+    cdef LimitHeader *hd
+    for i in range(c.ncharges):
+        hd = <LimitHeader *>c.charge_zone[i]
+        if hd.kind == LK_CONN:
+            conn_release(hd, c.charge_hash[i])
+    c.ncharges = 0
+
+
+cdef void refund_charges(Client c) noexcept:
+    """A limit rejected the request: give back what the limits before it took (nginx
+    charges a request's limit_req zones only once all of them admitted it)."""
+    cdef int i, k
+    cdef LimitHeader *hd
+    cdef int64_t *e
+    cdef uint64_t h
+    cdef int64_t cap
+    for i in range(c.ncharges):
+        hd = <LimitHeader *>c.charge_zone[i]
+        h = c.charge_hash[i]
+        cap = hd.capacity
+        for k in range(PROBE):
+            e = entry_at(hd, (<int64_t>(h % <uint64_t>cap) + k) % cap)
+            if <uint64_t>edge_load64(&e[E_HASH]) != h:
+                continue
+            entry_lock(e)
+            if <uint64_t>e[E_HASH] == h:
+                if hd.kind == LK_REQ and hd.limit_milli > 0:
+                    e[E_A] -= 1000000000 // hd.limit_milli
+                    if hd.cluster and e[E_PENDING] > 0:
+                        e[E_PENDING] -= 1
+                elif hd.kind == LK_COUNT and e[E_A] == c.charge_window[i] and e[E_B] > 0:
+                    e[E_B] -= 1
+                    if hd.cluster and e[E_PENDING] > 0:
+                        e[E_PENDING] -= 1
+                elif hd.kind == LK_CONN and e[E_A] > 0:
+                    e[E_A] -= 1
+            entry_unlock(e)
+            break
+    c.ncharges = 0

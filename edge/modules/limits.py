@@ -33,6 +33,7 @@ class LimitZoneSpec:
     limit: float        # req: requests per second; count and conn: N
     window_ms: int      # count
     sliding: bool
+    quota: tuple        # (q, w): the limit as N requests per w seconds, for headers
     file: str
     line: int
 
@@ -80,12 +81,13 @@ def _zone_directive(kind):
         scope = opts.get("scope", "node")
         if scope not in ("node", "cluster"):
             raise ConfigError(f'invalid scope "{scope}"')
-        limit, window_ms, sliding = 0.0, 0, False
+        limit, window_ms, sliding, quota = 0.0, 0, False, (0, 1)
         if kind == "req":
             m = re.fullmatch(r"(\d+)r/([sm])", opts.get("rate", ""))
             if not m or int(m.group(1)) == 0:
                 raise ConfigError(f'invalid rate "{opts.get("rate", "")}"')
             limit = int(m.group(1)) / (60.0 if m.group(2) == "m" else 1.0)
+            quota = (int(m.group(1)), 60 if m.group(2) == "m" else 1)
         elif kind == "count":
             count = opts.get("count", "")
             if not count.isdigit() or int(count) == 0:
@@ -98,9 +100,10 @@ def _zone_directive(kind):
             if kind_type not in ("fixed", "sliding"):
                 raise ConfigError(f'invalid type "{kind_type}"')
             sliding = kind_type == "sliding"
+            quota = (int(count), (window_ms + 999) // 1000)
         elif scope == "cluster":
             raise ConfigError("limit_conn_zone has no cluster scope")
-        return LimitZoneSpec(zone, kind, size, scope, key, limit, window_ms, sliding,
+        return LimitZoneSpec(zone, kind, size, scope, key, limit, window_ms, sliding, quota,
                              node.file, node.line)
     return parse
 
@@ -222,7 +225,8 @@ def compile_location(conf, location, runtime):
                 kind, spec.name, _key(spec.key), burst=use["burst"], nodelay=use["nodelay"],
                 delay_n=use["delay"], conn_limit=use["number"],
                 status=conf.get(f"limit_{kind}_status"), dry_run=conf.get(f"limit_{kind}_dry_run"),
-                log_level=conf.get(f"limit_{kind}_log_level"), log_enabled=log.enabled))
+                log_level=conf.get(f"limit_{kind}_log_level"), log_enabled=log.enabled,
+                quota=spec.quota[0], quota_window=spec.quota[1]))
     for handler in handlers:
         location.phases.add("access", handler)
     if handlers:

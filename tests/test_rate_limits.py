@@ -369,8 +369,8 @@ def test_a_rejected_request_uses_up_none_of_the_other_limits(edge):
         assert wide.peek(b"multi")["own"] == 1         # the four rejections were given back
         # the rate zone was charged once: its theoretical arrival time is one emission
         # interval (60 s at 1r/m) ahead, not five
-        ahead = rate.peek(b"multi")["a"] - time.monotonic() * 1e6
-        assert 55e6 < ahead <= 60e6, ahead
+        ahead = rate.peek(b"multi")["a"] - time.monotonic() * 1e9
+        assert 55e9 < ahead <= 60e9, ahead
     finally:
         wide.close()
         rate.close()

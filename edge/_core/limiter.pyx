@@ -39,7 +39,7 @@ cdef enum LimitMode:
 DEF E_HASH = 0
 DEF E_LOCK = 1
 DEF E_LAST = 2              # last use, wall clock ms (eviction)
-DEF E_A = 3                 # req: TAT (µs, monotonic); count: window index; conn: in flight
+DEF E_A = 3                 # req: TAT (ns, monotonic); count: window index; conn: in flight
 DEF E_B = 4                 # count: own admissions in window A
 DEF E_C = 5                 # count: own admissions in window A - 1
 DEF E_D = 6                 # count: other nodes' admissions in window A
@@ -65,7 +65,8 @@ cdef struct LimitHeader:
     int64_t delayed
     int64_t local_decisions
     int64_t full                # new keys refused: no entry could be freed
-    int64_t reserved[496]
+    int64_t interval_ns         # req: the emission interval, 1/rate (exact for r/m rates)
+    int64_t reserved[495]
 
 
 cdef inline int64_t *entry_at(LimitHeader *h, int64_t i) noexcept nogil:
@@ -96,7 +97,7 @@ cdef uint64_t key_hash(const char *p, size_t n) noexcept nogil:
 
 cdef bint entry_expired(LimitHeader *hd, int64_t *e, int64_t now_us, int64_t real_ms) noexcept nogil:
     if hd.kind == LK_REQ:
-        return e[E_A] <= now_us and e[E_PENDING] == 0
+        return e[E_A] <= now_us * 1000 and e[E_PENDING] == 0
     if hd.kind == LK_COUNT:
         return e[E_A] < real_ms // hd.window_ms - 1 and e[E_PENDING] == 0 and e[E_PENDING_PREV] == 0
     return e[E_A] <= 0
@@ -165,6 +166,14 @@ cdef int64_t *zone_entry(LimitHeader *hd, uint64_t h, int64_t now_us, int64_t re
     return NULL
 
 
+cdef inline int64_t mode_interval_ns(LimitHeader *hd) noexcept nogil:
+    """The emission interval in force: in local mode, this node's share of the rate."""
+    cdef int64_t T = hd.interval_ns if hd.interval_ns > 0 else 1000000000
+    if hd.cluster and hd.mode == LM_LOCAL and hd.live_nodes > 1:
+        return T * hd.live_nodes
+    return T
+
+
 cdef inline int64_t mode_limit_milli(LimitHeader *hd) noexcept nogil:
     """The limit in force: in local mode, this node's share of the cluster's."""
     if hd.cluster and hd.mode == LM_LOCAL and hd.live_nodes > 1:
@@ -188,24 +197,24 @@ cdef void decide_req(LimitHeader *hd, int64_t *e, int64_t burst, int64_t delay_n
                      int64_t now_us, Decision *d) noexcept nogil:
     """GCRA: emission interval T = 1/rate, tolerance burst × T. A request is admitted
     when its theoretical arrival time is at most tolerance ahead of now."""
-    cdef int64_t limit_milli = mode_limit_milli(hd)
-    cdef int64_t T = 1000000000 // (limit_milli if limit_milli > 0 else 1)
-    cdef int64_t tat = e[E_A] if e[E_A] > now_us else now_us
-    cdef int64_t wait = tat - now_us
+    cdef int64_t T = mode_interval_ns(hd)
+    cdef int64_t now_ns = now_us * 1000
+    cdef int64_t tat = e[E_A] if e[E_A] > now_ns else now_ns
+    cdef int64_t wait = tat - now_ns
     cdef int64_t tau = burst * T
     d.limit = 1 + burst        # the most that can pass at once
     d.excess_milli = wait * 1000 // T
     if wait > tau:
         d.verdict = 1
         d.remaining = 0
-        d.reset_s = (wait - tau + 999999) // 1000000
+        d.reset_s = (wait - tau + 999999999) // 1000000000
         return          # a rejected request leaves the state as it was
     d.verdict = 0
     e[E_A] = tat + T
     d.remaining = (tau - wait) // T
-    d.reset_s = (e[E_A] - now_us + 999999) // 1000000
+    d.reset_s = (e[E_A] - now_ns + 999999999) // 1000000000
     if not nodelay and wait > delay_n * T:
-        d.delay_us = wait - delay_n * T
+        d.delay_us = (wait - delay_n * T) // 1000
     if hd.cluster:
         e[E_PENDING] += 1
 
@@ -342,6 +351,7 @@ def prepare_zone_file(str path, str kind, int64_t size, bint cluster, double lim
         z.hd.magic = LIMIT_MAGIC
     z.hd.cluster = cluster
     z.hd.limit_milli = <int64_t>(limit * 1000)
+    z.hd.interval_ns = <int64_t>(1e9 / limit + 0.5) if kind == "req" and limit > 0 else 0
     z.hd.window_ms = window_ms if window_ms > 0 else 1000
     z.hd.sliding = sliding
     z.close()
@@ -457,14 +467,14 @@ cdef class LimitZone:
         cdef int64_t *e
         cdef int64_t T, now
         cdef timespec ts
-        if n <= 0 or self.hd.limit_milli <= 0:
+        if n <= 0 or self.hd.interval_ns <= 0:
             return
         e = self._entry(h)
         if e == NULL:
             return
         clock_gettime(CLOCK_MONOTONIC, &ts)
-        now = <int64_t>ts.tv_sec * 1000000 + ts.tv_nsec // 1000
-        T = 1000000000 // self.hd.limit_milli
+        now = (<int64_t>ts.tv_sec * 1000000 + ts.tv_nsec // 1000) * 1000
+        T = self.hd.interval_ns
         e[E_A] = (e[E_A] if e[E_A] > now else now) + n * T
         entry_unlock(e)
 
@@ -804,8 +814,8 @@ cdef void refund_charges(Client c) noexcept:
                 continue
             entry_lock(e)
             if <uint64_t>e[E_HASH] == h:
-                if hd.kind == LK_REQ and hd.limit_milli > 0:
-                    e[E_A] -= 1000000000 // hd.limit_milli
+                if hd.kind == LK_REQ:
+                    e[E_A] -= mode_interval_ns(hd)
                     if hd.cluster and e[E_PENDING] > 0:
                         e[E_PENDING] -= 1
                 elif hd.kind == LK_COUNT and e[E_A] == c.charge_window[i] and e[E_B] > 0:

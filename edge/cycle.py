@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from edge._core.reactor import Location, Plan
 from edge.config import ConfigError, build, parse_file
 from edge.modules import (access_log, admin, core, health, http_core, metrics, proxy, realip,
-                          request_id, return_, upstream)
+                          redis, request_id, return_, upstream)
 
 # The single list of features. A new module is a file in edge/modules/ added here.
 MODULES = [core, http_core, realip, upstream, proxy, return_, health, metrics, access_log,
-           request_id, admin]
+           request_id, admin, redis]
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,9 @@ class Runtime:
         self.log_sinks = {}             # remote access_log target -> its SinkSpec
         self.access_log_ring_size = 1024 * 1024
         self.admin = None               # AdminSettings (modules/admin.py): the control process's
+        self.redis = None               # RedisSettings (modules/redis.py): cluster-scope limits
+        self.limit_sync_interval = redis.DEFAULT_SYNC_INTERVAL
+        self.limit_redis_failure = "local"
 
 
 class Cycle:
@@ -58,6 +61,10 @@ class Cycle:
         self.log_sinks = runtime.log_sinks              # for the control process's shipper
         self.access_log_ring_size = runtime.access_log_ring_size
         self.admin = runtime.admin      # None, or where the control process serves /status
+        # for the control process's limit sync (edge/control/limit_sync.py)
+        self.redis = runtime.redis
+        self.limit_sync_interval = runtime.limit_sync_interval
+        self.limit_redis_failure = runtime.limit_redis_failure
 
     def build_runtime(self):
         """The compiled data plane. Built (and validated) at load time in the master, so

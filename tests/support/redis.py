@@ -22,8 +22,9 @@ def redis_server_path():
 
 
 class RedisServer:
-    def __init__(self, port=None):
+    def __init__(self, port=None, args=()):
         self.port = port or free_port()
+        self.args = list(args)      # more redis-server options ("--enable-debug-command", "local")
         self.proc = None
 
     @property
@@ -35,7 +36,7 @@ class RedisServer:
         # server comes back empty.
         self.proc = subprocess.Popen(
             [redis_server_path(), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--loglevel", "warning"],
+             "--save", "", "--appendonly", "no", "--loglevel", "warning", *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 from edge._core.reactor import Location, Plan
 from edge.config import ConfigError, build, parse_file
-from edge.modules import (access_log, admin, core, health, http_core, metrics, proxy, realip,
-                          redis, request_id, return_, upstream)
+from edge.modules import (access_log, admin, core, health, http_core, limits, metrics, proxy,
+                          realip, redis, request_id, return_, upstream)
 
 # The single list of features. A new module is a file in edge/modules/ added here.
 MODULES = [core, http_core, realip, upstream, proxy, return_, health, metrics, access_log,
-           request_id, admin, redis]
+           request_id, limits, admin, redis]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class Runtime:
         self.address_upstreams = {}     # "host:port" used directly in proxy_pass -> Upstream
         self.log_sinks = {}             # remote access_log target -> its SinkSpec
         self.access_log_ring_size = 1024 * 1024
+        self.limit_zones = {}           # zone name -> LimitZoneSpec (modules/limits.py)
         self.admin = None               # AdminSettings (modules/admin.py): the control process's
         self.redis = None               # RedisSettings (modules/redis.py): cluster-scope limits
         self.limit_sync_interval = redis.DEFAULT_SYNC_INTERVAL
@@ -60,11 +61,17 @@ class Cycle:
         self.worker_shutdown_timeout = root.get("worker_shutdown_timeout")
         self.log_sinks = runtime.log_sinks              # for the control process's shipper
         self.access_log_ring_size = runtime.access_log_ring_size
+        self.limit_zones = runtime.limit_zones
         self.admin = runtime.admin      # None, or where the control process serves /status
         # for the control process's limit sync (edge/control/limit_sync.py)
         self.redis = runtime.redis
         self.limit_sync_interval = runtime.limit_sync_interval
         self.limit_redis_failure = runtime.limit_redis_failure
+
+    def prepare_zones(self):
+        """In the master, before this config is served: make or keep the files of its
+        limit zones (see modules/limits.py). Returns {zone name: state kept}."""
+        return limits.prepare(self.limit_zones)
 
     def build_runtime(self):
         """The compiled data plane. Built (and validated) at load time in the master, so

@@ -1049,6 +1049,7 @@ class Master:
         """Load the config again and switch to it; on any failure keep the old one."""
         try:
             cycle = load_cycle(self.cycle.path)
+            cycle.prepare_zones()      # before any worker compiles it: they map the zones
         except ConfigError as e:
             log.error("emerg", f"{e}; the previous configuration keeps serving")
             self._reload_failed()
@@ -1089,6 +1090,8 @@ class Master:
             self.shared.config_failed = False
         self.published = number
         self._publish()
+        from edge.modules import limits
+        limits.remove_unused(cycle.limit_zones)
         log.error("notice", f"configuration generation {number} is in force"
                             + (" (workers reloaded in place)" if in_place else ""))
         # Told, not awaited: a slow or dead control process must not hold up a reload.
@@ -1889,6 +1892,19 @@ def run(config_path, exec_argv=None, exec_cwd=None):
                     exec_argv=exec_argv, exec_cwd=exec_cwd, upgrade_from=upgrade_from,
                     control_module=edge.control.process)
     master.zones = create_zones(cycle)
+    # limit zones are files next to the state file: workers map them by name, so a zone a
+    # reload adds reaches workers that were forked before it
+    from edge._core.reactor import set_limit_zone_prefix
+    set_limit_zone_prefix(state_path + ".limit.")
+    try:
+        cycle.prepare_zones()
+    except OSError as e:
+        log.report("emerg", f"limit zones next to \"{state_path}\" could not be made {os_error_text(e)}")
+        listeners.close_all()
+        if pid_written:
+            remove_pid_file(pid_written, pid)
+        shared.close()
+        return 1
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
@@ -1900,6 +1916,10 @@ def run(config_path, exec_argv=None, exec_cwd=None):
         # The state file next to the pid file stays: it carries the drain flag to the
         # next start. An old master's (".oldbin.state", the flag went to the new
         # master) and a pid-less one (named after our pid) are of no further use.
+        if not (master.state_path or "").endswith(".oldbin.state"):
+            # our limit zones end with us; after a binary upgrade they are the new master's
+            from edge.modules import limits
+            limits.remove_unused({}, state_path + ".limit.")
         if master.state_path and (master.state_path.endswith(".oldbin.state")
                                   or not master.pid_path):
             try:

@@ -21,6 +21,7 @@ DEF LINGER_MS = 5000
 DEF PP_READ_LIMIT = 4096     # a PROXY header larger than this is refused
 DEF REQUEST_ID_MAX = 128   # the longest incoming request ID kept
 DEF MAX_TRIES = 8           # upstream tries remembered for $upstream_* and the log
+DEF MAX_CONN_HOLDS = 4      # limit_conn slots one request can hold
 
 cdef struct UpTry:
     int peer
@@ -36,6 +37,7 @@ cdef enum ClientState:
     CS_LINGER = 3       # response sent, write side shut: drain input briefly, then close
     CS_DISCARD = 5      # response queued; dropping the rest of the request body
     CS_PP_HEADER = 6    # waiting for the PROXY protocol header
+    CS_DELAY = 7        # limit_req without nodelay: the request waits for its turn
     CS_FREE = 4
 
 cdef enum BodyKind:
@@ -48,6 +50,7 @@ cdef const char *HOP_BY_HOP = "connection\0keep-alive\0proxy-connection\0te\0tra
 cdef const char *RESPONSE_DROP = "connection\0keep-alive\0proxy-connection\0te\0trailer\0transfer-encoding\0upgrade\0content-length\0server\0date\0\0"
 
 cdef TimerList t_linger = timer_list(LINGER_MS)
+cdef TimerList t_delay = sorted_timer_list()        # limit_req delays, each its own length
 
 # error-log hooks, set by the Loop: the Python log function and whether info is on
 cdef object g_log_fn = None
@@ -242,6 +245,18 @@ cdef class Client(Handle):
     cdef size_t request_id_len
     cdef int ntries
     cdef UpTry tries_log[MAX_TRIES]
+
+    # limits (limiter.pyx): the delay to serve, the slots to release, the headers to send
+    cdef int64_t limit_delay_us
+    cdef void *conn_holds[MAX_CONN_HOLDS]
+    cdef uint64_t conn_hashes[MAX_CONN_HOLDS]
+    cdef int nconn_holds
+    cdef int64_t rl_limit           # -1: no limit applied to this request
+    cdef int64_t rl_remaining
+    cdef int64_t rl_reset
+    cdef int64_t rl_retry_after
+    cdef bint rl_rejected
+    cdef object rl_zone             # the Limit whose numbers the headers show
 
     # ---- life cycle -------------------------------------------------------------------
 
@@ -451,6 +466,12 @@ cdef class Client(Handle):
         self.request_id_len = 0
         self.ntries = 0
         self.req_number = self.requests + 1
+        self.limit_delay_us = 0
+        self.nconn_holds = 0
+        self.rl_limit = -1
+        self.rl_retry_after = 0
+        self.rl_rejected = False
+        self.rl_zone = None
         self.raw_line_len = 0
         self.host_len = 0
         buf_reset(&self.uri)
@@ -501,6 +522,8 @@ cdef class Client(Handle):
             return
         self.logged = True
         self.aborted = aborted
+        if self.nconn_holds:
+            release_conn_holds(self)
         if aborted and self.head_end_mark < 0:
             # nginx: 499 when the client went away before the response head; a head
             # that never completed is a bad request
@@ -610,6 +633,10 @@ cdef class Client(Handle):
             # reset by the client while the upstream works for it: stop both
             self.close()
             return
+        if self.state == CS_DELAY:
+            if events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+                self.close()        # the client left while its request waited: 499
+            return
         if (events & EPOLLRDHUP) and self.state == CS_PROXY and not self.response_started \
                 and self.body_done and buf_len(&self.rb) == 0 and not self.upgrade:
             # the client closed before the response began: nginx's 499, and the upstream
@@ -646,6 +673,12 @@ cdef class Client(Handle):
             self.read_proxy_header()
 
     cdef void on_timeout(self):
+        if self.state == CS_DELAY:
+            self.state = CS_HEAD
+            self.run_content()
+            if self.state == CS_HEAD:
+                self.serve_heads()      # send it, and go on with pipelined requests
+            return
         if self.state == CS_HEAD:
             if buf_len(&self.rb) > 0:
                 # a request started and stalled: client_header_timeout
@@ -1086,7 +1119,16 @@ cdef class Client(Handle):
                 if r != PH_DONE:
                     self.finish_without_body(r)
                 return
+            if self.limit_delay_us > 0:
+                # limit_req without nodelay: wait for the request's turn on a timer
+                self.state = CS_DELAY
+                timer_arm_at(self, t_delay, g_now + (self.limit_delay_us + 999) // 1000)
+                return
+        self.run_content()
 
+    cdef void run_content(self):
+        """The content phase: exactly one of proxy_pass, return, health."""
+        cdef Location loc = self.loc
         if loc.content == CONTENT_PROXY:
             self.start_proxy()
         elif loc.content == CONTENT_RETURN:

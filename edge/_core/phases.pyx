@@ -104,8 +104,10 @@ cdef class PhasePlan:
         """In the worker: resolve the metrics series of this plan in the shared zone."""
         self.route_series = series_for(SK_ROUTE, self.route_labels)
         self.ncode_cache = 0
-        for h in self.log:
-            h.attach()
+        for h in self.rewrite + self.access + self.header_filter + self.log:
+            attach = getattr(h, "attach", None)
+            if attach is not None:
+                attach()
 
     cdef int64_t code_series(self, int status) noexcept:
         cdef int i

@@ -24,6 +24,7 @@ include "proxy_protocol.pyx"
 include "client.pyx"
 include "phases.pyx"
 include "access_log.pyx"
+include "limiter.pyx"
 include "proxy.pyx"
 
 DEF MAX_EVENTS = 512

@@ -105,3 +105,35 @@ cdef void timers_fire(int64_t now):
             h = t.head
             timer_unlink(h)
             h.on_timeout()
+
+
+cdef TimerList sorted_timer_list():
+    """A list whose handles have deadlines of their own (request delays): kept in
+    deadline order by timer_arm_at."""
+    cdef TimerList t = TimerList()
+    t.duration_ms = -1
+    _all_timer_lists.append(t)
+    return t
+
+
+cdef void timer_arm_at(Handle h, TimerList t, int64_t deadline) noexcept:
+    """Arm h for `deadline` in a sorted list, searching from the tail: the delays of one
+    key grow with each request, so the place is nearly always at the end."""
+    cdef Handle after
+    timer_unlink(h)
+    h.deadline = deadline
+    h.tlist = t
+    after = t.tail
+    while after is not None and after.deadline > deadline:
+        after = after.tprev
+    h.tprev = after
+    if after is None:
+        h.tnext = t.head
+        t.head = h
+    else:
+        h.tnext = after.tnext
+        after.tnext = h
+    if h.tnext is not None:
+        h.tnext.tprev = h
+    else:
+        t.tail = h

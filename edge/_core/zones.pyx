@@ -61,6 +61,7 @@ cdef enum SeriesKind:
     SK_UPSTREAM = 3     # (upstream): response time histogram
     SK_PEER = 4         # (upstream, peer): failures, down-until
     SK_SINK = 5         # (sink target): records dropped from full rings
+    SK_LIMIT = 6        # (zone, decision): limit decisions
 
 # Row words, by kind
 DEF R_SUM = 11          # duration sum in microseconds (ROUTE, UPSTREAM)
@@ -354,6 +355,7 @@ cdef class Zones:
         upstreams = []
         peers = []
         sinks = {}
+        limits = []
         for i in range(self.series_cap):
             e = &self.z.series[i]
             if edge_load64(&e.state) != 2:
@@ -394,6 +396,8 @@ cdef class Zones:
             elif e.kind == SK_PEER:
                 peers.append({"upstream": labels[0], "peer": labels[1],
                               "failures": sums[R_PEER_FAILURES], "up": down_until <= now})
+            elif e.kind == SK_LIMIT:
+                limits.append({"zone": labels[0], "decision": labels[1], "count": sums[0]})
             elif e.kind == SK_SINK:
                 row = zone_row(&self.z, self.workers_cap, i)
                 sinks[labels[0]] = {"ring_dropped": sums[R_SINK_DROPPED],
@@ -405,7 +409,7 @@ cdef class Zones:
             conns["writing"] += self.z.workers[w].writing
             conns["idle"] += self.z.workers[w].idle
         return {"http": http, "upstreams": upstreams, "peers": peers,
-                "connections": conns, "sinks": sinks}
+                "connections": conns, "sinks": sinks, "limits": limits}
 
     def drain(self, int max_records=1000):
         """Take up to `max_records` log records from the workers' rings, oldest first per

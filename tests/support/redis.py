@@ -72,3 +72,69 @@ class RedisServer:
                 self.proc.kill()
                 self.proc.wait(5)
         self.proc = None
+
+
+def redis_sentinel_path():
+    return shutil.which("redis-sentinel")
+
+
+class RedisSentinel:
+    """A real redis-sentinel watching `master_name` at 127.0.0.1:master_port, on a free
+    port, its config file (sentinels rewrite it) in `workdir`. Quick to decide: a
+    master is down after 1 s without an answer."""
+
+    def __init__(self, workdir, master_name, master_port, quorum=2, port=None):
+        self.workdir = workdir
+        self.name = master_name
+        self.master_port = master_port
+        self.quorum = quorum
+        self.port = port or free_port()
+        self.proc = None
+
+    def start(self, timeout=10.0):
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / "sentinel.conf"
+        conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.workdir}\n"
+            f"sentinel monitor {self.name} 127.0.0.1 {self.master_port} {self.quorum}\n"
+            f"sentinel down-after-milliseconds {self.name} 1000\n"
+            f"sentinel failover-timeout {self.name} 5000\n"
+            f"sentinel parallel-syncs {self.name} 1\n")
+        self.proc = subprocess.Popen([redis_sentinel_path(), str(conf), "--loglevel", "warning"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace")
+                raise RuntimeError(f"redis-sentinel exited with {self.proc.returncode}: {err}")
+            if RedisServer.ping(self):
+                return self
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"redis-sentinel did not answer PING on port {self.port}")
+
+    def command(self, *args):
+        import redis
+        client = redis.Redis(port=self.port, socket_timeout=5)
+        try:
+            return client.execute_command(*args)
+        finally:
+            client.close()
+
+    def master_port(self):
+        host, port = self.command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.name)
+        return int(port)
+
+    def knows_replica(self, port):
+        for replica in self.command("SENTINEL", "REPLICAS", self.name):
+            info = dict(zip(replica[::2], replica[1::2]))
+            if int(info.get(b"port", 0)) == port and b"disconnected" not in info.get(b"flags", b""):
+                return True
+        return False
+
+    def failover(self):
+        """SENTINEL FAILOVER: promote a replica now, without asking the others."""
+        return self.command("SENTINEL", "FAILOVER", self.name)
+
+    def kill(self):
+        RedisServer.kill(self)

@@ -20,8 +20,10 @@ past). No reload and no restart is involved.
 
 Redis keys (all under one hash tag, so that a batch is legal on Redis Cluster):
 
-    edge:{limits}:count:<zone>:<window ms>:<key hash hex>:<window index>   count zones
-    edge:{limits}:req:<zone>:<key hash hex>                                req zones
+    edge:{limits}:count:<zone>:<window ms>:<key hash hex>:<window index>
+                                        count zones: a hash {node id: its count}
+    edge:{limits}:req:<zone>:<key hash hex>
+                                        req zones: a counter of admissions
     edge:{limits}:node:<node id>        heartbeat, TTL HEARTBEAT_INTERVALS sync intervals
     edge:{limits}:nodes                 the set of node ids (dead ones pruned by the script)
 
@@ -57,26 +59,47 @@ REOPEN_INTERVAL = 1.0     # seconds between attempts to map a zone that failed t
 #   KEYS[3..]    counters
 #   ARGV[1]      this node's id          ARGV[2]  heartbeat TTL (ms)
 #   ARGV[3]      the heartbeat key prefix (prefix .. node id is a node's heartbeat key)
-#   ARGV[2i+2], ARGV[2i+3]  for counter i (KEYS[i+2]): the delta to add (>= 0) and the
-#                TTL (ms) to set when the delta is positive
-# Returns {total_1, ..., total_n, live_nodes}: each counter's value after the increment
-# (0 for a counter that does not exist), and the number of node ids whose heartbeat
-# key exists (this node's included); ids without one are removed from the set.
+#   ARGV[3i+1], ARGV[3i+2], ARGV[3i+3]  for counter i (KEYS[i+2]): its kind, a value and
+#                a TTL (ms), set when the counter is written.
+#     kind "c" (a count window): a hash {node id: what that node admitted in the
+#                window}; value = this node's count (absolute): its field is raised to
+#                it (never lowered), so a push is idempotent and a Redis that lost the
+#                key gets it back on the next push. Returns the sum of the fields.
+#     kind "r" (a req key): a plain counter; value = this node's admissions since its
+#                last push, added (INCRBY). Returns the counter.
+#                A value of 0 only reads (and creates nothing).
+# Returns {total_1, ..., total_n, live_nodes}; live_nodes is the number of node ids
+# whose heartbeat key exists (this node's included); ids without one leave the set.
 SCRIPT = """
 local n = #KEYS - 2
+local me = ARGV[1]
 local out = {}
 for i = 1, n do
   local key = KEYS[i + 2]
-  local delta = tonumber(ARGV[2 * i + 2])
-  if delta > 0 then
-    out[i] = redis.call('INCRBY', key, delta)
-    redis.call('PEXPIRE', key, ARGV[2 * i + 3])
+  local kind = ARGV[3 * i + 1]
+  local value = tonumber(ARGV[3 * i + 2])
+  if kind == 'c' then
+    if value > 0 then
+      local mine = tonumber(redis.call('HGET', key, me) or '0') or 0
+      if value > mine then
+        redis.call('HSET', key, me, value)
+      end
+      redis.call('PEXPIRE', key, ARGV[3 * i + 3])
+    end
+    local total = 0
+    for _, v in ipairs(redis.call('HVALS', key)) do
+      total = total + (tonumber(v) or 0)
+    end
+    out[i] = total
+  elseif value > 0 then
+    out[i] = redis.call('INCRBY', key, value)
+    redis.call('PEXPIRE', key, ARGV[3 * i + 3])
   else
     out[i] = tonumber(redis.call('GET', key) or '0') or 0
   end
 end
 redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
-redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[1], me)
 redis.call('PEXPIRE', KEYS[1], 10 * tonumber(ARGV[2]))
 local live = 0
 for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
@@ -148,9 +171,8 @@ class _Zone:
         self.window_ms = max(int(spec.window_ms or 1000), 1)
         self.sliding = bool(getattr(spec, "sliding", False))
         self.active = OrderedDict()   # key hash -> wall ms of its last local admission
-        self.pending = {}             # (hash, window) -> admissions not pushed yet
-        self.own = {}                 # count: (hash, window) -> what this node pushed
-        self.repair = {}              # count: (hash, window) -> own pushes Redis lost
+        self.own = {}                 # count: (hash, window) -> what this node admitted
+        self.pending = {}             # req: hash -> admissions not pushed yet
         self.seen = {}                # req: hash -> the counter's value at the last look
         self.applied = None           # (mode, live) last given to set_mode
         self.failed_open_at = None
@@ -175,17 +197,19 @@ class _Zone:
         self.applied = (mode, live)
 
     def collect(self, now_ms):
-        """Take the new admissions out of shared memory into `pending`."""
+        """Take the new admissions out of shared memory."""
         if self.zone is None:
             return
         active = self.active
+        count = self.kind == "count"
         for h, window, delta in self.zone.collect():
             if delta <= 0:
                 continue
-            if self.kind != "count":
-                window = 0
-            k = (h, window)
-            self.pending[k] = self.pending.get(k, 0) + delta
+            if count:
+                k = (h, window)
+                self.own[k] = self.own.get(k, 0) + delta
+            else:
+                self.pending[h] = self.pending.get(h, 0) + delta
             if h in active:
                 active.move_to_end(h)
             active[h] = now_ms
@@ -200,29 +224,26 @@ class _Zone:
                 break
             del active[h]
             self.seen.pop(h, None)
-        if self.kind == "count":
+            self.pending.pop(h, None)
+        if self.kind == "count" and self.own:
             oldest = now_ms // self.window_ms - 1
-            for store in (self.own, self.pending, self.repair):
-                for k in [k for k in store if k[1] < oldest or k[0] not in active]:
-                    del store[k]
-        else:
-            for k in [k for k in self.pending if k[0] not in active]:
-                del self.pending[k]
+            for k in [k for k in self.own if k[1] < oldest or k[0] not in active]:
+                del self.own[k]
 
-    def drop_pending(self, now_ms):
-        """While Redis is unreachable: what a req zone admitted is dropped; a count
-        zone's admissions wait for the recovery as long as their window matters."""
-        if self.kind != "count":
-            self.pending.clear()
+    def outage(self):
+        """A round without Redis: a count zone's admissions stay in `own` and reach Redis
+        with the next push (while their window matters); a req zone's are dropped (a
+        rate limiter only cares about the recent past)."""
+        self.pending.clear()
 
     def entries(self, now_ms):
-        """[(hash, window, redis key, own delta, delta to push, ttl ms)] for a round:
-        every pending delta and every recently active key (delta 0: a poll)."""
+        """[(hash, window, redis key, kind, value, ttl ms)] for a round: every recently
+        active key (its own count, or its pending admissions; 0: a poll)."""
         out = []
         if self.zone is None:
             return out
-        pending, repair = self.pending, self.repair
         if self.kind == "count":
+            own = self.own
             current = now_ms // self.window_ms
             windows = (current - 1, current) if self.sliding else (current,)
             done = set()
@@ -230,47 +251,39 @@ class _Zone:
                 for w in windows:
                     k = (h, w)
                     done.add(k)
-                    d = pending.get(k, 0)
-                    out.append((h, w, self.key(h, w), d, d + repair.get(k, 0), self.ttl_ms))
-            for k, d in pending.items():
+                    out.append((h, w, self.key(h, w), "c", own.get(k, 0), self.ttl_ms))
+            for k, n in own.items():
                 if k not in done and k[1] >= current - 1:
-                    out.append((k[0], k[1], self.key(*k), d, d + repair.get(k, 0), self.ttl_ms))
+                    out.append((k[0], k[1], self.key(*k), "c", n, self.ttl_ms))
         else:
+            pending = self.pending
             for h in self.active:
-                d = pending.get((h, 0), 0)
-                out.append((h, 0, self.key(h, 0), d, d, self.ttl_ms))
+                out.append((h, 0, self.key(h, 0), "r", pending.get(h, 0), self.ttl_ms))
         return out
 
     def apply(self, entry, total):
-        """A counter's new total from Redis, for an entry this round pushed."""
-        h, window, _key, own_delta, pushed, _ttl = entry
-        k = (h, window)
-        if pushed:
-            self.pending.pop(k, None)
+        """A counter's total from Redis, for an entry this round sent."""
+        h, window, _key, _kind, value, _ttl = entry
         if self.kind == "count":
-            if pushed > own_delta:
-                self.repair.pop(k, None)
-            own = self.own.get(k, 0) + own_delta
-            if own:
-                self.own[k] = own
-            if total < own:
-                # Redis lost our pushes (restarted empty, or failed over before they
-                # reached the replica): put them back on the next round.
-                self.repair[k] = own - total
-                others = 0
+            # own may have grown since the round was built (no: collect and push never
+            # interleave), so total - value is what the other nodes admitted
+            self.zone.set_others(h, window, max(total - value, 0))
+            return
+        if value:
+            left = self.pending.get(h, 0) - value
+            if left > 0:
+                self.pending[h] = left
             else:
-                others = total - own
-            self.zone.set_others(h, window, others)
-        else:
-            last = self.seen.get(h)
-            self.seen[h] = total
-            if last is None or total < last:
-                # First look at this key (what the others did before is history), or
-                # its counter expired or Redis restarted: start counting from here.
-                return
-            others = total - last - own_delta
-            if others > 0:
-                self.zone.add_others(h, others)
+                self.pending.pop(h, None)
+        last = self.seen.get(h)
+        self.seen[h] = total
+        if last is None or total < last:
+            # First look at this key (what the others did before is history), or its
+            # counter expired or Redis restarted: count from here.
+            return
+        others = total - last - value
+        if others > 0:
+            self.zone.add_others(h, others)
 
 
 class LimitSync:
@@ -369,7 +382,7 @@ class LimitSync:
             z.collect(now_ms)
         if self._up is False and time.monotonic() < self._next_try:
             for z in self._zones.values():
-                z.drop_pending(now_ms)
+                z.outage()
             return
         entries = [(z, e) for z in self._zones.values() for e in z.entries(now_ms)]
         try:
@@ -388,9 +401,10 @@ class LimitSync:
         live = None
         for start in range(0, max(len(entries), 1), BATCH_MAX):
             batch = entries[start:start + BATCH_MAX]
-            # A batch that fails leaves its deltas pending (only apply() takes them):
-            # they are pushed again, at least once. A reply lost after the script ran
-            # counts them twice, which errs on the side of admitting less.
+            # A batch that fails leaves the req deltas pending (only apply() takes
+            # them): pushed again, at least once (a reply lost after the script ran
+            # counts them twice, erring on the side of admitting less). Count pushes
+            # are absolute, so pushing one twice changes nothing.
             result = await asyncio.wait_for(self._eval(batch), timeout)
             self.roundtrips += 1
             for (z, e), total in zip(batch, result):
@@ -405,10 +419,9 @@ class LimitSync:
         hb_ttl = int(1000 * max(HEARTBEAT_MIN, HEARTBEAT_INTERVALS * self._interval))
         keys = [NODES_KEY, NODE_PREFIX + self.node_id]
         args = [self.node_id, hb_ttl, NODE_PREFIX]
-        for _z, (h, w, key, own, pushed, ttl) in batch:
+        for _z, (_h, _w, key, kind, value, ttl) in batch:
             keys.append(key)
-            args.append(pushed)
-            args.append(ttl)
+            args += (kind, value, ttl)
         from redis.exceptions import NoScriptError
         try:
             return await client.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
@@ -429,7 +442,7 @@ class LimitSync:
             asyncio.get_running_loop().create_task(self._close(client))
         for z in self._zones.values():
             z.set_mode(self._policy, self.live_nodes)
-            z.drop_pending(now_ms)
+            z.outage()
         if self._up is not False:
             self._down_since = time.monotonic()
             what = {"local": f"each limit divided by {self.live_nodes} live node(s)",
@@ -457,7 +470,7 @@ class LimitSync:
         for z in self._zones.values():
             z.collect(now_ms)
         entries = [(z, e) for z in self._zones.values() for e in z.entries(now_ms)
-                   if e[4] > 0]
+                   if e[4] > 0]    # what was admitted since the last push (polls left out)
         if entries:
             await self._push(entries)
         client = self._client

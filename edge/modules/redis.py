@@ -199,6 +199,10 @@ def compile_http(http, runtime):
         for name, spec in zones.items():
             if getattr(spec, "scope", "node") != "cluster":
                 continue
-            node = _zone_node(http, name) or http
+            if getattr(spec, "file", None):
+                where = (spec.file, spec.line)
+            else:
+                node = _zone_node(http, name) or http
+                where = (node.file, node.line)
             raise ConfigError(f'zone "{name}" has scope=cluster but no "redis" or '
-                              f'"redis_sentinel" is configured', node.file, node.line)
+                              f'"redis_sentinel" is configured', *where)

@@ -74,6 +74,10 @@ class RedisServer:
         self.proc = None
 
 
+def _text(value):
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def redis_sentinel_path():
     return shutil.which("redis-sentinel")
 
@@ -121,14 +125,20 @@ class RedisSentinel:
         finally:
             client.close()
 
-    def master_port(self):
+    def current_master_port(self):
         host, port = self.command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.name)
         return int(port)
 
     def knows_replica(self, port):
-        for replica in self.command("SENTINEL", "REPLICAS", self.name):
-            info = dict(zip(replica[::2], replica[1::2]))
-            if int(info.get(b"port", 0)) == port and b"disconnected" not in info.get(b"flags", b""):
+        for info in self.command("SENTINEL", "REPLICAS", self.name):
+            if not isinstance(info, dict):      # raw pairs (another client version)
+                info = dict(zip(info[::2], info[1::2]))
+            info = {_text(k): v if isinstance(v, (set, list)) else _text(v)
+                    for k, v in info.items()}
+            flags = info.get("flags", "")
+            flags = flags if isinstance(flags, (set, list)) else flags.split(",")
+            if int(info.get("port", 0)) == port and "disconnected" not in flags \
+                    and "s_down" not in flags:
                 return True
         return False
 

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from edge._core.reactor import Location, Plan
 from edge.config import ConfigError, build, parse_file
 from edge.modules import (access_log, admin, core, health, http_core, limits, metrics, proxy,
-                          realip, request_id, return_, upstream)
+                          realip, redis, request_id, return_, upstream)
 
 # The single list of features. A new module is a file in edge/modules/ added here.
 MODULES = [core, http_core, realip, upstream, proxy, return_, health, metrics, access_log,
-           request_id, limits, admin]
+           request_id, limits, admin, redis]
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,9 @@ class Runtime:
         self.access_log_ring_size = 1024 * 1024
         self.limit_zones = {}           # zone name -> LimitZoneSpec (modules/limits.py)
         self.admin = None               # AdminSettings (modules/admin.py): the control process's
+        self.redis = None               # RedisSettings (modules/redis.py): cluster-scope limits
+        self.limit_sync_interval = redis.DEFAULT_SYNC_INTERVAL
+        self.limit_redis_failure = "local"
 
 
 class Cycle:
@@ -60,6 +63,10 @@ class Cycle:
         self.access_log_ring_size = runtime.access_log_ring_size
         self.limit_zones = runtime.limit_zones
         self.admin = runtime.admin      # None, or where the control process serves /status
+        # for the control process's limit sync (edge/control/limit_sync.py)
+        self.redis = runtime.redis
+        self.limit_sync_interval = runtime.limit_sync_interval
+        self.limit_redis_failure = runtime.limit_redis_failure
 
     def prepare_zones(self):
         """In the master, before this config is served: make or keep the files of its

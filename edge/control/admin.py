@@ -404,5 +404,6 @@ class AdminServer:
              "reloads_failed": shared.reloads_failed,
              "worker_restarts": shared.worker_restarts},
             ctx.dropped(),
-            getattr(zones, "BUCKETS", metrics.DEFAULT_BUCKETS))
+            getattr(zones, "BUCKETS", metrics.DEFAULT_BUCKETS),
+            ctx.limit_sync())
         return Response(200, text.encode("utf-8"), metrics.CONTENT_TYPE)

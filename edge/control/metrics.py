@@ -90,13 +90,15 @@ def _add_histogram(into, key, buckets, total, count):
     have[2] += count
 
 
-def render(snapshot, counters, drops=None, buckets=DEFAULT_BUCKETS):
+def render(snapshot, counters, drops=None, buckets=DEFAULT_BUCKETS, limit_sync=None):
     """The exposition text.
 
     - `snapshot`: `zones.snapshot()` or None (no zones: only the master's families have
       samples; the others are declared with none);
     - `counters`: {"generation", "reloads_ok", "reloads_failed", "worker_restarts"};
-    - `drops`: {sink text: records dropped from the control process's own queues}.
+    - `drops`: {sink text: records dropped from the control process's own queues};
+    - `limit_sync`: LimitSync.metrics() ({"roundtrips", "failures", "up", "live_nodes"})
+      or None (no cluster-scope zone: the families are left out).
     """
     snapshot = snapshot or {}
     families = []
@@ -194,5 +196,19 @@ def render(snapshot, counters, drops=None, buckets=DEFAULT_BUCKETS):
         _add(sinks, sink, count)
     for sink, count in sinks.items():
         dropped.sample(count, (("sink", sink),))
+
+    if limit_sync is not None:
+        family("edge_limit_sync_roundtrips_total", "counter",
+               "Round trips to Redis that synced cluster-scope limit zones."
+               ).sample(limit_sync.get("roundtrips", 0))
+        family("edge_limit_sync_failures_total", "counter",
+               "Sync rounds with Redis that failed or timed out."
+               ).sample(limit_sync.get("failures", 0))
+        family("edge_limit_redis_up", "gauge",
+               "1 if the last sync with Redis succeeded (cluster mode), else 0."
+               ).sample(limit_sync.get("up", 0))
+        family("edge_limit_cluster_nodes", "gauge",
+               "Live edge nodes counted from the heartbeats in Redis."
+               ).sample(limit_sync.get("live_nodes", 1))
 
     return "\n".join(f.render() for f in families) + "\n"

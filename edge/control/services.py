@@ -7,7 +7,7 @@ A service is an object with
     async stop()          finish: close listeners, flush queues (bounded by the caller)
 
 and optionally `dropped() -> {sink text: count}` (log records it dropped, for
-/metrics). Each entry of SERVICES is a factory `factory(ctx, cycle) -> service | None`
+/metrics) and `metrics() -> dict | None` (the limit sync's counters, for /metrics). Each entry of SERVICES is a factory `factory(ctx, cycle) -> service | None`
 (None: nothing to run in this build). They start in list order and stop in list order,
 so the admin listener closes first and later services may still flush.
 
@@ -49,6 +49,19 @@ class Context:
                                    f"failed: {e!r}")
         return total
 
+    def limit_sync(self):
+        """The limit sync's counters (LimitSync.metrics()), or None."""
+        for service in self.services:
+            metrics = getattr(service, "metrics", None)
+            if metrics is None:
+                continue
+            try:
+                return metrics()
+            except Exception as e:  # a metrics scrape must not fail on one service
+                log.error("error", f"control process: {type(service).__name__}.metrics() "
+                                   f"failed: {e!r}")
+        return None
+
 
 def _admin(ctx, cycle):
     from edge.control.admin import AdminServer
@@ -66,8 +79,15 @@ def _shipper(ctx, cycle):
     return Shipper(ctx.zones, cycle)
 
 
+def _limit_sync(ctx, cycle):
+    # Cluster-scope limit zones synced through Redis (docs/limits-cluster.md). It idles
+    # while the cycle has no such zone or no Redis, so a reload may bring them in.
+    from edge.control.limit_sync import LimitSync
+    return LimitSync(ctx.zones, cycle)
+
+
 # The registry. A new control-plane task is one factory added here.
-SERVICES = [_admin, _shipper]
+SERVICES = [_admin, _shipper, _limit_sync]
 
 
 def build(ctx, cycle):

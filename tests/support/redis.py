@@ -22,8 +22,9 @@ def redis_server_path():
 
 
 class RedisServer:
-    def __init__(self, port=None):
+    def __init__(self, port=None, args=()):
         self.port = port or free_port()
+        self.args = list(args)      # more redis-server options ("--enable-debug-command", "local")
         self.proc = None
 
     @property
@@ -35,7 +36,7 @@ class RedisServer:
         # server comes back empty.
         self.proc = subprocess.Popen(
             [redis_server_path(), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--loglevel", "warning"],
+             "--save", "", "--appendonly", "no", "--loglevel", "warning", *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -71,3 +72,79 @@ class RedisServer:
                 self.proc.kill()
                 self.proc.wait(5)
         self.proc = None
+
+
+def _text(value):
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def redis_sentinel_path():
+    return shutil.which("redis-sentinel")
+
+
+class RedisSentinel:
+    """A real redis-sentinel watching `master_name` at 127.0.0.1:master_port, on a free
+    port, its config file (sentinels rewrite it) in `workdir`. Quick to decide: a
+    master is down after 1 s without an answer."""
+
+    def __init__(self, workdir, master_name, master_port, quorum=2, port=None):
+        self.workdir = workdir
+        self.name = master_name
+        self.master_port = master_port
+        self.quorum = quorum
+        self.port = port or free_port()
+        self.proc = None
+
+    def start(self, timeout=10.0):
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / "sentinel.conf"
+        conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.workdir}\n"
+            f"sentinel monitor {self.name} 127.0.0.1 {self.master_port} {self.quorum}\n"
+            f"sentinel down-after-milliseconds {self.name} 1000\n"
+            f"sentinel failover-timeout {self.name} 5000\n"
+            f"sentinel parallel-syncs {self.name} 1\n")
+        self.proc = subprocess.Popen([redis_sentinel_path(), str(conf), "--loglevel", "warning"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace")
+                raise RuntimeError(f"redis-sentinel exited with {self.proc.returncode}: {err}")
+            if RedisServer.ping(self):
+                return self
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"redis-sentinel did not answer PING on port {self.port}")
+
+    def command(self, *args):
+        import redis
+        client = redis.Redis(port=self.port, socket_timeout=5)
+        try:
+            return client.execute_command(*args)
+        finally:
+            client.close()
+
+    def current_master_port(self):
+        host, port = self.command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.name)
+        return int(port)
+
+    def knows_replica(self, port):
+        for info in self.command("SENTINEL", "REPLICAS", self.name):
+            if not isinstance(info, dict):      # raw pairs (another client version)
+                info = dict(zip(info[::2], info[1::2]))
+            info = {_text(k): v if isinstance(v, (set, list)) else _text(v)
+                    for k, v in info.items()}
+            flags = info.get("flags", "")
+            flags = flags if isinstance(flags, (set, list)) else flags.split(",")
+            if int(info.get("port", 0)) == port and "disconnected" not in flags \
+                    and "s_down" not in flags:
+                return True
+        return False
+
+    def failover(self):
+        """SENTINEL FAILOVER: promote a replica now, without asking the others."""
+        return self.command("SENTINEL", "FAILOVER", self.name)
+
+    def kill(self):
+        RedisServer.kill(self)

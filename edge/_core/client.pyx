@@ -1327,6 +1327,33 @@ cdef class Client(Handle):
                 buf_append(&self.wb, self.pbuf.data, buf_len(&self.pbuf))
         self.response_done()
 
+    cdef void respond_simple(self, int status, bytes headers, bytes body, bytes content_type):
+        """A short response edge makes itself for a phase handler (a CORS preflight, an
+        authentication challenge): the status line, Date, `headers` (whole lines, each
+        ending in CRLF), the body. The handler then returns PH_DONE."""
+        self.start_discard()
+        self.begin_head(status)
+        buf_append_str(&self.wb, "HTTP/1.1 ")
+        buf_append_uint(&self.wb, <uint64_t>status)
+        buf_append_str(&self.wb, " ")
+        buf_append_bytes(&self.wb, status_reason(status))
+        buf_append_str(&self.wb, "\r\nServer: edge\r\n")
+        self.append_date()
+        if headers:
+            buf_append_bytes(&self.wb, headers)
+        if body or status >= 200 and status != 204 and status != 304:
+            if content_type:
+                buf_append_str(&self.wb, "Content-Type: ")
+                buf_append_bytes(&self.wb, content_type)
+                buf_append_str(&self.wb, "\r\n")
+            buf_append_str(&self.wb, "Content-Length: ")
+            buf_append_uint(&self.wb, len(body))
+            buf_append_str(&self.wb, "\r\n")
+        self.append_connection()
+        if body and not self.is_head:
+            buf_append_bytes(&self.wb, body)
+        self.response_done()
+
     cdef void respond_health(self, Location loc):
         cdef int code = readiness_code(g_shared) if loc.return_status == 1 else 0
         cdef const char *body

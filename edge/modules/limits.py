@@ -145,6 +145,20 @@ def _status(node):
 
 LEVELS = types.enum("info", "notice", "warn", "error")
 
+
+def _decision_directives(kind, what, nginx_default):
+    """limit_<kind>_status, _dry_run and _log_level: the same three for each kind."""
+    return [
+        Directive(f"limit_{kind}_status", HSL, (1, 1), parse=_status, default=429,
+                  doc=f"Status of requests rejected by limit_{kind}{nginx_default}."),
+        Directive(f"limit_{kind}_dry_run", HSL, (1, 1), parse=types.flag, default=False,
+                  doc=f"Count and log what limit_{kind} would reject, and serve it."),
+        Directive(f"limit_{kind}_log_level", HSL, (1, 1), parse=LEVELS, default="error",
+                  syntax=f"limit_{kind}_log_level info | notice | warn | error;",
+                  doc=f"Error-log level of {what}."),
+    ]
+
+
 DIRECTIVES = [
     Directive("limit_req_zone", (HTTP,), (3, 4), parse=_zone_directive("req"), multi=True,
               syntax="limit_req_zone key zone=name:size rate=rate [scope=node|cluster];",
@@ -155,13 +169,8 @@ DIRECTIVES = [
               doc="Limit the request rate by a zone. Requests beyond the rate up to `burst` are "
                   "delayed to the rate (`nodelay`: served at once; `delay=N`: the first N "
                   "served at once); more are rejected with limit_req_status."),
-    Directive("limit_req_status", HSL, (1, 1), parse=_status, default=429,
-              doc="Status of requests rejected by limit_req (nginx's default is 503)."),
-    Directive("limit_req_dry_run", HSL, (1, 1), parse=types.flag, default=False,
-              doc="Count and log what limit_req would reject, and serve it."),
-    Directive("limit_req_log_level", HSL, (1, 1), parse=LEVELS, default="error",
-              syntax="limit_req_log_level info | notice | warn | error;",
-              doc="Error-log level of rejections; delays log one level lower (nginx)."),
+    *_decision_directives("req", "rejections; delays log one level lower (nginx)",
+                          " (nginx's default is 503)"),
     Directive("limit_count_zone", (HTTP,), (2, 6), parse=_zone_directive("count"), multi=True,
               syntax="limit_count_zone key zone=name:size count=N window=time [type=fixed|sliding] "
                      "[scope=node|cluster];",
@@ -170,13 +179,7 @@ DIRECTIVES = [
     Directive("limit_count", HSL, (1, 1), parse=_use("count"), multi=True,
               syntax="limit_count zone=name;",
               doc="Limit the number of requests per window by a zone; beyond it, limit_count_status."),
-    Directive("limit_count_status", HSL, (1, 1), parse=_status, default=429,
-              doc="Status of requests rejected by limit_count."),
-    Directive("limit_count_dry_run", HSL, (1, 1), parse=types.flag, default=False,
-              doc="Count and log what limit_count would reject, and serve it."),
-    Directive("limit_count_log_level", HSL, (1, 1), parse=LEVELS, default="error",
-              syntax="limit_count_log_level info | notice | warn | error;",
-              doc="Error-log level of limit_count rejections."),
+    *_decision_directives("count", "limit_count rejections", ""),
     Directive("limit_conn_zone", (HTTP,), (2, 3), parse=_zone_directive("conn"), multi=True,
               syntax="limit_conn_zone key zone=name:size;",
               doc="A concurrency zone: requests in flight per key; 8,192 keys per MiB."),
@@ -184,13 +187,7 @@ DIRECTIVES = [
               syntax="limit_conn zone number;",
               doc="Limit requests in flight per key (released when the request ends, however "
                   "it ends); beyond it, limit_conn_status. `zone=name` is accepted too."),
-    Directive("limit_conn_status", HSL, (1, 1), parse=_status, default=429,
-              doc="Status of requests rejected by limit_conn (nginx's default is 503)."),
-    Directive("limit_conn_dry_run", HSL, (1, 1), parse=types.flag, default=False,
-              doc="Count and log what limit_conn would reject, and serve it."),
-    Directive("limit_conn_log_level", HSL, (1, 1), parse=LEVELS, default="error",
-              syntax="limit_conn_log_level info | notice | warn | error;",
-              doc="Error-log level of limit_conn rejections."),
+    *_decision_directives("conn", "limit_conn rejections", " (nginx's default is 503)"),
     Directive("limit_headers", HSL, (1, 1), parse=types.enum("off", "legacy", "ietf"),
               default="legacy", syntax="limit_headers off | legacy | ietf;",
               doc="Rate-limit headers on responses of limited locations: X-RateLimit-Limit, "

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 from edge._core.reactor import Location, Plan
 from edge.config import ConfigError, build, parse_file
-from edge.modules import (access_log, admin, core, health, http_core, limits, metrics, proxy,
-                          realip, redis, request_id, return_, upstream)
+from edge.modules import (access_log, admin, auth, core, health, http_core, limits, metrics,
+                          proxy, realip, redis, request_id, return_, upstream)
 
 # The single list of features. A new module is a file in edge/modules/ added here.
 MODULES = [core, http_core, realip, upstream, proxy, return_, health, metrics, access_log,
-           request_id, limits, admin, redis]
+           request_id, auth, limits, admin, redis]
 
 
 @dataclass(frozen=True)

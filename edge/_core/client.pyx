@@ -260,6 +260,11 @@ cdef class Client(Handle):
     cdef bint rl_rejected
     cdef object rl_zone             # the Limit whose numbers the headers show
 
+    # authentication (auth.pyx)
+    cdef object consumer            # ConsumerRef, or None
+    cdef bytes credential_id
+    cdef bytes auth_message         # why the last credential was refused
+
     # ---- life cycle -------------------------------------------------------------------
 
     cdef int setup(self, int fd, Listener listener, sockaddr_storage *sa) except -1:
@@ -474,6 +479,8 @@ cdef class Client(Handle):
         self.rl_retry_after = 0
         self.rl_rejected = False
         self.rl_zone = None
+        self.consumer = None
+        self.credential_id = None
         self.raw_line_len = 0
         self.host_len = 0
         buf_reset(&self.uri)

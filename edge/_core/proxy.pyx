@@ -702,8 +702,12 @@ cdef int build_upstream_head(Client c, Location loc, Buf *out) except -1:
     buf_reset(out)
     buf_append(out, c.method, c.method_len)
     buf_append_str(out, " ")
-    if loc.proxy_uri is None:
+    if loc.proxy_uri is None and (loc.hide_args is None or not c.has_args):
         buf_append(out, c.target, c.target_len)
+    elif loc.proxy_uri is None:
+        buf_append(out, c.target, <size_t>(c.args - c.target))     # the path and "?"
+        out.end -= 1
+        append_args(out, c, loc.hide_args)
     else:
         # proxy_pass with a URI: the matched location prefix is replaced by it (nginx)
         buf_append_bytes(out, <bytes>loc.proxy_uri)
@@ -712,8 +716,7 @@ cdef int build_upstream_head(Client c, Location loc, Buf *out) except -1:
             prefix_len = buf_len(&c.uri)
         append_escaped_path(out, c.uri.data + prefix_len, buf_len(&c.uri) - prefix_len)
         if c.has_args:
-            buf_append_str(out, "?")
-            buf_append(out, c.args, c.args_len)
+            append_args(out, c, loc.hide_args)
     buf_append_str(out, " HTTP/1.1\r\n")
     for i in range(c.nheaders):
         h = &c.headers[i]
@@ -760,6 +763,31 @@ cdef int build_upstream_head(Client c, Location loc, Buf *out) except -1:
     else:
         buf_append_str(out, "Connection: close\r\n\r\n")
     return 0
+
+
+cdef void append_args(Buf *out, Client c, bytes hide) noexcept:
+    """"?" and the query string, without the arguments named in `hide` (credentials
+    that auth_hide_credentials keeps from the upstream); nothing when none is left."""
+    cdef const char *p = c.args
+    cdef const char *end = c.args + c.args_len
+    cdef const char *amp
+    cdef const char *eq
+    cdef size_t mark = out.end
+    cdef bint first = True
+    if hide is None:
+        buf_append_str(out, "?")
+        buf_append(out, c.args, c.args_len)
+        return
+    while p <= end:
+        amp = <const char *>memchr(p, 38, <size_t>(end - p)) if p < end else NULL
+        if amp == NULL:
+            amp = end
+        eq = <const char *>memchr(p, 61, <size_t>(amp - p)) if amp > p else NULL
+        if not name_in_list(p, <size_t>((eq if eq != NULL else amp) - p), hide) and amp > p:
+            buf_append_str(out, "?" if first else "&")
+            buf_append(out, p, <size_t>(amp - p))
+            first = False
+        p = amp + 1
 
 
 cdef void eval_template(Template t, Client c, Buf *out) noexcept:

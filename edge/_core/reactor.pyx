@@ -25,6 +25,7 @@ include "client.pyx"
 include "phases.pyx"
 include "access_log.pyx"
 include "limiter.pyx"
+include "auth.pyx"
 include "proxy.pyx"
 
 DEF MAX_EVENTS = 512

@@ -78,6 +78,7 @@ cdef class Location:
     # the phase plan: handlers besides the content, and the metrics series
     cdef public PhasePlan phases
     cdef public bytes route_b        # $route: route_name, or the match text
+    cdef public bytes hide_args      # query arguments not passed upstream (NUL separated), or None
     cdef public bytes response_strip # lowercase names NUL separated (and a final NUL)
                                      # dropped from upstream responses, or None
 
@@ -157,6 +158,10 @@ cdef class Location:
         self.proxy_uri = uri
         self.proxy_headers = headers
         self.proxy_strip = b"".join(n.lower() + b"\0" for n in strip_names)
+
+    def strip_proxy_header(self, bytes name):
+        """Never pass the client's `name` headers upstream (auth_hide_credentials)."""
+        self.proxy_strip = (self.proxy_strip or b"") + name.lower() + b"\0"
 
     def add_proxy_header(self, bytes name, Template value):
         """Send `name: value` upstream instead of the client's own `name` headers."""

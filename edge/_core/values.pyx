@@ -51,6 +51,10 @@ cdef enum VarId:
     VAR_PID
     VAR_REQUEST_ID
     VAR_ROUTE
+    VAR_CONSUMER            # authentication (auth.pyx)
+    VAR_CONSUMER_CUSTOM_ID
+    VAR_CONSUMER_GROUPS
+    VAR_CREDENTIAL_IDENTIFIER
 
 # name -> id; `$http_*` and `$1`..`$9` are handled by prefix.
 VARIABLES = {
@@ -98,6 +102,10 @@ VARIABLES = {
     "pid": VAR_PID,
     "request_id": VAR_REQUEST_ID,
     "route": VAR_ROUTE,
+    "consumer": VAR_CONSUMER,
+    "consumer_custom_id": VAR_CONSUMER_CUSTOM_ID,
+    "consumer_groups": VAR_CONSUMER_GROUPS,
+    "credential_identifier": VAR_CREDENTIAL_IDENTIFIER,
 }
 
 # Variables whose value is known only once the response is done; they read the request

@@ -1,0 +1,339 @@
+# Authentication and ACLs in the access phase: key_auth, basic_auth, jwt_auth, chained
+# with auth_anonymous, then acl. docs/auth.md has the behaviour table.
+#
+# The consumers come from the consumers file (edge/modules/consumers.py), compiled into
+# an AuthRegistry of dicts keyed by the credential's bytes, so identifying a caller costs
+# one dict lookup. The two credentials that need cryptography are cached per worker:
+# a verified JWT (keyed by the token's bytes, until its expiry) and a verified Basic
+# password (keyed by the header value), so a repeated credential never runs Python code.
+
+DEF AUTH_IDENTIFIED = 0
+DEF AUTH_NONE = 1           # no credential of this kind in the request
+DEF AUTH_INVALID = 2        # a credential, but a wrong one
+
+
+cdef class ConsumerRef:
+    """A consumer as the data plane uses it: the header values it sends upstream."""
+    cdef readonly bytes username
+    cdef readonly bytes custom_id        # b"" when none
+    cdef readonly bytes groups           # "admin, beta", for X-Consumer-Groups
+    cdef readonly frozenset group_set
+    cdef readonly bint anonymous
+
+    def __init__(self, str username, custom_id, groups, bint anonymous=False):
+        self.username = username.encode("utf-8")
+        self.custom_id = (custom_id or "").encode("utf-8")
+        self.groups = ", ".join(groups).encode("utf-8")
+        self.group_set = frozenset(groups)
+        self.anonymous = anonymous
+
+    def __repr__(self):
+        return "ConsumerRef(%r)" % self.username
+
+
+cdef class AuthRegistry:
+    """The consumers' credentials, looked up by their bytes (built at config time)."""
+    cdef readonly dict keys          # key_auth key -> (ConsumerRef, credential id bytes)
+    cdef readonly dict basic         # username bytes -> (ConsumerRef, password hash, credential id)
+    cdef readonly dict consumers     # username str -> ConsumerRef
+    cdef readonly object jwt_lookup  # key claim -> (ConsumerRef, JwtCredential): Python side
+    cdef readonly object verify_password
+
+    def __init__(self, dict keys, dict basic, dict consumers, jwt_lookup, verify_password):
+        self.keys = keys
+        self.basic = basic
+        self.consumers = consumers
+        self.jwt_lookup = jwt_lookup
+        self.verify_password = verify_password
+
+
+cdef class AuthResult:
+    """What a failed authentication answers: 401, a challenge, a JSON message."""
+    cdef readonly bytes challenge
+    cdef readonly bytes message
+
+
+cdef inline bint header_lookup(Client c, const char *name, size_t n, const char **value,
+                               size_t *vlen, int *count) noexcept:
+    """The first request header called `name` (and how many there are)."""
+    cdef size_t i
+    cdef edge_header *h
+    cdef bint found = False
+    count[0] = 0
+    for i in range(c.nheaders):
+        h = &c.headers[i]
+        if name_is(h.name, h.name_len, name, n):
+            if not found:
+                value[0] = h.value
+                vlen[0] = h.value_len
+                found = True
+            count[0] += 1
+    return found
+
+
+cdef class AuthMethod:
+    """One of key_auth, basic_auth, jwt_auth in a location's chain."""
+    cdef readonly str name
+    cdef bytes challenge_missing
+    cdef bytes challenge_invalid
+
+    cdef int identify(self, Client c, AuthRegistry reg) except -1:
+        return AUTH_NONE
+
+
+cdef class KeyAuth(AuthMethod):
+    """key_auth: the key in a header, else in a query argument (key_auth_names)."""
+    cdef list names                 # [bytes], header names and argument names alike
+
+    def __init__(self, list names):
+        self.name = "key_auth"
+        self.names = [n.encode("latin-1") for n in names]
+        self.challenge_missing = b'Key realm="edge"'
+        self.challenge_invalid = b'Key realm="edge"'
+
+    cdef int identify(self, Client c, AuthRegistry reg) except -1:
+        cdef const char *v
+        cdef size_t vlen
+        cdef int count
+        cdef bytes name
+        cdef object found
+        for name in self.names:
+            if header_lookup(c, name, len(name), &v, &vlen, &count):
+                if count > 1:
+                    c.auth_message = b"several API keys in the request"
+                    return AUTH_INVALID
+                return self.check(c, reg, v[:vlen])
+        for name in self.names:
+            buf_reset(&g_auth_value)
+            if append_query_arg(c, name, len(name), &g_auth_value):
+                return self.check(c, reg, g_auth_value.data[:buf_len(&g_auth_value)])
+        return AUTH_NONE
+
+    cdef int check(self, Client c, AuthRegistry reg, bytes key) except -1:
+        found = reg.keys.get(key)
+        if found is None:
+            c.auth_message = b"invalid API key"
+            return AUTH_INVALID
+        c.consumer = found[0]
+        c.credential_id = found[1]
+        return AUTH_IDENTIFIED
+
+
+cdef Buf g_auth_value
+cdef bint g_auth_ready = False
+
+
+cdef class BasicAuth(AuthMethod):
+    """basic_auth [REALM]: RFC 7617 credentials against the consumers' password hashes.
+    A verified header value is cached (bounded), so the hash runs once per credential."""
+    cdef dict verified              # header value bytes -> (ConsumerRef, credential id)
+    cdef int cache_max
+
+    def __init__(self, str realm, int cache_max=10000):
+        self.name = "basic_auth"
+        self.challenge_missing = ('Basic realm="%s", charset="UTF-8"' % realm).encode("utf-8")
+        self.challenge_invalid = self.challenge_missing
+        self.verified = {}
+        self.cache_max = cache_max
+
+    cdef int identify(self, Client c, AuthRegistry reg) except -1:
+        cdef const char *v
+        cdef size_t vlen
+        cdef int count
+        if not header_lookup(c, "authorization", 13, &v, &vlen, &count):
+            return AUTH_NONE
+        if vlen < 6 or strncasecmp(v, "basic ", 6) != 0:
+            return AUTH_NONE                # another scheme: not ours
+        if count > 1:
+            c.auth_message = b"several credentials in the request"
+            return AUTH_INVALID
+        header = v[:vlen]
+        hit = self.verified.get(header)
+        if hit is not None:
+            c.consumer = hit[0]
+            c.credential_id = hit[1]
+            return AUTH_IDENTIFIED
+        import base64
+        import binascii
+        try:
+            user, sep, password = base64.b64decode(header[6:].strip(), validate=True).partition(b":")
+        except (binascii.Error, ValueError):
+            c.auth_message = b"invalid Basic credentials"
+            return AUTH_INVALID
+        entry = reg.basic.get(user) if sep else None
+        if entry is None or not reg.verify_password(entry[1], password):
+            c.auth_message = b"invalid username or password"
+            return AUTH_INVALID
+        if len(self.verified) >= self.cache_max:
+            del self.verified[next(iter(self.verified))]
+        self.verified[header] = (entry[0], entry[2])
+        c.consumer = entry[0]
+        c.credential_id = entry[2]
+        return AUTH_IDENTIFIED
+
+
+cdef class JwtAuth(AuthMethod):
+    """jwt_auth: a JWT from the header, the query or the cookie; verified with pyjwt
+    against the credential its key claim names, the algorithm pinned. Verified tokens
+    are cached per worker (LRU, jwt_cache_size) until their expiry."""
+    cdef bytes header               # lowercase header name; the scheme is Bearer
+    cdef bytes query
+    cdef bytes cookie
+    cdef object verify              # (token bytes) -> (ConsumerRef, credential id, exp ms or 0)
+    cdef dict cache                 # token -> (ConsumerRef, credential id, exp ms)
+    cdef int cache_max
+    cdef readonly int64_t verifications
+
+    def __init__(self, str header, str query, str cookie, verify, int cache_max):
+        self.name = "jwt_auth"
+        self.header = header.lower().encode("latin-1")
+        self.query = query.encode("latin-1")
+        self.cookie = cookie.encode("latin-1")
+        self.verify = verify
+        self.cache = {}
+        self.cache_max = cache_max
+        self.challenge_missing = b"Bearer"
+        self.challenge_invalid = b'Bearer error="invalid_token"'
+
+    cdef int identify(self, Client c, AuthRegistry reg) except -1:
+        cdef const char *v
+        cdef size_t vlen
+        cdef int count
+        cdef int sources = 0
+        cdef bytes token = None
+        if self.header and header_lookup(c, self.header, len(self.header), &v, &vlen, &count):
+            if vlen > 7 and strncasecmp(v, "bearer ", 7) == 0:
+                token = v[7:vlen].strip()
+                sources += count
+        if self.query:
+            buf_reset(&g_auth_value)
+            if append_query_arg(c, self.query, len(self.query), &g_auth_value):
+                sources += 1
+                if token is None:
+                    token = g_auth_value.data[:buf_len(&g_auth_value)]
+        if self.cookie:
+            buf_reset(&g_auth_value)
+            if append_cookie(c, self.cookie, len(self.cookie), &g_auth_value):
+                sources += 1
+                if token is None:
+                    token = g_auth_value.data[:buf_len(&g_auth_value)]
+        if token is None:
+            return AUTH_NONE
+        if sources > 1:
+            c.auth_message = b"several tokens in the request"
+            return AUTH_INVALID
+        hit = self.cache.get(token)
+        if hit is not None:
+            if hit[2] and hit[2] <= g_real_ms:
+                del self.cache[token]
+                c.auth_message = b"token expired"
+                return AUTH_INVALID
+            del self.cache[token]       # most recently used last
+            self.cache[token] = hit
+            c.consumer = hit[0]
+            c.credential_id = hit[1]
+            return AUTH_IDENTIFIED
+        self.verifications += 1
+        result = self.verify(token)
+        if isinstance(result, bytes):
+            c.auth_message = result
+            return AUTH_INVALID
+        if len(self.cache) >= self.cache_max:
+            del self.cache[next(iter(self.cache))]
+        self.cache[token] = result
+        if g_log_fn is not None:
+            g_log_fn("debug", "jwt_auth: verified a new token of consumer %s"
+                     % (<ConsumerRef>result[0]).username.decode("utf-8", "replace"))
+        c.consumer = result[0]
+        c.credential_id = result[1]
+        return AUTH_IDENTIFIED
+
+
+cdef class AuthChain(PhaseHandler):
+    """The authentication methods of a location, in order: the first that identifies
+    the caller wins; else the anonymous consumer when auth_anonymous is set, else 401."""
+    cdef list methods
+    cdef AuthRegistry registry
+    cdef ConsumerRef anonymous
+    cdef bint optional              # jwt_auth optional: no credential at all passes
+    cdef readonly int64_t failures
+
+    def __init__(self, list methods, AuthRegistry registry, ConsumerRef anonymous=None,
+                 bint optional=False):
+        global g_auth_ready
+        self.name = "auth"
+        self.methods = methods
+        self.registry = registry
+        self.anonymous = anonymous
+        self.optional = optional
+        if not g_auth_ready:
+            buf_init(&g_auth_value, 256)
+            g_auth_ready = True
+
+    cdef int run(self, Client c) except -1:
+        cdef AuthMethod m
+        cdef AuthMethod failed = None
+        cdef int r
+        for m in self.methods:
+            r = m.identify(c, self.registry)
+            if r == AUTH_IDENTIFIED:
+                return PH_CONTINUE
+            if r == AUTH_INVALID and failed is None:
+                failed = m
+        if self.anonymous is not None:
+            c.consumer = self.anonymous
+            c.credential_id = None
+            return PH_CONTINUE
+        if failed is None and self.optional:
+            return PH_CONTINUE
+        self.failures += 1
+        m = failed if failed is not None else <AuthMethod>self.methods[0]
+        message = c.auth_message if failed is not None else b"authentication required"
+        c.respond_simple(401, b"WWW-Authenticate: " + (m.challenge_invalid if failed is not None
+                                                       else m.challenge_missing) + b"\r\n",
+                         b'{"message":"' + message + b'"}\n', b"application/json")
+        return PH_DONE
+
+
+cdef class Acl(PhaseHandler):
+    """acl allow|deny GROUP ...: 401 without a consumer, 403 outside the allowed groups
+    or inside a denied one."""
+    cdef frozenset allow
+    cdef frozenset deny
+
+    def __init__(self, allow, deny):
+        self.name = "acl"
+        self.allow = frozenset(allow)
+        self.deny = frozenset(deny)
+
+    cdef int run(self, Client c) except -1:
+        cdef ConsumerRef who = c.consumer
+        if who is None:
+            c.respond_simple(401, b"", b'{"message":"authentication required"}\n', b"application/json")
+            return PH_DONE
+        if (self.deny and not self.deny.isdisjoint(who.group_set)) or \
+                (self.allow and self.allow.isdisjoint(who.group_set)):
+            c.respond_simple(403, b"", b'{"message":"you cannot consume this service"}\n',
+                             b"application/json")
+            return PH_DONE
+        return PH_CONTINUE
+
+
+cdef bint append_consumer_variable(Segment *s, Client c, Buf *out) noexcept:
+    """$consumer, $consumer_custom_id, $consumer_groups, $credential_identifier."""
+    cdef ConsumerRef who = c.consumer
+    cdef bytes v
+    if who is None:
+        return False
+    if s.var == VAR_CONSUMER:
+        v = who.username
+    elif s.var == VAR_CONSUMER_CUSTOM_ID:
+        v = who.custom_id
+    elif s.var == VAR_CONSUMER_GROUPS:
+        v = who.groups
+    else:
+        v = c.credential_id if c.credential_id is not None else b""
+    if not v:
+        return False
+    buf_append(out, <const char *>v, len(v))
+    return True

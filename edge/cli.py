@@ -10,6 +10,9 @@
     edge drain / undrain       flip the drain flag: readiness answers 503, traffic flows
     edge logs query "SQL"      SQL over the JSON access logs (DuckDB); edge/logs.py
     edge logs tail             follow the JSON access log, formatted
+    edge consumers hash-password
+                               hash a password for the consumers file (stdin or a
+                               prompt); edge/modules/consumers.py
 
 Messages go to stderr in nginx's form (``edge: [emerg] ...``); only ``-T``'s dump and
 ``status`` write to stdout. Exit status: 0 on success, 1 on any error; ``status`` exits
@@ -51,7 +54,8 @@ def build_parser():
         description="edge: an API gateway and edge server with an nginx-style config.",
         epilog=f"Without -c, the config is {DEFAULT_CONF} if it exists, else {SYSTEM_CONF}. "
                "The access logs: edge logs query \"SQL\" and edge logs tail "
-               "(edge logs -h).",
+               "(edge logs -h). Password hashes for the consumers file: "
+               "edge consumers hash-password.",
     )
     parser.add_argument("command", nargs="?", choices=["status", "drain", "undrain"],
                         help="status: show whether the master in the pid file runs, its "
@@ -83,6 +87,10 @@ def main(argv=None):
         # Its own parser (query/tail and their options); it needs no compiled code.
         from edge import logs
         return logs.main(argv[1:])
+    if argv[:1] == ["consumers"]:
+        # hash-password: the standard library only, no compiled code.
+        from edge.modules import consumers
+        return consumers.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     testing = args.test or args.dump

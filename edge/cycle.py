@@ -11,12 +11,14 @@ from dataclasses import dataclass
 
 from edge._core.reactor import Location, Plan
 from edge.config import ConfigError, build, parse_file
-from edge.modules import (access_log, admin, auth, core, health, http_core, limits, metrics,
-                          proxy, realip, redis, request_id, return_, upstream)
+from edge.modules import (access_log, admin, auth, consumers, core, health, http_core, limits,
+                          metrics, proxy, realip, redis, request_id, return_, upstream)
 
-# The single list of features. A new module is a file in edge/modules/ added here.
+# The single list of features. A new module is a file in edge/modules/ added here. The
+# order is the order of the access phase's handlers: authentication before the limits,
+# so a limit can be keyed on $consumer.
 MODULES = [core, http_core, realip, upstream, proxy, return_, health, metrics, access_log,
-           request_id, auth, limits, admin, redis]
+           request_id, consumers, auth, limits, admin, redis]
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ class Runtime:
         self.redis = None               # RedisSettings (modules/redis.py): cluster-scope limits
         self.limit_sync_interval = redis.DEFAULT_SYNC_INTERVAL
         self.limit_redis_failure = "local"
+        self.consumers = None           # ConsumerSet (modules/consumers.py) or None
+        self.data_files = {}            # path -> bytes: ParsedConfig.data_files (see there)
 
 
 class Cycle:
@@ -67,6 +71,7 @@ class Cycle:
         self.redis = runtime.redis
         self.limit_sync_interval = runtime.limit_sync_interval
         self.limit_redis_failure = runtime.limit_redis_failure
+        self.consumers = runtime.consumers  # ConsumerSet or None (no `consumers` directive)
 
     def prepare_zones(self):
         """In the master, before this config is served: make or keep the files of its
@@ -93,6 +98,10 @@ def from_parsed(path, parsed):
     every process of a generation runs exactly the same text."""
     root = build(parsed, all_directives())
     runtime = Runtime()
+    data_files = getattr(parsed, "data_files", None)
+    if data_files is None:          # a ParsedConfig pickled before data_files existed
+        data_files = parsed.data_files = {}
+    runtime.data_files = data_files
     core.compile_main(root, runtime)
     https = root.blocks("http")
     listens = {}

@@ -280,7 +280,8 @@ cdef class AuthChain(PhaseHandler):
                 return PH_CONTINUE
             if r == AUTH_INVALID and failed is None:
                 failed = m
-        if self.anonymous is not None:
+        if failed is None and self.anonymous is not None:
+            # no credential at all: the anonymous consumer (a wrong one stays a 401)
             c.consumer = self.anonymous
             c.credential_id = None
             return PH_CONTINUE

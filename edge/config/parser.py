@@ -7,7 +7,7 @@ it appears. Everything else is the business of ``build`` and of the modules' tab
 
 import glob
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import ConfigError
 from .lexer import WORD, tokenize
@@ -33,10 +33,16 @@ class ParsedConfig:
 
     ``files`` is every file read, in the order read, with its text (for ``edge -T``).
     A file included twice is listed once, as nginx's ``-T`` does.
+
+    ``data_files`` holds the data files modules read while compiling (path -> bytes,
+    e.g. the consumers file): filled by the first compilation (the master's), then used
+    by every process that compiles this ParsedConfig, so a whole generation runs the
+    data the master tested. Not dumped by ``-T`` (it holds secrets).
     """
 
     nodes: list
     files: list
+    data_files: dict = field(default_factory=dict)
 
 
 def parse_file(path):

@@ -43,7 +43,7 @@ def consumers_file(tmp_path):
 
 
 CONFIG = """
-    error_log @DIR@/error.log debug;
+    error_log @DIR@/auth-error.log debug;
     http {
         consumers @CONSUMERS@;
         server {
@@ -66,6 +66,7 @@ CONFIG = """
 @pytest.fixture
 def gw(edge, upstream, tmp_path):
     e = edge(CONFIG, UP=upstream, CONSUMERS=consumers_file(tmp_path), DIR=tmp_path)
+    e.debug_log = tmp_path / "auth-error.log"
     return e, upstream
 
 
@@ -85,8 +86,9 @@ def check_refused(e, upstream, target, headers=(), status=401, challenge=None):
     before = seen(upstream)
     r = get(e.port, target, headers=list(headers))
     assert r.status == status, (target, r.status, r.body)
-    assert r.header("Content-Type") == "application/json"
-    assert "message" in json.loads(r.body)
+    if status in (401, 403):
+        assert r.header("Content-Type") == "application/json"
+        assert "message" in json.loads(r.body)
     if challenge is not None:
         assert r.header("WWW-Authenticate") == challenge
     time.sleep(0.05)
@@ -103,7 +105,7 @@ def test_no_jwt(gw):
     assert r.status == 200 and up.last().header("X-Consumer-Username") is None
 
 
-@pytest.mark.parametrize("claims", [{"sub": "x"}, {"iss": "nobody"}, {"iss": 42}])
+@pytest.mark.parametrize("claims", [{"sub": "x"}, {"iss": "nobody"}, {"iss": ""}])
 def test_missing_or_unknown_key_claim(gw, claims):
     e, up = gw
     check_refused(e, up, "/jwt/x", bearer(hs(claims)), challenge='Bearer error="invalid_token"')
@@ -190,8 +192,8 @@ def test_tampered_payload_and_empty_signature(gw):
 def test_huge_token_and_json_bomb_header(gw):
     e, up = gw
     big = hs({"iss": "alice-iss", "pad": "x" * 100_000})
-    check_refused(e, up, "/jwt/x", bearer(big))
-    bomb = b64(b'{"alg":"HS256","x":' + b"[" * 5000 + b"]" * 5000 + b"}") + "." + b64(b'{"iss":"alice-iss"}') + ".c2ln"
+    check_refused(e, up, "/jwt/x", bearer(big), status=431)     # refused with the head
+    bomb = b64(b'{"alg":"HS256","x":' + b"[" * 2000 + b"]" * 2000 + b"}") + "." + b64(b'{"iss":"alice-iss"}') + ".c2ln"
     check_refused(e, up, "/jwt/x", bearer(bomb))
     assert get(e.port, "/jwt/x", headers=bearer(hs({"iss": "alice-iss"}))).status == 200
 
@@ -200,14 +202,19 @@ def test_huge_token_and_json_bomb_header(gw):
 
 def test_a_token_is_verified_once_and_its_expiry_still_holds(gw):
     e, up = gw
-    token = hs({"iss": "alice-iss", "exp": int(time.time()) + 3})
-    with Conn(e.port) as c:
-        for _ in range(10_000):
-            assert c.request("GET", "/jwt/x", headers=bearer(token)).status == 200
-    verified = e.error_log.count("jwt_auth: verified a new token")
+    token = hs({"iss": "alice-iss", "exp": int(time.time()) + 600})
+    for _ in range(10):         # under keepalive_requests per connection
+        with Conn(e.port) as c:
+            for _ in range(1000):
+                assert c.request("GET", "/jwt/x", headers=bearer(token)).status == 200
+    verified = e.debug_log.read_text().count("jwt_auth: verified a new token")
     assert verified == 1, verified
-    time.sleep(3.2)
-    check_refused(e, up, "/jwt/x", bearer(token))
+    # a cached token past its exp is refused, without a new verification
+    short = hs({"iss": "alice-iss", "exp": int(time.time()) + 2})
+    assert get(e.port, "/jwt/x", headers=bearer(short)).status == 200
+    time.sleep(2.2)
+    check_refused(e, up, "/jwt/x", bearer(short))
+    assert e.debug_log.read_text().count("jwt_auth: verified a new token") == 2
 
 
 # ---- key-auth, basic-auth, hide --------------------------------------------------------------------

@@ -275,8 +275,10 @@ def test_chain_first_method_wins_else_anonymous(gw):
     assert up.last().header("X-Consumer-Username") == "alice"
     assert get(e.port, "/chain/x", headers=[("apikey", "bob-key")]).status == 200
     assert up.last().header("X-Consumer-Username") == "bob"
+    assert up.last().header("X-Anonymous-Consumer") is None
     assert get(e.port, "/chain/x").status == 200
     assert up.last().header("X-Consumer-Username") == "guest"
+    assert up.last().header("X-Anonymous-Consumer") == "true"
     # a wrong credential is refused, not taken for an anonymous caller
     check_refused(e, up, "/chain/x", [("apikey", "wrong")])
 

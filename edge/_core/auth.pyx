@@ -20,6 +20,11 @@ cdef class ConsumerRef:
     cdef readonly frozenset group_set
     cdef readonly bint anonymous
 
+    def as_anonymous(self):
+        """The same consumer, marked as the anonymous caller of a route."""
+        return ConsumerRef(self.username.decode("utf-8"), self.custom_id.decode("utf-8") or None,
+                           sorted(self.group_set), True)
+
     def __init__(self, str username, custom_id, groups, bint anonymous=False):
         self.username = username.encode("utf-8")
         self.custom_id = (custom_id or "").encode("utf-8")
@@ -321,11 +326,17 @@ cdef class Acl(PhaseHandler):
 
 
 cdef bint append_consumer_variable(Segment *s, Client c, Buf *out) noexcept:
-    """$consumer, $consumer_custom_id, $consumer_groups, $credential_identifier."""
+    """$consumer, $consumer_custom_id, $consumer_groups, $credential_identifier,
+    $consumer_anonymous ("true" for the auth_anonymous consumer)."""
     cdef ConsumerRef who = c.consumer
     cdef bytes v
     if who is None:
         return False
+    if s.var == VAR_CONSUMER_ANONYMOUS:
+        if not who.anonymous:
+            return False
+        buf_append_str(out, "true")
+        return True
     if s.var == VAR_CONSUMER:
         v = who.username
     elif s.var == VAR_CONSUMER_CUSTOM_ID:

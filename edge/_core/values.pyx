@@ -55,6 +55,7 @@ cdef enum VarId:
     VAR_CONSUMER_CUSTOM_ID
     VAR_CONSUMER_GROUPS
     VAR_CREDENTIAL_IDENTIFIER
+    VAR_CONSUMER_ANONYMOUS
 
 # name -> id; `$http_*` and `$1`..`$9` are handled by prefix.
 VARIABLES = {
@@ -106,6 +107,7 @@ VARIABLES = {
     "consumer_custom_id": VAR_CONSUMER_CUSTOM_ID,
     "consumer_groups": VAR_CONSUMER_GROUPS,
     "credential_identifier": VAR_CREDENTIAL_IDENTIFIER,
+    "consumer_anonymous": VAR_CONSUMER_ANONYMOUS,
 }
 
 # Variables whose value is known only once the response is done; they read the request

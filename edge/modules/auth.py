@@ -22,6 +22,7 @@ IDENTITY_HEADERS = [
     (b"X-Consumer-Custom-ID", "$consumer_custom_id"),
     (b"X-Consumer-Groups", "$consumer_groups"),
     (b"X-Credential-Identifier", "$credential_identifier"),
+    (b"X-Anonymous-Consumer", "$consumer_anonymous"),
 ]
 
 
@@ -144,6 +145,7 @@ def compile_location(conf, location, runtime):
         if anonymous is None:
             node = _node(conf, "auth_anonymous")
             raise ConfigError(f'auth_anonymous: no consumer "{who}"', node.file, node.line)
+        anonymous = anonymous.as_anonymous()
     optional = conf.get("jwt_auth") == "optional"
     location.phases.add("access", AuthChain(handlers, reg.registry, anonymous, optional))
     if acls:

@@ -11,12 +11,15 @@ from dataclasses import dataclass
 
 from edge._core.reactor import Location, Plan
 from edge.config import ConfigError, build, parse_file
-from edge.modules import (access_log, admin, core, health, http_core, limits, metrics, proxy,
-                          realip, redis, request_id, return_, upstream)
+from edge.modules import (access_log, admin, core, cors, health, http_core, ip_rules, limits,
+                          metrics, proxy, realip, redis, request_id, return_, upstream)
 
 # The single list of features. A new module is a file in edge/modules/ added here.
+# Within a phase, handlers run in this order: the access phase runs the IP rules, then
+# the CORS preflight (before authentication: a preflight carries no credentials), then
+# the limits, as nginx's access phase does.
 MODULES = [core, http_core, realip, upstream, proxy, return_, health, metrics, access_log,
-           request_id, limits, admin, redis]
+           request_id, ip_rules, cors, limits, admin, redis]
 
 
 @dataclass(frozen=True)

@@ -277,6 +277,22 @@ def test_location_without_cors_is_untouched(srv, up):
     assert r.status == 200 and up.last().method == "OPTIONS"
 
 
+def test_upstream_cors_headers_are_replaced(edge, srv):
+    """The upstream's own Access-Control-Allow-Origin / -Credentials / -Expose-Headers are
+    dropped, edge's are sent (here the upstream is another edge that allows `*`)."""
+    inner = edge("""http { server { listen 127.0.0.1:@PORT@;
+        location / { cors_allow_origins *; cors_expose_headers X-Inner; return 200 "inner\\n"; } } }""")
+    outer = edge(f"""http {{ server {{ listen 127.0.0.1:@PORT@;
+        location / {{ cors_allow_origins {APP}; proxy_pass http://127.0.0.1:{inner.port}; }} }} }}""")
+    r = request(inner.port, "GET", "/", headers=[("Origin", EVIL)])
+    assert r.header("Access-Control-Allow-Origin") == "*"
+    r = request(outer.port, "GET", "/", headers=[("Origin", EVIL)])
+    assert r.body == b"inner\n"
+    assert not r.has("Access-Control-Allow-Origin") and not r.has("Access-Control-Expose-Headers")
+    r = request(outer.port, "GET", "/", headers=[("Origin", APP)])
+    assert r.header_all("Access-Control-Allow-Origin") == [APP]
+
+
 # -- inheritance ------------------------------------------------------------------------
 
 def test_inheritance(srv, up):
@@ -309,6 +325,8 @@ def test_inheritance(srv, up):
     ("cors_allow_origins example.com;", "cors_allow_origins example.com;", 'invalid origin "example.com"'),
     ("cors_allow_origins https://a.example/;", "cors_allow_origins", 'invalid origin "https://a.example/"'),
     ("cors_allow_origins ~^https://(a|b.example;", "cors_allow_origins", 'invalid regex'),
+    ("cors_allow_origins https://a.example;\n            cors_allow_origins ~[z-a];", "~[z-a]",
+     'invalid regex "[z-a]"'),
     ("cors_allow_origins * off;", "cors_allow_origins", '"off" must be the only parameter'),
     ("cors_allow_origins *;\n            cors_allow_methods GET *;", "cors_allow_methods", 'invalid method "*"'),
     ("cors_allow_origins *;\n            cors_max_age soon;", "cors_max_age", "cors_max_age"),

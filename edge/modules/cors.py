@@ -1,5 +1,6 @@
-"""CORS: the Fetch standard's CORS protocol at the edge (as the cors plugins of APISIX
-and Kong do it).
+"""CORS: preflights answered at the edge, the CORS headers on every response.
+
+The Fetch standard's CORS protocol, as the cors plugins of APISIX and Kong do it.
 
 A location where `cors_allow_origins` is in force (set there or inherited, nginx-style,
 and not `off`):
@@ -58,7 +59,7 @@ def _origins(node):
 def _tokens(what, star_ok=True):
     def parse(node):
         if star_ok and node.args == ["*"]:
-            return None                     # echo what the preflight asks for
+            return "*"                      # echo what the preflight asks for
         values = [a.rstrip(",") for a in node.args]
         for a in values:
             if not _TOKEN.match(a) or a == "*":
@@ -92,11 +93,11 @@ DIRECTIVES = [
               syntax="cors_allow_methods method ... | *;",
               doc="Access-Control-Allow-Methods of preflight responses; `*` echoes the "
                   "preflight's Access-Control-Request-Method."),
-    Directive("cors_allow_headers", HSL, (1, None), parse=_tokens("header name"), default=None,
+    Directive("cors_allow_headers", HSL, (1, None), parse=_tokens("header name"), default="*",
               syntax="cors_allow_headers name ... | *;",
               doc="Access-Control-Allow-Headers of preflight responses; `*` (the default) "
                   "echoes the preflight's Access-Control-Request-Headers."),
-    Directive("cors_expose_headers", HSL, (1, None), parse=_expose, default=[],
+    Directive("cors_expose_headers", HSL, (1, None), parse=_expose, default=None,
               syntax="cors_expose_headers name ...;",
               doc="Access-Control-Expose-Headers of actual responses: response headers "
                   "scripts may read beyond the CORS-safelisted ones."),
@@ -121,6 +122,15 @@ def _where(conf, name):
     return None
 
 
+def _level_nodes(conf, name):
+    level = conf
+    while level is not None:
+        if level.local(name) is not None:
+            return level.node(name)
+        level = level.parent
+    return []
+
+
 def compile_location(conf, location, runtime):
     lists = conf.get("cors_allow_origins")
     if not lists:
@@ -137,16 +147,22 @@ def compile_location(conf, location, runtime):
         raise ConfigError(f'"cors_allow_credentials on" cannot be used with "{what[0]} *" '
                           f'(set in {other.file}:{other.line}): browsers refuse a wildcard '
                           f'with credentials', node.file, node.line)
-    key = (tuple(origins), _opt(conf.get("cors_allow_methods")), _opt(conf.get("cors_allow_headers")),
-           tuple(expose), credentials, conf.get("cors_max_age"))
+    methods = _list(conf.get("cors_allow_methods"))
+    headers = _list(conf.get("cors_allow_headers"))
+    key = (tuple(origins), methods, headers, tuple(expose), credentials, conf.get("cors_max_age"))
     cache = runtime.__dict__.setdefault("cors_policies", {})
     handlers = cache.get(key)
     if handlers is None:
         try:
-            policy = CorsPolicy(origins, conf.get("cors_allow_methods"), conf.get("cors_allow_headers"),
-                                list(expose), credentials, conf.get("cors_max_age"))
+            policy = CorsPolicy(origins, None if methods is None else list(methods),
+                                None if headers is None else list(headers), list(expose),
+                                credentials, conf.get("cors_max_age"))
         except ValueError as e:
             node = _where(conf, "cors_allow_origins")
+            for n in _level_nodes(conf, "cors_allow_origins"):
+                if any(a.startswith("~") and a[1:] in str(e) for a in n.args):
+                    node = n
+                    break
             raise ConfigError(f'{e} in "cors_allow_origins"', node.file, node.line)
         handlers = cache[key] = (CorsOrigin(policy), CorsPreflight(policy), CorsHeaders(policy))
     location.phases.add("rewrite", handlers[0])
@@ -157,5 +173,6 @@ def compile_location(conf, location, runtime):
     location.response_strip = base + b"".join(s + b"\0" for s in STRIP) + b"\0"
 
 
-def _opt(value):
-    return None if value is None else tuple(value)
+def _list(value):
+    """A configured list as a tuple; `*` (echo the preflight's request) as None."""
+    return None if value == "*" else tuple(value)

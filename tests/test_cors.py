@@ -270,6 +270,27 @@ def test_edge_errors_carry_the_headers(srv, up):
     unseen(up, before)
 
 
+def test_limit_and_gateway_errors_carry_the_headers(edge, upstream):
+    """429 from a limit (the preflight costs no token: it is answered before the limits)
+    and 502 from a dead upstream carry the CORS headers too."""
+    e = edge(f"""http {{
+        limit_req_zone $remote_addr zone=one:1m rate=1r/m;
+        server {{ listen 127.0.0.1:@PORT@;
+            cors_allow_origins {APP};
+            location /limited/ {{ limit_req zone=one; proxy_pass http://@UP@; }}
+            location /dead/ {{ proxy_pass http://127.0.0.1:{closed_port()}; }}
+        }} }}""", UP=upstream)
+    for _ in range(3):
+        assert preflight(e.port, "/limited/", APP).status == 204
+    r = request(e.port, "GET", "/limited/echo", headers=[("Origin", APP)])
+    assert r.status == 200 and r.header("Access-Control-Allow-Origin") == APP
+    r = request(e.port, "GET", "/limited/echo", headers=[("Origin", APP)])
+    assert r.status == 429 and r.header("Access-Control-Allow-Origin") == APP
+    r = request(e.port, "GET", "/dead/", headers=[("Origin", APP)])
+    assert r.status == 502 and r.header("Access-Control-Allow-Origin") == APP
+    assert len(upstream.requests) == 1
+
+
 def test_location_without_cors_is_untouched(srv, up):
     r = request(srv.port, "GET", "/plain/echo", headers=[("Origin", APP)])
     assert not [h for h, _ in r.headers if h.lower().startswith("access-control-") or h.lower() == "vary"]

@@ -11,14 +11,16 @@ from dataclasses import dataclass
 
 from edge._core.reactor import Location, Plan
 from edge.config import ConfigError, build, parse_file
-from edge.modules import (access_log, admin, auth, consumers, core, health, http_core, limits,
-                          metrics, proxy, realip, redis, request_id, return_, upstream)
+from edge.modules import (access_log, admin, auth, consumers, core, cors, health, http_core,
+                          ip_rules, limits, metrics, proxy, realip, redis, request_id, return_,
+                          upstream)
 
-# The single list of features. A new module is a file in edge/modules/ added here. The
-# order is the order of the access phase's handlers: authentication before the limits,
-# so a limit can be keyed on $consumer.
+# The single list of features. A new module is a file in edge/modules/ added here.
+# Within a phase, handlers run in this order: the access phase runs the IP rules, then
+# the CORS preflight (a preflight carries no credentials), then authentication, then the
+# limits (so a limit can be keyed on $consumer).
 MODULES = [core, http_core, realip, upstream, proxy, return_, health, metrics, access_log,
-           request_id, consumers, auth, limits, admin, redis]
+           request_id, ip_rules, cors, consumers, auth, limits, admin, redis]
 
 
 @dataclass(frozen=True)

@@ -265,6 +265,16 @@ cdef class Client(Handle):
     cdef bytes credential_id
     cdef bytes auth_message         # why the last credential was refused
 
+    # ---- CORS (cors.pyx) ------------------------------------------------------------------
+    # the origin decision of the rewrite phase, valid for the request it was stamped with
+    cdef int64_t cors_conn          # conn_serial, req_number and start_us of that request
+    cdef int64_t cors_req
+    cdef int64_t cors_start
+    cdef int cors_state             # CORS_ALLOWED | CORS_PREFLIGHT | CORS_ANSWERED
+    cdef char cors_origin[512]      # the request's Origin (NUL terminated), echoed when allowed
+    cdef size_t cors_origin_len
+    # ---- end CORS --------------------------------------------------------------------------
+
     # ---- life cycle -------------------------------------------------------------------
 
     cdef int setup(self, int fd, Listener listener, sockaddr_storage *sa) except -1:

@@ -25,6 +25,8 @@ include "client.pyx"
 include "phases.pyx"
 include "access_log.pyx"
 include "limiter.pyx"
+include "ip_rules.pyx"
+include "cors.pyx"
 include "auth.pyx"
 include "proxy.pyx"
 

@@ -35,6 +35,7 @@ def compile_location(conf, location, runtime):
     header = name.encode("latin-1")
     location.phases.add("rewrite", RequestIdFromHeader(header))
     location.phases.add("header_filter", RequestIdResponseHeader(header))
-    location.response_strip = header.lower() + b"\0\0"
+    existing = (location.response_strip or b"").rstrip(b"\0")     # other modules' names
+    location.response_strip = (existing + b"\0" if existing else b"") + header.lower() + b"\0"
     if location.upstream is not None:
         location.add_proxy_header(header, Template.compile("$request_id"))

@@ -43,13 +43,16 @@ cdef class AuthRegistry:
     cdef readonly dict consumers     # username str -> ConsumerRef
     cdef readonly object jwt_lookup  # key claim -> (ConsumerRef, JwtCredential): Python side
     cdef readonly object verify_password
+    cdef readonly str dummy_hash         # checked for unknown Basic users (same timing)
 
-    def __init__(self, dict keys, dict basic, dict consumers, jwt_lookup, verify_password):
+    def __init__(self, dict keys, dict basic, dict consumers, jwt_lookup, verify_password,
+                 str dummy_hash=""):
         self.keys = keys
         self.basic = basic
         self.consumers = consumers
         self.jwt_lookup = jwt_lookup
         self.verify_password = verify_password
+        self.dummy_hash = dummy_hash
 
 
 cdef class AuthResult:
@@ -166,6 +169,9 @@ cdef class BasicAuth(AuthMethod):
             c.auth_message = b"invalid Basic credentials"
             return AUTH_INVALID
         entry = reg.basic.get(user) if sep else None
+        if entry is None:
+            # an unknown user costs a hash too: the timing does not tell who exists
+            reg.verify_password(reg.dummy_hash, password)
         if entry is None or not reg.verify_password(entry[1], password):
             c.auth_message = b"invalid username or password"
             return AUTH_INVALID
@@ -319,7 +325,7 @@ cdef class Acl(PhaseHandler):
             return PH_DONE
         if (self.deny and not self.deny.isdisjoint(who.group_set)) or \
                 (self.allow and self.allow.isdisjoint(who.group_set)):
-            c.respond_simple(403, b"", b'{"message":"you cannot consume this service"}\n',
+            c.respond_simple(403, b"", b'{"message":"You cannot consume this service"}\n',
                              b"application/json")
             return PH_DONE
         return PH_CONTINUE

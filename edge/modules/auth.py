@@ -97,7 +97,7 @@ class _Registry:
     """The AuthRegistry of one config, and the ConsumerRef of each consumer."""
 
     def __init__(self, consumers):
-        from edge.modules.consumers import verify_password
+        from edge.modules.consumers import hash_password, verify_password
         self.refs = {c.username: ConsumerRef(c.username, c.custom_id, c.groups)
                      for c in consumers.consumers}
         keys = {key.encode("utf-8"): (self.refs[c.username], cred_id.encode("utf-8"))
@@ -105,7 +105,10 @@ class _Registry:
         basic = {user.encode("utf-8"): (self.refs[c.username], phash, cred_id.encode("utf-8"))
                  for user, (c, phash, cred_id) in consumers.by_basic_user.items()}
         self.consumers = consumers
-        self.registry = AuthRegistry(keys, basic, self.refs, consumers.by_jwt_key, verify_password)
+        # the hash an unknown Basic user is checked against, made only when Basic users exist
+        dummy = hash_password(b"edge-unknown-user") if basic else ""
+        self.registry = AuthRegistry(keys, basic, self.refs, consumers.by_jwt_key, verify_password,
+                                     dummy)
 
 
 def compile_http(http, runtime):

@@ -318,3 +318,17 @@ def test_consumer_variable_in_logs_and_limits(edge, upstream, tmp_path):
     while len(log.read_text().splitlines()) < 4 and time.time() < deadline:
         time.sleep(0.05)
     assert log.read_text().splitlines() == ["bob|users"] * 3 + ["alice|admin, beta"]
+
+
+def test_a_refused_token_is_not_verified_again(gw):
+    e, up = gw
+    bad = hs({"iss": "alice-iss"}, secret="another-secret-of-some-length")
+    with Conn(e.port) as c:
+        for _ in range(200):
+            assert c.request("GET", "/jwt/x", headers=bearer(bad)).status == 401
+    assert e.debug_log.read_text().count("jwt_auth: refused a new token: invalid signature") == 1
+    # not valid yet: checked again each time (it may become valid)
+    early = hs({"iss": "alice-iss", "nbf": int(time.time()) + 3600})
+    for _ in range(3):
+        check_refused(e, up, "/jwt/x", bearer(early))
+    assert e.debug_log.read_text().count("refused a new token: token not yet valid") == 3

@@ -234,6 +234,9 @@ cdef class JwtAuth(AuthMethod):
             c.auth_message = b"several tokens in the request"
             return AUTH_INVALID
         hit = self.cache.get(token)
+        if hit is not None and isinstance(hit, bytes):
+            c.auth_message = hit            # refused before: refused again, no Python
+            return AUTH_INVALID
         if hit is not None:
             if hit[2] and hit[2] <= g_real_ms:
                 del self.cache[token]
@@ -248,6 +251,14 @@ cdef class JwtAuth(AuthMethod):
         result = self.verify(token)
         if isinstance(result, bytes):
             c.auth_message = result
+            # a token refused for good is remembered too, so replaying it costs no Python;
+            # one not valid yet (nbf) may become valid, and is not
+            if g_log_fn is not None:
+                g_log_fn("debug", "jwt_auth: refused a new token: %s" % result.decode("latin-1"))
+            if result != b"token not yet valid":
+                if len(self.cache) >= self.cache_max:
+                    del self.cache[next(iter(self.cache))]
+                self.cache[token] = result
             return AUTH_INVALID
         if len(self.cache) >= self.cache_max:
             del self.cache[next(iter(self.cache))]

@@ -332,3 +332,60 @@ def test_a_refused_token_is_not_verified_again(gw):
     for _ in range(3):
         check_refused(e, up, "/jwt/x", bearer(early))
     assert e.debug_log.read_text().count("refused a new token: token not yet valid") == 3
+
+
+@pytest.mark.parametrize("alg", ["RS384", "PS256", "PS512", "ES256", "ES384", "ES512", "EdDSA", "HS512"])
+def test_every_algorithm_family(edge, upstream, tmp_path, alg):
+    """HS, RS, ES, PS and EdDSA, each pinned: the right key passes, a token signed with
+    another algorithm of the same key type is refused."""
+    import yaml
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+    if alg.startswith("HS"):
+        private, public = "another-secret-of-a-decent-length-0123456789", None
+        cred = {"key": "k", "algorithm": alg, "secret": private}
+    else:
+        if alg.startswith(("RS", "PS")):
+            private = RSA_KEY
+        elif alg == "EdDSA":
+            private = ed25519.Ed25519PrivateKey.generate()
+        else:
+            curve = {"ES256": ec.SECP256R1(), "ES384": ec.SECP384R1(), "ES512": ec.SECP521R1()}[alg]
+            private = ec.generate_private_key(curve)
+        public = private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+        cred = {"key": "k", "algorithm": alg, "public_key": public}
+    path = tmp_path / "consumers.yaml"
+    path.write_text(yaml.safe_dump({"consumers": [{"username": "u", "credentials": {"jwt": [cred]}}]}))
+    e = edge("""
+        http {
+            consumers @CONSUMERS@;
+            server {
+                listen 127.0.0.1:@PORT@;
+                location / { jwt_auth; jwt_maximum_expiration 1h; proxy_pass http://@UP@; }
+            }
+        }""", UP=upstream, CONSUMERS=path)
+    now = int(time.time())
+    good = jwt.encode({"iss": "k", "exp": now + 600}, private, algorithm=alg)
+    assert get(e.port, "/", headers=bearer(good)).status == 200
+    assert up_user(upstream) == "u"
+    # exp too far in the future, or missing, under jwt_maximum_expiration
+    far = jwt.encode({"iss": "k", "exp": now + 7200}, private, algorithm=alg)
+    assert get(e.port, "/", headers=bearer(far)).status == 401
+    assert get(e.port, "/", headers=bearer(jwt.encode({"iss": "k"}, private, algorithm=alg))).status == 401
+    other = {"HS512": "HS256", "RS384": "RS256", "PS256": "RS256", "PS512": "PS256", "ES256": "ES384",
+             "ES384": "ES256", "ES512": "ES384", "EdDSA": "HS256"}[alg]
+    if other.startswith("HS"):
+        wrong = jwt.encode({"iss": "k", "exp": now + 600}, "some-hmac-secret-of-a-decent-length", algorithm=other)
+    elif other.startswith("ES") and not alg.startswith("ES"):
+        wrong = None
+    else:
+        try:
+            wrong = jwt.encode({"iss": "k", "exp": now + 600}, private, algorithm=other)
+        except Exception:
+            wrong = None
+    if wrong is not None:
+        assert get(e.port, "/", headers=bearer(wrong)).status == 401
+
+
+def up_user(upstream):
+    return upstream.last().header("X-Consumer-Username")

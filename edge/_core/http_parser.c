@@ -26,7 +26,8 @@
  *   - empty lines (CRLF) before a request-line are skipped (2.2);
  *   - request-line = method SP request-target SP HTTP-version CRLF, one SP
  *     each, method a token, target visible ASCII or obs-text (3, 3.2);
- *   - HTTP-version is "HTTP/1.0" or "HTTP/1.1", case-sensitive (2.3);
+ *   - HTTP-version is "HTTP/1.0" or "HTTP/1.x", case-sensitive (2.3), a minor
+ *     above 1 read as 1 (2.6); other majors fail;
  *     edge_request_http_version() tells a 505 from a 400 afterwards;
  *   - status-line = HTTP-version SP 3DIGIT SP reason CRLF; the SP before an
  *     empty reason may be missing (4); the status is 100-999;
@@ -261,8 +262,10 @@ static inline int expect_crlf(const char **pp, const char *end)
     return 0;
 }
 
-/* HTTP-version = "HTTP" "/" DIGIT "." DIGIT, case-sensitive (2.3).  Only 1.0
- * and 1.1 are served; anything else fails on its first differing byte. */
+/* HTTP-version = "HTTP" "/" DIGIT "." DIGIT, case-sensitive (2.3).  Major 1
+ * only; a minor above 1 is read as 1 (RFC 9112 2.6: a 1.x message with a higher
+ * minor version is handled as the highest 1.x the recipient supports, as nginx
+ * does), so "HTTP/1.2" is an HTTP/1.1 request. */
 static inline int parse_version(const char **pp, const char *end, int *minor_version)
 {
     static const char prefix[] = "HTTP/1.";
@@ -281,9 +284,9 @@ static inline int parse_version(const char **pp, const char *end, int *minor_ver
         if (p == end)
             return EDGE_PARSE_INCOMPLETE;
     }
-    if (*p != '0' && *p != '1')
+    if (*p < '0' || *p > '9')
         return EDGE_PARSE_ERROR;
-    *minor_version = *p - '0';
+    *minor_version = *p == '0' ? 0 : 1;
     *pp = p + 1;
     return 0;
 }
@@ -587,12 +590,13 @@ ssize_t edge_decode_chunked(struct edge_chunked_decoder *d, char *buf, size_t *b
         case CH_SIZE: {
             int v = hex_value(c);
             if (v >= 0) {
-                /* At most 16 digits, and the size must fit in int64 (so that
-                 * callers can hold it in a signed offset). */
-                if (d->hex_digits == 16 || d->bytes_left > (uint64_t)(INT64_MAX >> 4))
+                /* The value counts, not the number of digits: leading zeros
+                 * are fine ("0004e" is 0x4e).  The size must fit in int64 (so
+                 * that callers can hold it in a signed offset). */
+                if (d->bytes_left > (uint64_t)(INT64_MAX >> 4))
                     goto error;
                 d->bytes_left = (d->bytes_left << 4) | (uint64_t)v;
-                d->hex_digits++;
+                d->hex_digits = 1;      /* a digit was seen (1*HEXDIG) */
             } else if (d->hex_digits == 0) {
                 goto error; /* chunk-size = 1*HEXDIG */
             } else if (c == '\r') {

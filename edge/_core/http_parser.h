@@ -98,7 +98,7 @@ struct edge_chunked_decoder {
     uint64_t bytes_left; /* data bytes left in this chunk, or the size being read */
     uint32_t line_len;   /* bytes of the current size line, or of the trailer section */
     uint8_t state;
-    uint8_t hex_digits;  /* digits of the chunk size read so far */
+    uint8_t hex_digits;  /* 1 once a digit of the chunk size was read */
 };
 
 /*

@@ -33,9 +33,9 @@ Deliberate differences from h11 (HOSTILE rows with edge != h11):
     - CTLs other than HTAB, and DEL, in field values and reason phrases (h11
       only refuses NUL and whitespace CTLs; RFC 9110 5.5 says such values are
       invalid and some back ends cut at them);
-    - HTTP versions other than 1.0 / 1.1 (the reactor answers 505, using
+    - HTTP versions other than 1.x (the reactor answers 505; 1.2 to 1.9 are read as 1.1, using
       edge_request_http_version; h11 passes any D.D through);
-    - chunked: a chunk size longer than 16 hex digits or above int64 (h11: 20
+    - chunked: a chunk size above int64, whatever its leading zeros (h11: 20
       digits); whitespace after the size ("1 \r\n", h11 allows trailing OWS;
       "1 ;x" is refused by h11 too, though RFC 9112 7.1.1 allows that BWS);
       CTLs in chunk extensions (h11 accepts any byte but LF).

@@ -112,6 +112,48 @@ cdef void log_refused(Listener lst, sockaddr_storage *sa, int status, size_t sen
     c.listener = None
 
 
+cdef bint host_value_valid(const char *p, size_t n) noexcept nogil:
+    """A Host field value: uri-host [":" port] (RFC 9112 3.2, RFC 3986 3.2.2-3.2.3): a
+    bracketed IP literal, or a name of letters, digits and "-._~%!$&'()*+,;=", then
+    digits after the colon. Empty is refused (the field lines are trimmed already)."""
+    cdef size_t i = 0
+    cdef unsigned char ch
+    if n == 0:
+        return False
+    if p[0] == 91:                                  # [IPv6 or IPvFuture]
+        i = 1
+        while i < n and p[i] != 93:
+            ch = <unsigned char>p[i]
+            if not ((ch >= 48 and ch <= 58) or (ch >= 65 and ch <= 70) or (ch >= 97 and ch <= 102)
+                    or ch == 46 or ch == 118 or ch == 86):
+                return False
+            i += 1
+        if i == n or i == 1:
+            return False
+        i += 1
+    else:
+        while i < n and p[i] != 58:
+            ch = <unsigned char>p[i]
+            if not ((ch >= 97 and ch <= 122) or (ch >= 65 and ch <= 90) or (ch >= 48 and ch <= 57)
+                    or ch == 45 or ch == 46 or ch == 95 or ch == 126 or ch == 37 or ch == 33
+                    or ch == 36 or ch == 38 or ch == 39 or ch == 40 or ch == 41 or ch == 42
+                    or ch == 43 or ch == 44 or ch == 59 or ch == 61):
+                return False
+            i += 1
+        if i == 0:
+            return False                            # ":80" names no host
+    if i == n:
+        return True
+    if p[i] != 58:
+        return False
+    i += 1
+    while i < n:
+        if p[i] < 48 or p[i] > 57:
+            return False
+        i += 1
+    return True
+
+
 cdef inline bint name_is(const char *name, size_t n, const char *lower, size_t ln) noexcept nogil:
     return n == ln and strncasecmp(name, lower, n) == 0
 
@@ -1088,6 +1130,12 @@ cdef class Client(Handle):
             self.send_error(400, "client sent invalid path")
             return
 
+        if host_index >= 0 and not host_value_valid(self.headers[host_index].value,
+                                                     self.headers[host_index].value_len):
+            # empty, only whitespace, or not uri-host[:port]: refused even when an
+            # absolute-form target names the host (RFC 9112 3.2, as nginx)
+            self.send_error(400, "client sent invalid host header")
+            return
         if hostp == NULL and host_index >= 0:
             hostp = self.headers[host_index].value
             hostn = self.headers[host_index].value_len

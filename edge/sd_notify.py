@@ -49,6 +49,7 @@ class Notifier:
             address = None
         self.address = _address(address) if address else None
         self.sent = []              # what was sent, for logs and tests in-process
+        self._failed = False        # a failure was logged already
 
     @property
     def enabled(self):
@@ -64,9 +65,22 @@ class Notifier:
             return False
         message = "".join(f"{key}={value}\n" for key, value in fields.items())
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            # Never blocking: the kernel queues only net.unix.max_dgram_qlen datagrams
+            # (10 by default) on a socket nobody reads, and a blocking send would stop
+            # the master's loop, and its reloads and respawns with it. A full or missing
+            # socket drops the message, logged once.
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
+                               | socket.SOCK_NONBLOCK) as sock:
                 sock.sendto(message.encode(), self.address)
-        except OSError:
+        except OSError as e:
+            if not self._failed:
+                self._failed = True
+                try:
+                    from edge import log
+                    log.error("warn", f"sd_notify to {self.address!r} failed ({e.strerror or e}); "
+                                      "this and later notifications that fail are dropped")
+                except Exception:
+                    pass
             return False
         self.sent.append(message)
         return True

@@ -291,3 +291,29 @@ def test_unit_file_passes_systemd_analyze_verify(tmp_path):
     problems = [l for l in (r.stdout + r.stderr).splitlines()
                 if "edge.service" in l and "network-online" not in l]
     assert r.returncode == 0 and problems == [], r.stdout + r.stderr
+
+
+@pytest.mark.timeout(90)
+def test_a_notify_socket_nobody_reads_never_stops_the_master(edge, tmp_path, monkeypatch):
+    """The kernel queues only a few datagrams (net.unix.max_dgram_qlen) on a socket that
+    is never read: the master's notifications are dropped then, and it goes on reloading
+    and respawning workers."""
+    path = str(tmp_path / "deaf-notify")
+    deaf = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    deaf.bind(path)             # bound, never read
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    try:
+        e = edge(CONF)
+        for generation in range(2, 22):     # 20 reloads: 40 notifications, far past the queue
+            e.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while f"configuration generation {generation} is in force" not in e.error_log:
+                assert time.monotonic() < deadline, f"reload {generation} did not finish"
+                time.sleep(0.02)
+        victim = e.worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        e.wait_workers(2, exclude=[victim])
+        assert _serving(e.port)
+        assert e.error_log.count("sd_notify to") == 1       # logged once
+    finally:
+        deaf.close()

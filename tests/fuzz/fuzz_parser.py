@@ -179,10 +179,10 @@ FIELD = rb"[\t\x20-\x7e\x80-\xff]"
 FIELDS = rb"((?:" + TCHAR + rb"+:" + FIELD + rb"*\r\n)*)\r\n"
 
 REQUEST_HEAD = re.compile(
-    rb"(?:\r\n)*(" + TCHAR + rb"+) (" + TARGET + rb"+) HTTP/1\.([01])\r\n" + FIELDS
+    rb"(?:\r\n)*(" + TCHAR + rb"+) (" + TARGET + rb"+) HTTP/1\.([0-9])\r\n" + FIELDS
 )
 RESPONSE_HEAD = re.compile(
-    rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: (" + FIELD + rb"*))?\r\n" + FIELDS
+    rb"HTTP/1\.([0-9]) ([1-9][0-9][0-9])(?: (" + FIELD + rb"*))?\r\n" + FIELDS
 )
 FIELD_LINE = re.compile(rb"(" + TCHAR + rb"+):[ \t]*(" + FIELD + rb"*?)[ \t]*\r\n")
 LEADING_CRLF = re.compile(rb"(?:\r\n)*")
@@ -241,7 +241,7 @@ def reference_request(data, cap):
         headers = headers_of(m.group(4))
         if len(headers) > cap:
             return TOO_MANY
-        return (m.group(1), m.group(2), int(m.group(3)), headers, m.end())
+        return (m.group(1), m.group(2), min(int(m.group(3)), 1), headers, m.end())
     v = viable_length(data, REQUEST_HEAD, REQUEST_COMPLETIONS)
     if field_lines_started(data[:v], True) > cap:
         return TOO_MANY
@@ -254,7 +254,7 @@ def reference_response(data, cap):
         headers = headers_of(m.group(4))
         if len(headers) > cap:
             return TOO_MANY
-        return (int(m.group(1)), int(m.group(2)), m.group(3) or b"", headers, m.end())
+        return (min(int(m.group(1)), 1), int(m.group(2)), m.group(3) or b"", headers, m.end())
     v = viable_length(data, RESPONSE_HEAD, RESPONSE_COMPLETIONS)
     if field_lines_started(data[:v], False) > cap:
         return TOO_MANY

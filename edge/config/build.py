@@ -86,6 +86,18 @@ class Conf:
         """The Node that set ``name`` here (a list of Nodes for multi), or None."""
         return self._nodes.get(name)
 
+    def nodes_in_force(self, name):
+        """The Nodes behind ``get(name)``: those of this block, else of the nearest
+        enclosing block that sets it (a list, empty when only the default applies), for
+        file:line in the errors a module finds later."""
+        c = self
+        while c is not None:
+            if name in c._nodes:
+                node = c._nodes[name]
+                return node if isinstance(node, list) else [node]
+            c = c.parent
+        return []
+
     def directives_set(self):
         """The names set in this block, in the order first set."""
         return list(self._values)

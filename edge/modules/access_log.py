@@ -165,7 +165,7 @@ def compile_location(conf, location, runtime):
 
 def _attach_logs(conf, phases, runtime):
     specs = conf.get("access_log") or []
-    nodes = _nodes_of(conf)
+    nodes = conf.nodes_in_force("access_log")
     if None in specs and len(specs) > 1:
         node = nodes[specs.index(None)] if nodes else conf
         raise ConfigError('"access_log off" cannot be combined with other access logs',
@@ -189,16 +189,6 @@ def _attach_logs(conf, phases, runtime):
                                 file=log_file(path, buffer_size, params.get("flush", 1.0)),
                                 condition=params.get("if"))
         phases.add("log", handler)
-
-
-def _nodes_of(conf):
-    """The nodes of the access_log directives in force at conf (its own, or inherited)."""
-    level = conf
-    while level is not None:
-        if level.local("access_log") is not None:
-            return level.node("access_log")
-        level = level.parent
-    return []
 
 
 def _formats_builtin():

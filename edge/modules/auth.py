@@ -158,13 +158,8 @@ def compile_location(conf, location, runtime):
 
 
 def _node(conf, name):
-    level = conf
-    while level is not None:
-        if level.local(name) is not None:
-            node = level.node(name)
-            return node[0] if isinstance(node, list) else node
-        level = level.parent
-    return None
+    nodes = conf.nodes_in_force(name)
+    return nodes[0] if nodes else None
 
 
 def _acl_handler(acls):

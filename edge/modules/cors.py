@@ -113,22 +113,8 @@ DIRECTIVES = [
 
 def _where(conf, name):
     """The node that set `name` for this level (the last one for multi), or None."""
-    level = conf
-    while level is not None:
-        if level.local(name) is not None:
-            node = level.node(name)
-            return node[-1] if isinstance(node, list) else node
-        level = level.parent
-    return None
-
-
-def _level_nodes(conf, name):
-    level = conf
-    while level is not None:
-        if level.local(name) is not None:
-            return level.node(name)
-        level = level.parent
-    return []
+    nodes = conf.nodes_in_force(name)
+    return nodes[-1] if nodes else None
 
 
 def compile_location(conf, location, runtime):
@@ -159,7 +145,7 @@ def compile_location(conf, location, runtime):
                                 credentials, conf.get("cors_max_age"))
         except ValueError as e:
             node = _where(conf, "cors_allow_origins")
-            for n in _level_nodes(conf, "cors_allow_origins"):
+            for n in conf.nodes_in_force("cors_allow_origins"):
                 if any(a.startswith("~") and a[1:] in str(e) for a in n.args):
                     node = n
                     break

@@ -211,7 +211,7 @@ def compile_location(conf, location, runtime):
     handlers = []
     for kind in ("req", "count", "conn"):
         uses = conf.get(f"limit_{kind}") or []
-        nodes = _nodes(conf, f"limit_{kind}")
+        nodes = conf.nodes_in_force(f"limit_{kind}")
         for use, node in zip(uses, nodes):
             spec = zones.get(use["zone"])
             if spec is None or spec.kind != kind:
@@ -228,15 +228,6 @@ def compile_location(conf, location, runtime):
         location.phases.add("access", handler)
     if handlers:
         location.phases.add("header_filter", LimitHeaders(conf.get("limit_headers")))
-
-
-def _nodes(conf, name):
-    level = conf
-    while level is not None:
-        if level.local(name) is not None:
-            return level.node(name)
-        level = level.parent
-    return []
 
 
 def prepare(zones):

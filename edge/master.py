@@ -778,32 +778,10 @@ class Master:
         """In the forked child: become worker ``index`` of ``gen``. Never returns."""
         code = 2
         try:
-            # Detach from the master's event loop and signal handling.
-            signal.set_wakeup_fd(-1)
-            for sig in (signal.SIGQUIT, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-                signal.signal(sig, signal.SIG_DFL)
-            # Master-only signals: a stray one (a HUP to the process group) must not
-            # kill a worker.
-            for sig in (signal.SIGHUP, signal.SIGWINCH, signal.SIGUSR2):
-                signal.signal(sig, signal.SIG_IGN)
-            # The master forwards USR1 after reopening its own logs. The worker may
-            # install its own handler; this default keeps edge.log's file current.
-            signal.signal(signal.SIGUSR1, _reopen_log_on_signal)
-            asyncio.events._set_running_loop(None)
-            asyncio.set_event_loop(None)
-
+            self._leave_master_loop()
             own = self.listeners.for_worker(gen.cycle, index)
             self.listeners.close_all_but(own.values())
-            # Nothing of the master's bookkeeping belongs in a worker: the other
-            # workers' pidfds and control sockets, the new binary's pidfd.
-            for _gen, other in self.by_pid.values():
-                if other.pidfd is not None:
-                    os.close(other.pidfd)
-                if other.control is not None:
-                    other.control.close()
-            self._close_control_fds_in_child()
-            if self.new_binary is not None and self.new_binary.pidfd is not None:
-                os.close(self.new_binary.pidfd)
+            self._close_master_bookkeeping()
             self._die_with_master()
             signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)
             set_process_title("edge: worker process")
@@ -817,6 +795,32 @@ class Master:
             log.error("alert", "worker process failed: " + traceback.format_exc().rstrip())
         finally:
             os._exit(code)
+
+    def _leave_master_loop(self):
+        """In a forked child: detach from the master's event loop and signal handling.
+        Master-only signals are ignored (a stray HUP to the process group must not kill
+        a child); USR1, forwarded by the master after reopening its own logs, keeps
+        edge.log's file current until the child installs its own handler."""
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGQUIT, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        for sig in (signal.SIGHUP, signal.SIGWINCH, signal.SIGUSR2):
+            signal.signal(sig, signal.SIG_IGN)
+        signal.signal(signal.SIGUSR1, _reopen_log_on_signal)
+        asyncio.events._set_running_loop(None)
+        asyncio.set_event_loop(None)
+
+    def _close_master_bookkeeping(self):
+        """In a forked child: nothing of the master's bookkeeping belongs here (the
+        other children's pidfds and control sockets, the new binary's pidfd)."""
+        for _gen, other in self.by_pid.values():
+            if other.pidfd is not None:
+                os.close(other.pidfd)
+            if other.control is not None:
+                other.control.close()
+        self._close_control_fds_in_child()
+        if self.new_binary is not None and self.new_binary.pidfd is not None:
+            os.close(self.new_binary.pidfd)
 
     def _die_with_master(self):
         """Ask the kernel to TERM this worker if the master dies (even by SIGKILL), so
@@ -1471,24 +1475,11 @@ class Master:
         signals stay blocked until the control process's handlers are installed."""
         code = 2
         try:
-            signal.set_wakeup_fd(-1)
-            for sig in (signal.SIGQUIT, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-                signal.signal(sig, signal.SIG_DFL)
-            for sig in (signal.SIGHUP, signal.SIGWINCH, signal.SIGUSR2):
-                signal.signal(sig, signal.SIG_IGN)
-            signal.signal(signal.SIGUSR1, _reopen_log_on_signal)
-            asyncio.events._set_running_loop(None)
-            asyncio.set_event_loop(None)
+            self._leave_master_loop()
             # It serves no data-plane socket: holding one would keep an address the
             # master prunes alive in the SO_REUSEPORT group with nobody accepting.
             self.listeners.close_all()
-            for _gen, other in self.by_pid.values():
-                if other.pidfd is not None:
-                    os.close(other.pidfd)
-                if other.control is not None:
-                    other.control.close()
-            if self.new_binary is not None and self.new_binary.pidfd is not None:
-                os.close(self.new_binary.pidfd)
+            self._close_master_bookkeeping()
             self._die_with_master()
             set_process_title("edge: control process")
             set_comm(CONTROL_COMM)     # setproctitle may have changed it

@@ -81,7 +81,6 @@ cdef void log_refused(Listener lst, sockaddr_storage *sa, int status, size_t sen
     """A connection refused at accept (worker_connections full) still gets its log
     record and its count, through a spare client object that never owns a socket."""
     cdef Client c = g_loop.spare_client
-    cdef uint16_t port = 0
     if c is None:
         c = g_loop.spare_client = Client.__new__(Client)
     c.listener = lst
@@ -90,19 +89,7 @@ cdef void log_refused(Listener lst, sockaddr_storage *sa, int status, size_t sen
     c.out_written = 0
     c.conn_serial = next_connection_serial()
     c.requests = 0
-    if sa.ss_family == AF_INET:
-        c.peer_family = AF_INET
-        memcpy(c.peer_addr, &(<sockaddr_in *>sa).sin_addr, 4)
-        port = ntohs((<sockaddr_in *>sa).sin_port)
-    elif sa.ss_family == AF_INET6:
-        c.peer_family = AF_INET6
-        memcpy(c.peer_addr, &(<sockaddr_in6 *>sa).sin6_addr, 16)
-        port = ntohs((<sockaddr_in6 *>sa).sin6_port)
-    else:
-        c.peer_family = 0
-    c.set_address(c.peer_family, c.peer_addr, port, c.conn_remote, &c.conn_remote_len,
-                  c.conn_port, &c.conn_port_len)
-    c.restore_remote()
+    c.take_peer(sa)
     c.begin_request()
     c.status = status
     c.head_end_mark = 0
@@ -321,9 +308,6 @@ cdef class Client(Handle):
 
     cdef int setup(self, int fd, Listener listener, sockaddr_storage *sa) except -1:
         """Take a new connection. Returns 0, or -2 when it must be refused at once."""
-        cdef sockaddr_in *sin
-        cdef sockaddr_in6 *sin6
-        cdef uint16_t port
         cdef ListenBinding binding = listener.binding
         self.fd = fd
         self.kind = K_CLIENT
@@ -356,22 +340,7 @@ cdef class Client(Handle):
         buf_reset(&self.wb)
         self.has_pp = False
         self.remote_replaced = False
-        if sa.ss_family == AF_INET:
-            sin = <sockaddr_in *>sa
-            self.peer_family = AF_INET
-            memcpy(self.peer_addr, &sin.sin_addr, 4)
-            port = ntohs(sin.sin_port)
-        elif sa.ss_family == AF_INET6:
-            sin6 = <sockaddr_in6 *>sa
-            self.peer_family = AF_INET6
-            memcpy(self.peer_addr, &sin6.sin6_addr, 16)
-            port = ntohs(sin6.sin6_port)
-        else:
-            self.peer_family = 0
-            port = 0
-        self.set_address(self.peer_family, self.peer_addr, port, self.conn_remote,
-                         &self.conn_remote_len, self.conn_port, &self.conn_port_len)
-        self.restore_remote()
+        self.take_peer(sa)
         if binding.proxy_protocol:
             if binding.pp_trusted is not None and not binding.pp_trusted.trusted(self.peer_family, self.peer_addr):
                 if g_log_info:
@@ -384,6 +353,24 @@ cdef class Client(Handle):
         self.reset_request()
         timer_arm(self, binding.t_header, g_now)
         return 0
+
+    cdef void take_peer(self, sockaddr_storage *sa) noexcept:
+        """The TCP peer from accept(): its address, and $remote_addr until realip or the
+        PROXY protocol say otherwise."""
+        cdef uint16_t port = 0
+        if sa.ss_family == AF_INET:
+            self.peer_family = AF_INET
+            memcpy(self.peer_addr, &(<sockaddr_in *>sa).sin_addr, 4)
+            port = ntohs((<sockaddr_in *>sa).sin_port)
+        elif sa.ss_family == AF_INET6:
+            self.peer_family = AF_INET6
+            memcpy(self.peer_addr, &(<sockaddr_in6 *>sa).sin6_addr, 16)
+            port = ntohs((<sockaddr_in6 *>sa).sin6_port)
+        else:
+            self.peer_family = 0
+        self.set_address(self.peer_family, self.peer_addr, port, self.conn_remote,
+                         &self.conn_remote_len, self.conn_port, &self.conn_port_len)
+        self.restore_remote()
 
     cdef void set_address(self, int family, const unsigned char *addr, uint16_t port,
                           char *text, size_t *text_len, char *port_text, size_t *port_len) noexcept:

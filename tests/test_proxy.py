@@ -4,8 +4,10 @@ What the upstream received is checked from the bytes it read; keep-alive reuse i
 counted on the upstream side (TCP connections it accepted). Expectations are nginx's,
 except where edge documents a different default (marked `edge_only`): the client's
 Host is passed through, X-Forwarded-For / X-Real-IP / X-Forwarded-Proto are set,
-upstream connections are HTTP/1.1 keep-alive, bodies stream both ways, and headers
-named in Connection are dropped.
+upstream connections are HTTP/1.1 keep-alive, and headers named in Connection are
+dropped. Buffering is on by default, as in nginx (issue 10; test_buffering.py); the
+tests that check streaming turn it off (STREAMING), and those that hold in both modes
+run in both (`mode`).
 """
 
 import http.client
@@ -31,9 +33,22 @@ http {
 """
 
 
+# bodies stream both ways: buffering off
+STREAMING = BASIC.replace("location / { proxy_pass http://backend; }",
+                          "location / { proxy_pass http://backend; proxy_request_buffering off; proxy_buffering off; }")
+
+# both modes, for checks that must hold whether edge buffers or streams
+MODES = {"buffered": "", "streaming": "proxy_request_buffering off; proxy_buffering off;"}
+
+
 @pytest.fixture
 def px(edge, upstream):
     return edge(BASIC, UP=upstream)
+
+
+@pytest.fixture
+def streaming(edge, upstream):
+    return edge(STREAMING, UP=upstream)
 
 
 def test_get_is_forwarded(px, upstream):
@@ -159,13 +174,12 @@ def test_response_without_length(px):
             assert r.body == body_pattern(5)
 
 
-@pytest.mark.edge_only
-def test_request_body_is_streamed(px, upstream):
-    """The upstream receives body bytes before the client has sent all of them
-    (nginx's default, proxy_request_buffering on, would buffer the whole body)."""
+def test_request_body_is_streamed(streaming, upstream):
+    """With proxy_request_buffering off, the upstream receives body bytes before the
+    client has sent all of them."""
     total = 8_000_000
     body = body_pattern(total)
-    with Conn(px.port, timeout=30) as c:
+    with Conn(streaming.port, timeout=30) as c:
         c.send(build_request("POST", "/echo", headers=[("Content-Length", str(total))]) + body[:1_000_000])
         deadline = time.monotonic() + 5
         while upstream.body_bytes_received == 0:
@@ -178,13 +192,12 @@ def test_request_body_is_streamed(px, upstream):
         assert (r.status, j["body_len"], j["body_sha256"]) == (200, total, sha256(body))
 
 
-@pytest.mark.edge_only
-def test_response_body_is_streamed(px, upstream):
-    """The client gets the first part of a response while the upstream still holds the rest.
-    (nginx with proxy_buffering on holds back a partly filled buffer.)"""
+def test_response_body_is_streamed(streaming, upstream):
+    """With proxy_buffering off, the client gets the first part of a response while the
+    upstream still holds the rest."""
     n = 300_000
     gate = upstream.gate("g")
-    with Conn(px.port, timeout=30) as c:
+    with Conn(streaming.port, timeout=30) as c:
         c.send_request("GET", "/gated/g/%d" % n)
         version, status, reason, headers, raw = c.read_head()
         assert status == 200
@@ -673,15 +686,16 @@ http {
 
 
 @pytest.mark.timeout(40)
-def test_client_body_timeout(edge, upstream):
+@pytest.mark.parametrize("mode", MODES)
+def test_client_body_timeout(edge, upstream, mode):
     upstream.allow_errors = True  # a streamed body is cut off at the upstream
     e = edge("""
 http {
     client_body_timeout 1s;
     upstream backend { server @UP@; keepalive 16; }
-    server { listen 127.0.0.1:@PORT@; location / { proxy_pass http://backend; } }
+    server { listen 127.0.0.1:@PORT@; location / { proxy_pass http://backend; @MODE@ } }
 }
-""", UP=upstream)
+""", UP=upstream, MODE=MODES[mode])
     with Conn(e.port, timeout=15) as c:
         c.send(build_request("POST", "/echo", headers=[("Content-Length", "1000")]) + b"x" * 10)
         c.sock.settimeout(8)
@@ -697,6 +711,9 @@ http {
         except socket.timeout:
             pytest.fail("a stalled request body was not timed out by client_body_timeout 1s")
         assert data == b"" or data.startswith(b"HTTP/1.1 408 "), data[:200]
+    assert upstream.requests == [], "a request whose body stalled reached the upstream complete"
+    if mode == "buffered":
+        assert upstream.connections == 0, "a buffered request whose body stalled was sent upstream"
 
 
 # -- hostile input: each gets a clear status, the connection is closed, and nothing
@@ -724,12 +741,18 @@ def test_ambiguous_requests_rejected(px, upstream, name, raw, status):
     assert upstream.requests == [], f"{name}: forwarded {upstream.requests[0].raw[:300]!r}"
 
 
-def test_bad_chunk_is_400(px, upstream):
+@pytest.mark.parametrize("mode", MODES)
+def test_bad_chunk_is_400(edge, upstream, mode):
     upstream.allow_errors = True  # a streamed body may be cut off at the upstream
-    with Conn(px.port) as c:
+    e = edge(BASIC.replace("proxy_pass http://backend;", "proxy_pass http://backend; " + MODES[mode]), UP=upstream)
+    with Conn(e.port) as c:
         c.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\nzz\r\n")
         r = c.read_response()
         assert r.status == 400
         assert c.wait_closed(5)
     # a cut body must never reach the upstream as a complete request
     assert upstream.requests == [], upstream.requests[0].raw[:300]
+    if mode == "buffered":
+        # and a buffered one not even a connection (test_buffering.py has the full table)
+        time.sleep(0.2)
+        assert upstream.connections == 0 and upstream.body_bytes_received == 0

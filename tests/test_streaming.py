@@ -3,6 +3,10 @@ worker's RSS growing < 16 MiB (VmRSS sampled during the transfer), and a slow cl
 slow upstream making edge stop reading from the other side rather than buffering.
 The data is generated on the fly (support.recording.pattern_stream) and checked at
 every offset on the receiving side; nothing holds the whole stream in memory.
+
+Buffering is on by default (issue 10), so this module turns both off
+(`proxy_request_buffering off; proxy_buffering off;`): what is tested here is the
+streaming mode. The buffered mode has its own tests in test_buffering.py.
 """
 
 import json
@@ -24,7 +28,10 @@ http {
     upstream backend { server @UP@; keepalive 4; }
     server {
         listen 127.0.0.1:@PORT@;
-        location / { proxy_pass http://backend; proxy_read_timeout 30s; }
+        location / {
+            proxy_pass http://backend; proxy_read_timeout 30s;
+            proxy_request_buffering off; proxy_buffering off;
+        }
     }
 }
 """

@@ -12,7 +12,8 @@
 # takes what is queued and the upstream is read on into memory, then into a temp file, so
 # the upstream connection is freed as soon as the upstream has answered. The spool is a
 # FIFO: the temp file's unsent range comes first, then the memory buffer; the memory goes
-# to the end of the file as a whole, so the order never changes.
+# to the end of the file as a whole, so the order never changes. A file is only appended
+# to; once it is all sent, it is closed and the next spill opens another.
 #
 # Temp files never have a name: O_TMPFILE, or a name unlinked at once where the file
 # system lacks it. A crash leaves nothing behind.
@@ -311,7 +312,12 @@ cdef int spool_drain(Client c) noexcept:
                 return -1
             if r == 0:
                 break
-            s.file_read = 0         # drained: the next spill starts the file over
+            # drained: the next spill goes to a new file. Never write over this one:
+            # sendfile leaves references to its pages in the socket's queue, so bytes
+            # not yet on the wire would change with them
+            close(s.fd)
+            s.fd = -1
+            s.file_read = 0
             s.file_write = 0
             continue
         if buf_len(&s.mem) == 0:

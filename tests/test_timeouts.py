@@ -180,6 +180,10 @@ def test_send_timeout_cuts_a_stalled_reader(edge, upstream):
     e = edge("""
 http {
     send_timeout 1s;
+    # without read-ahead the upstream waits on the stalled client, so cutting the client
+    # must cut the upstream too (with it, the response would sit in a temp file and the
+    # upstream connection would be back in its pool: tests/test_buffering.py)
+    proxy_buffering off;
     upstream backend { server @UP@; keepalive 4; }
     server { listen 127.0.0.1:@PORT@; location / { proxy_pass http://backend; proxy_read_timeout 30s; } }
 }

@@ -38,6 +38,7 @@ cdef enum ClientState:
     CS_DISCARD = 5      # response queued; dropping the rest of the request body
     CS_PP_HEADER = 6    # waiting for the PROXY protocol header
     CS_DELAY = 7        # limit_req without nodelay: the request waits for its turn
+    CS_BODY = 8         # reading the whole request body before a peer (buffering.pyx)
     CS_FREE = 4
 
 cdef enum BodyKind:
@@ -246,6 +247,13 @@ cdef class Client(Handle):
     cdef edge_chunked_decoder body_dec
     cdef UpConn up
     cdef bint response_started
+    # proxy_request_buffering (buffering.pyx): the body read whole before a peer is picked
+    cdef bint body_buffered
+    cdef size_t body_held       # CS_BODY: decoded body bytes held in rb after rb.start
+    cdef const char *body_mem   # the buffered body in rb, or NULL when it is in body_fd
+    cdef int body_fd            # the temp file holding the buffered body, or -1
+    cdef int64_t body_size      # the buffered body's length
+    cdef ResponseSpool spool    # what a slow client has not taken of the response, or None
     cdef bint discarding        # a body we answered without reading is still arriving
     cdef bint aborted           # the connection ended before the response was complete
     cdef uint64_t tried_peers
@@ -323,6 +331,8 @@ cdef class Client(Handle):
         self.up = None
         self.loc = None
         self.server = None
+        self.body_fd = -1
+        self.spool = None
         self.logged = True
         self.parsed = False
         self.status = 0
@@ -641,6 +651,10 @@ cdef class Client(Handle):
         self.upgrade = False
         self.tried_peers = 0
         self.tries = 0
+        if self.body_buffered or self.body_fd >= 0:
+            release_request_body(self)
+        if self.spool is not None:
+            release_spool(self)
 
     cdef void close(self):
         """Close the connection now and return the object to the free list."""
@@ -658,6 +672,8 @@ cdef class Client(Handle):
             self.up = None
             up.client = None
             up.close()
+        release_request_body(self)
+        release_spool(self)
         g_loop.unregister(self)
         close(self.fd)
         self.fd = -1
@@ -709,6 +725,15 @@ cdef class Client(Handle):
                     return
             if self.up is not None:
                 self.up.drive()
+            elif spool_pending(self):
+                # the upstream is done and back in its pool: send the rest, then end
+                r = spool_drain(self)
+                if r < 0:
+                    self.close()
+                elif r == 1:
+                    self.proxy_finished()
+        elif self.state == CS_BODY:
+            read_buffered_body(self)
         elif self.state == CS_CLOSING:
             r = self.flush()
             if r != 0:
@@ -733,8 +758,10 @@ cdef class Client(Handle):
                 self.send_error(408, "client timed out while reading client request headers")
             else:
                 self.close()    # idle keep-alive connection
+        elif self.state == CS_BODY:
+            self.send_error(408, "client timed out while reading client request body")  # client_body_timeout
         elif self.state == CS_PROXY:
-            if self.output_pending():
+            if self.output_pending() or spool_pending(self):
                 self.close()    # send_timeout: the client stopped reading
             elif not self.body_done and not self.response_started:
                 self.send_error(408, "client timed out while reading client request body")  # client_body_timeout
@@ -761,11 +788,14 @@ cdef class Client(Handle):
         self.out_written += before - self.pending_len()
         if r == 0:
             self.writable = False
-            # send_timeout runs between two writes that made progress
-            send_timer = self.loc.t_send_client if self.loc is not None else self.binding.t_header
-            if wrote or self.tlist is not send_timer:
-                timer_arm(self, send_timer, g_now)
+            self.wait_writable(wrote)
         return r
+
+    cdef void wait_writable(self, bint wrote) noexcept:
+        """The socket is full: send_timeout runs between two writes that made progress."""
+        cdef TimerList send_timer = self.loc.t_send_client if self.loc is not None else self.binding.t_header
+        if wrote or self.tlist is not send_timer:
+            timer_arm(self, send_timer, g_now)
 
     cdef void append_date(self) noexcept:
         buf_append(&self.wb, g_date, g_date_len)
@@ -1486,8 +1516,12 @@ cdef class Client(Handle):
         if self.expect_continue and self.body_kind != BODY_NONE and buf_len(&self.rb) == 0:
             # we answer 100-continue ourselves; the upstream never sees Expect
             buf_append_str(&self.wb, "HTTP/1.1 100 Continue\r\n\r\n")
-        self.state = CS_PROXY
         timer_stop(self)
+        if loc.request_buffering and (self.body_kind == BODY_LENGTH or self.body_kind == BODY_CHUNKED):
+            start_buffered_body(self)       # the body first, whole and valid; then a peer
+            return
+        finish_upstream_head(self, loc, &self.pbuf)
+        self.state = CS_PROXY
         self.connect_next_peer()
 
     cdef void connect_next_peer(self):
@@ -1528,7 +1562,7 @@ cdef class Client(Handle):
     cdef bint body_replayable(self) noexcept:
         """No body byte has left the client's buffer for an upstream yet (a failed
         connect sends nothing), so the request can go to another peer as it is."""
-        return self.body_kind == BODY_NONE or not self.body_started
+        return self.body_kind == BODY_NONE or self.body_buffered or not self.body_started
 
     cdef void finish_error_keepalive(self, int status):
         """A 502/504 after the request was fully read: the connection may go on."""

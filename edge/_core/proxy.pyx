@@ -26,6 +26,7 @@ cdef enum Failure:
     FAIL_TIMEOUT = 2
     FAIL_IO = 3
     FAIL_BAD_RESPONSE = 4
+    FAIL_HEAD_TOO_BIG = 5       # the response head outgrew proxy_buffer_size
 
 
 cdef class UpConn(Handle):
@@ -59,6 +60,11 @@ cdef class UpConn(Handle):
     cdef int64_t try_start_us
     cdef int64_t connected_us   # -1 until connected
     cdef int64_t header_us      # -1 until the response head arrived
+    # a buffered request body in a temp file goes out with sendfile (buffering.pyx)
+    cdef int file_fd            # the client's body file, or -1
+    cdef int64_t file_off
+    cdef int64_t file_end
+    cdef bint buffering         # this response may be read ahead of a slow client
 
     # ---- life cycle -------------------------------------------------------------------
 
@@ -76,6 +82,7 @@ cdef class UpConn(Handle):
         self.fd = -1
         self.state = US_CLOSED
         self.client = None
+        self.file_fd = -1
         buf_free(&self.rb)
         buf_free(&self.wb)
 
@@ -91,6 +98,17 @@ cdef class UpConn(Handle):
         buf_reset(&self.rb)
         buf_reset(&self.wb)
         buf_append(&self.wb, c.pbuf.data + c.pbuf.start, buf_len(&c.pbuf))
+        self.file_fd = -1
+        self.buffering = False
+        if c.body_buffered:
+            # the whole body is here: from rb after the head, or from its temp file
+            if c.body_fd >= 0:
+                self.file_fd = c.body_fd
+                self.file_off = 0
+                self.file_end = c.body_size
+            elif c.body_size:
+                self.win = c.body_mem
+                self.win_len = <size_t>c.body_size
         self.nrequests += 1
         self.try_start_us = g_now_us
         self.header_us = -1
@@ -156,10 +174,14 @@ cdef class UpConn(Handle):
 
     # ---- request ----------------------------------------------------------------------------
 
+    cdef inline bint request_pending(self) noexcept:
+        return buf_len(&self.wb) or self.win_len or self.suf_len or \
+            (self.file_fd >= 0 and self.file_off < self.file_end)
+
     cdef void arm_wait_timer(self, Client c) noexcept:
         """Waiting on the upstream: proxy_send_timeout while our writes are blocked,
         else proxy_read_timeout."""
-        if buf_len(&self.wb) or self.win_len or self.suf_len:
+        if self.request_pending():
             if self.tlist is not c.loc.t_send:
                 timer_arm(self, c.loc.t_send, g_now)
         else:
@@ -168,10 +190,12 @@ cdef class UpConn(Handle):
     cdef int flush(self) noexcept:
         """Write queued request bytes. 1: all sent; 0: socket full; -1: error."""
         cdef int r
-        if not self.writable and (buf_len(&self.wb) or self.win_len or self.suf_len):
+        if not self.writable and self.request_pending():
             return 0
         r = write_queued(self.fd, &self.wb, &self.win, &self.win_len,
                          &self.suf, &self.suf_len, &self.wrote)
+        if r == 1 and self.file_fd >= 0 and self.file_off < self.file_end:
+            r = send_file_range(self.fd, self.file_fd, &self.file_off, self.file_end, &self.wrote)
         if r == 0:
             self.writable = False
         return r
@@ -288,12 +312,30 @@ cdef class UpConn(Handle):
         cdef size_t avail, n, sz
         cdef ssize_t ret
         while c is not None and self.client is c:
-            if c.output_pending():
+            if spool_pending(c):
+                # a slow client: what we produce joins the spool; read on while it has room
+                if c.output_pending() and spool_take_pending(c) < 0:
+                    c.close()
+                    return
+                r = spool_drain(c)
+                if r < 0:
+                    c.close()
+                    return
+                if r == 0 and not self.resp_done and spool_full(c.spool):
+                    timer_stop(self)    # read-ahead is full: wait for the client
+                    return
+            elif c.output_pending():
                 r = c.flush()
                 if r < 0:
                     c.close()
                     return
                 if r == 0:
+                    if self.buffering:
+                        # proxy_buffering: keep reading the upstream ahead of the client
+                        if spool_take_pending(c) < 0:
+                            c.close()
+                            return
+                        continue
                     if self.resp_kind != RESP_TUNNEL or not self.head_done:
                         timer_stop(self)    # the client is slow: stop reading, no read timeout
                     return
@@ -329,7 +371,8 @@ cdef class UpConn(Handle):
                     self.fail(FAIL_IO)
                     return
                 if rd != RD_DATA:
-                    self.fail(FAIL_BAD_RESPONSE if rd == RD_FULL else FAIL_IO)
+                    self.fail((FAIL_HEAD_TOO_BIG if not self.head_done else FAIL_BAD_RESPONSE)
+                              if rd == RD_FULL else FAIL_IO)
                     return
             if not self.head_done:
                 r = self.parse_head()
@@ -337,7 +380,7 @@ cdef class UpConn(Handle):
                 if r == 0 or r == 2:
                     continue
                 if r < 0:
-                    self.fail(FAIL_BAD_RESPONSE)
+                    self.fail(FAIL_HEAD_TOO_BIG if r == -3 else FAIL_BAD_RESPONSE)
                     return
                 if self.resp_kind == RESP_TUNNEL and self.pump_request() < 0:
                     return      # bytes the client sent right after its upgrade request
@@ -419,12 +462,18 @@ cdef class UpConn(Handle):
         cdef bint has_te = False
         cdef int conn_index = -1
         cdef bint no_body
+        cdef bint sse = False
+        cdef size_t head_max = <size_t>c.loc.proxy_buffer_size
+        cdef bint buffering = c.loc.proxy_buffering
         ret = edge_parse_response(self.rb.data + self.rb.start, buf_len(&self.rb), &minor,
                                   &status, &msg, &msg_len, hs, &nh, 0)
         if ret == -2:
-            return 0
+            # the head must fit in proxy_buffer_size, as in nginx
+            return -3 if buf_len(&self.rb) >= head_max else 0
         if ret < 0:
             return -1
+        if <size_t>ret > head_max:
+            return -3
         if status < 100 or status > 999:
             return -1
         if status == 101:
@@ -452,6 +501,15 @@ cdef class UpConn(Handle):
                     self.upstream_keepalive = False
                 elif token_listed(h.value, h.value_len, "keep-alive", 10):
                     self.upstream_keepalive = True
+            elif name_is(h.name, h.name_len, "x-accel-buffering", 17):
+                # the upstream decides for this response, as nginx lets it
+                if h.value_len == 2 and strncasecmp(h.value, "no", 2) == 0:
+                    buffering = False
+                elif h.value_len == 3 and strncasecmp(h.value, "yes", 3) == 0:
+                    buffering = True
+            elif name_is(h.name, h.name_len, "content-type", 12) and h.value_len >= 17 \
+                    and strncasecmp(h.value, "text/event-stream", 17) == 0:
+                sse = True      # server-sent events are never held back
         if has_te and content_length >= 0:
             return -1       # both framings: a response-splitting attempt (RFC 9112 6.3)
         no_body = c.is_head or status == 204 or status == 304
@@ -468,6 +526,7 @@ cdef class UpConn(Handle):
         else:
             self.resp_kind = RESP_CLOSE
             self.upstream_keepalive = False
+        self.buffering = buffering and not sse
         self.chunk_to_client = (self.resp_kind == RESP_CHUNKED or self.resp_kind == RESP_CLOSE) \
             and c.minor == 1
         if (self.resp_kind == RESP_CHUNKED or self.resp_kind == RESP_CLOSE) and c.minor == 0:
@@ -488,6 +547,8 @@ cdef class UpConn(Handle):
                 continue
             if c.loc.response_strip is not None and name_in_list(h.name, h.name_len, c.loc.response_strip):
                 continue
+            if name_is(h.name, h.name_len, "x-accel-buffering", 17):
+                continue        # meant for us, not for the client (nginx hides it too)
             if conn_index >= 0 and token_listed(hs[conn_index].value, hs[conn_index].value_len,
                                                 h.name, h.name_len):
                 continue
@@ -538,6 +599,7 @@ cdef class UpConn(Handle):
         self.head_done = True
         self.status = 101
         self.resp_kind = RESP_TUNNEL
+        self.buffering = False
         self.upstream_keepalive = False
         self.chunk_to_client = False
         c.response_started = True
@@ -565,6 +627,7 @@ cdef class UpConn(Handle):
             buf_reset(&self.wb)
             self.win_len = 0
             self.suf_len = 0
+            self.file_fd = -1
             ups.idle.append(self)
             timer_arm(self, ups.t_idle, g_now)
             if len(ups.idle) > ups.keepalive:
@@ -572,6 +635,11 @@ cdef class UpConn(Handle):
                 oldest.close()
         else:
             self.close()
+        if spool_pending(c):
+            # the upstream is free; the client reads the rest from the spool and
+            # Client.drive ends the request once it is sent
+            c.up = None
+            return
         c.proxy_finished()
 
     cdef void record_try(self, Client c, int status) noexcept:
@@ -592,6 +660,8 @@ cdef class UpConn(Handle):
                     if not self.head_done else "upstream timed out while reading upstream")
         elif why == FAIL_BAD_RESPONSE:
             what = "upstream sent invalid response"
+        elif why == FAIL_HEAD_TOO_BIG:
+            what = "upstream sent too big header while reading response header from upstream"
         else:
             what = ("upstream prematurely closed connection while reading response header"
                     if not self.head_done else "upstream prematurely closed connection")
@@ -678,6 +748,7 @@ cdef UpConn upstream_connection(Upstream ups, int peer, Client c):
     up.readable = False
     up.writable = False
     up.peer_closed = False
+    up.file_fd = -1
     buf_init(&up.rb, READ_CHUNK)
     buf_init(&up.wb, 2048)
     if connect(fd, <sockaddr *>&p.addr, p.addrlen) < 0 and errno != EINPROGRESS:
@@ -748,7 +819,19 @@ cdef int build_upstream_head(Client c, Location loc, Buf *out) except -1:
                 out.end = mark      # an empty value removes the header, as in nginx
                 continue
         buf_append_str(out, "\r\n")
-    if c.body_kind == BODY_LENGTH:
+    return 0
+
+
+cdef void finish_upstream_head(Client c, Location loc, Buf *out) noexcept:
+    """The body's framing and the Connection field end the head. Apart from
+    build_upstream_head because a buffered chunked body's length is known only once the
+    body is read, while the fields it copies point into rb, which that read may move."""
+    if c.body_buffered:
+        # a body read whole goes with its length, as nginx sends it (never chunked)
+        buf_append_str(out, "Content-Length: ")
+        buf_append_uint(out, <uint64_t>c.body_size)
+        buf_append_str(out, "\r\n")
+    elif c.body_kind == BODY_LENGTH:
         buf_append_str(out, "Content-Length: ")
         buf_append_uint(out, <uint64_t>c.body_left)
         buf_append_str(out, "\r\n")
@@ -762,7 +845,6 @@ cdef int build_upstream_head(Client c, Location loc, Buf *out) except -1:
         buf_append_str(out, "Connection: keep-alive\r\n\r\n")
     else:
         buf_append_str(out, "Connection: close\r\n\r\n")
-    return 0
 
 
 cdef void append_args(Buf *out, Client c, bytes hide) noexcept:

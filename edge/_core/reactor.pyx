@@ -29,6 +29,7 @@ include "ip_rules.pyx"
 include "cors.pyx"
 include "auth.pyx"
 include "proxy.pyx"
+include "buffering.pyx"
 
 DEF MAX_EVENTS = 512
 DEF FREE_CLIENTS_MAX = 4096

@@ -66,6 +66,18 @@ cdef class Location:
     cdef public bytes upgrade_protocols     # lowercase names, NUL separated; empty: none
     cdef public int64_t proxy_tunnel_timeout_ms
 
+    # buffering (buffering.pyx): request bodies read whole before a peer is picked,
+    # responses read ahead of a slow client into memory, then a temp file
+    cdef public bint request_buffering
+    cdef public int64_t client_body_buffer_size
+    cdef public bytes client_body_temp_path
+    cdef public bint proxy_buffering
+    cdef public int64_t proxy_buffer_size       # the largest upstream response head
+    cdef public int64_t proxy_buffers_total     # memory per response the client has not taken
+    cdef public int64_t proxy_busy_buffers_size # the most sent to the client per write from a spool
+    cdef public int64_t proxy_max_temp_file_size
+    cdef public bytes proxy_temp_path
+
     # client-side limits and timeouts that may differ per location
     cdef public int64_t keepalive_timeout_ms
     cdef public int64_t keepalive_requests
@@ -108,6 +120,15 @@ cdef class Location:
         self.proxy_send_timeout_ms = 60000
         self.proxy_tunnel_timeout_ms = 3600000
         self.upgrade_protocols = b"websocket\0\0"
+        self.request_buffering = True
+        self.client_body_buffer_size = 8192
+        self.proxy_buffering = True
+        self.proxy_buffer_size = 4096
+        self.proxy_buffers_total = 8 * 4096
+        self.proxy_busy_buffers_size = 8192
+        self.proxy_max_temp_file_size = 1024 * 1024 * 1024
+        self.client_body_temp_path = b"/tmp"
+        self.proxy_temp_path = b"/tmp"
         self.phases = PhasePlan()
         self.route_b = self.match_text().encode("latin-1")
         if self.kind in (LOC_REGEX, LOC_REGEX_ICASE):

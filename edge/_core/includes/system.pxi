@@ -15,6 +15,26 @@ cdef extern from "<unistd.h>" nogil:
     int close(int fd)
     int getpid()
 
+cdef extern from "<sys/types.h>" nogil:
+    ctypedef long off_t
+
+cdef extern from "<unistd.h>" nogil:
+    ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset)
+    int unlink(const char *path)
+
+cdef extern from "<fcntl.h>" nogil:
+    int open(const char *path, int flags, int mode)
+    enum:
+        O_RDWR
+        O_CLOEXEC
+        O_TMPFILE       # an inode with no name in a directory (Linux 3.11)
+
+cdef extern from "<stdlib.h>" nogil:
+    int mkostemp(char *template, int flags)
+
+cdef extern from "<sys/sendfile.h>" nogil:
+    ssize_t sendfile(int out_fd, int in_fd, off_t *offset, size_t count)
+
 cdef extern from "<sys/uio.h>" nogil:
     struct iovec:
         void *iov_base

@@ -460,6 +460,81 @@ def test_download_1gib_buffered_bounded_rss_no_temp_file_left(edge, stream_up, t
     assert deleted_links_into(worker, proxy_tmp) == [], "the temp file stays open after the response"
 
 
+# -- limits and aborts ----------------------------------------------------------------------
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("max_temp", ["0", "16m"])
+def test_proxy_max_temp_file_size_bounds_the_read_ahead(edge, stream_up, tmp_path, max_temp):
+    """Past proxy_max_temp_file_size (0: no temp file at all) the proxy reads the upstream
+    only as fast as the client takes: a stalled client stops the upstream after that
+    much plus socket buffers. The client then gets all of it, intact."""
+    proxy_tmp = tmp_path / "proxy-tmp"
+    proxy_tmp.mkdir()
+    e = edge(PROXY.replace("server {", f"server {{ proxy_temp_path {proxy_tmp};"), UP=stream_up,
+             EXTRA=f"proxy_max_temp_file_size {max_temp};")
+    worker = e.wait_workers(1)[0]
+    # socket buffers alone hold ~10 MiB here (upstream send, proxy receive and send, client
+    # receive); a 16m temp file adds 16 MiB to that
+    total, limit = 256 * MiB, (24 if max_temp == "0" else 48) * MiB
+    with Conn(e.port, timeout=30) as c:
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * KiB)
+        c.send_request("GET", f"/stream/{total}")
+        time.sleep(2)  # the stalled client (not a timing assertion)
+        first = stream_up.sent
+        assert first < limit, f"{first >> 20} MiB left the upstream with proxy_max_temp_file_size {max_temp}"
+        time.sleep(1)
+        assert stream_up.sent - first < 4 * MiB, "the proxy kept reading the upstream past its temp file limit"
+        if max_temp == "0":
+            assert deleted_links_into(worker, proxy_tmp) == [], "a temp file with proxy_max_temp_file_size 0"
+        else:
+            assert first > 18 * MiB, f"only {first >> 20} MiB read ahead: the 16m temp file was not used"
+        assert read_pattern_body_after_head(c, total) == total
+
+
+def test_chunked_body_over_client_max_body_size_is_413_without_upstream(edge, rec):
+    """A chunked body is counted as it is read: past client_max_body_size, 413, and the
+    upstream is never contacted."""
+    e = edge(PROXY.replace("client_max_body_size 16m;", "client_max_body_size 10k;"), UP=rec, EXTRA="")
+    with Conn(e.port, timeout=10) as c:
+        c.send(CHUNKED_HEAD)
+        for _ in range(3):
+            c.send(b"1000\r\n" + b"x" * 0x1000 + b"\r\n")  # 3 x 4 KiB: 12 KiB > 10k
+        r = c.read_response()
+        assert r.status == 413, r
+    time.sleep(0.2)
+    assert rec.connections == 0 and rec.total_bytes() == 0, rec.dump()
+
+
+@pytest.mark.timeout(40)
+def test_temp_files_closed_when_the_client_aborts(edge, stream_up, tmp_path):
+    """A client that goes away mid-upload, and one that goes away mid-download while the
+    response is spooled: the worker closes the temp files (no fd left open into the temp
+    dirs) and serves the next request."""
+    e, worker, body_tmp, proxy_tmp = big_edge(edge, tmp_path, stream_up)
+    # upload: 64 MiB of a 256 MiB body, then a reset
+    c = Conn(e.port, timeout=30)
+    c.send(build_request("POST", "/sink", headers=[("Content-Length", str(256 * MiB))]))
+    for piece in pattern_stream(64 * MiB, 4 * MiB):
+        c.sock.sendall(piece)
+    wait_for(lambda: deleted_links_into(worker, body_tmp), 5, "the request body's temp file")
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    c.close()  # RST
+    wait_for(lambda: not deleted_links_into(worker, body_tmp), 5, "the request body's temp file to be closed")
+    assert stream_up.received == 0, "a part of an aborted buffered body reached the upstream"
+    # download: the response is being spooled (the client reads nothing), then a reset
+    c = Conn(e.port, timeout=30)
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * KiB)
+    c.send_request("GET", f"/stream/{256 * MiB}")
+    wait_for(lambda: deleted_links_into(worker, proxy_tmp), 10, "the response's temp file")
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    c.close()
+    wait_for(lambda: not deleted_links_into(worker, proxy_tmp), 10, "the response's temp file to be closed")
+    with Conn(e.port) as c:
+        assert c.request("GET", "/after").status == 200
+    assert e.worker_pids() == [worker]
+    assert files_under(body_tmp) == [] and files_under(proxy_tmp) == []
+
+
 # -- 6. responses that are streamed as they come --------------------------------------------
 
 PIECES = [b"data: piece %d\n\n" % i for i in range(3)]
@@ -515,6 +590,51 @@ def test_event_stream_streams(edge, scripted):
     e = edge(PROXY, UP=scripted, EXTRA="")
     headers = check_streamed(e, scripted, "/sse", b"Content-Type: text/event-stream\r\n")
     assert dict(headers)["Content-Type"] == "text/event-stream"
+
+
+def counting_big_response(extra_headers: bytes, total: int, sent: list):
+    """A scripted answer of `total` pattern bytes; sent[0] counts what left the upstream."""
+    def act(sock, head):
+        sock.sendall(b"HTTP/1.1 200 OK\r\n" + extra_headers + b"Content-Length: %d\r\n\r\n" % total)
+        for piece in pattern_stream(total, 256 * KiB):
+            sock.sendall(piece)
+            sent[0] += len(piece)
+        return True
+    return act
+
+
+def check_backpressure(e, scripted, path, extra_headers):
+    """The client reads nothing for 2 s: with no read-ahead, only what socket buffers and
+    the proxy's own small buffer hold leaves the upstream (the limits are
+    test_streaming.py's). Then the client gets everything, intact."""
+    total, sent = 256 * MiB, [0]
+    scripted.script[path] = counting_big_response(extra_headers, total, sent)
+    with Conn(e.port, timeout=30) as c:
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * KiB)
+        c.send_request("GET", path)
+        time.sleep(2)  # the stalled client (not a timing assertion)
+        first = sent[0]
+        assert first < 48 * MiB, f"{first >> 20} MiB left the upstream while the client read nothing: read ahead"
+        time.sleep(1)
+        assert sent[0] - first < 4 * MiB, "the proxy kept reading the upstream for a stalled client"
+        _, status, _, _, raw = c.read_head()
+        assert status == 200 and b"x-accel-buffering" not in raw.lower(), raw
+        assert read_pattern_body(c, total) == total
+
+
+@pytest.mark.timeout(40)
+def test_x_accel_buffering_no_reads_no_further_than_the_client(edge, scripted):
+    """`X-Accel-Buffering: no` turns buffering off for that response: a slow client slows
+    the upstream (no read-ahead into a temp file)."""
+    e = edge(PROXY, UP=scripted, EXTRA="")
+    check_backpressure(e, scripted, "/xab-big", b"Content-Type: application/octet-stream\r\nX-Accel-Buffering: no\r\n")
+
+
+@pytest.mark.edge_only  # nginx reads text/event-stream ahead like any other type
+@pytest.mark.timeout(40)
+def test_event_stream_reads_no_further_than_the_client(edge, scripted):
+    e = edge(PROXY, UP=scripted, EXTRA="")
+    check_backpressure(e, scripted, "/sse-big", b"Content-Type: text/event-stream\r\n")
 
 
 def test_x_accel_buffering_yes_buffers_when_buffering_is_off(edge, scripted):

@@ -340,6 +340,46 @@ http {{
         assert read_pattern_body_after_head(c1, total) == total
 
 
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("framing", ["length", "chunked", "close"])
+def test_read_ahead_of_every_response_framing(edge, scripted, framing):
+    """A 20 MiB response framed by Content-Length, chunked, or the upstream's close: the
+    upstream sends all of it to a client that reads nothing; a kept connection serves
+    the next request (ScriptedUpstream numbers its connections in X-Conn), a closed one
+    is replaced; then the client gets the whole body, intact."""
+    total = 20 * MiB
+    sent_all = threading.Event()
+
+    def act(sock, head):
+        h = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+        if framing == "length":
+            sock.sendall(h + b"Content-Length: %d\r\n\r\n" % total)
+        elif framing == "chunked":
+            sock.sendall(h + b"Transfer-Encoding: chunked\r\n\r\n")
+        else:
+            sock.sendall(h + b"Connection: close\r\n\r\n")
+        for piece in pattern_stream(total, 256 * KiB):
+            sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if framing == "chunked" else piece)
+        if framing == "chunked":
+            sock.sendall(b"0\r\n\r\n")
+        sent_all.set()
+        return framing != "close"  # False: the server closes the connection
+    scripted.script["/big"] = act
+    e = edge(PROXY, UP=scripted, EXTRA=NGINX_KEEPALIVE)
+    with Conn(e.port, timeout=30) as c1:
+        c1.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * KiB)
+        c1.send_request("GET", "/big")
+        assert sent_all.wait(15), "the upstream could not send its whole response to a client that reads nothing"
+        time.sleep(0.5)  # for the proxy to read the last bytes and pool the connection
+        with Conn(e.port, timeout=10) as c2:
+            r = c2.request("GET", "/other")
+            assert r.status == 200, r
+            assert r.header("X-Conn") == ("2" if framing == "close" else "1"), r
+        r = c1.read_response()
+        assert r.status == 200 and len(r.body) == total and pattern_check(0, r.body), \
+            f"{len(r.body)} of {total} bytes, intact: {pattern_check(0, r.body)}"
+
+
 def read_pattern_body_after_head(c: Conn, total: int) -> int:
     _, status, _, headers, raw = c.read_head()
     assert status == 200, raw

@@ -316,3 +316,36 @@ http { server { listen 127.0.0.1:@PORT@;
         t.join(5)
     finally:
         nr.stop()
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("buffering", ["on", "off"])
+def test_send_timeout_ends_when_the_client_catches_up(edge, upstream, buffering):
+    """send_timeout runs only while output waits on the client: a client that was slow
+    once, then caught up, is not cut while the upstream pauses longer than send_timeout."""
+    e = edge("""
+http {
+    send_timeout 1s;
+    proxy_buffering @BUF@;
+    upstream backend { server @UP@; keepalive 4; }
+    server { listen 127.0.0.1:@PORT@; location / { proxy_pass http://backend; proxy_read_timeout 30s; } }
+}
+""", UP=upstream, BUF=buffering)
+    half = 16_000_000       # more than the socket buffers hold: the writes block
+    c = Conn(e.port, timeout=10)
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+    c.send_request("GET", f"/gated/late/{half}")
+    time.sleep(0.5)                 # not reading: edge's writes block, send_timeout starts
+    _, status, _, _, _ = c.read_head()
+    assert status == 200
+    got = len(c.buf)
+    while got < half:               # catch up with everything sent so far
+        got += len(c.sock.recv(1 << 20))
+    time.sleep(2.5)                 # the upstream pauses: nothing is queued for the client
+    upstream.gate("late").set()
+    while got < 2 * half:
+        data = c.sock.recv(1 << 20)
+        assert data, f"closed after {got} of {2 * half} bytes"
+        got += len(data)
+    assert got == 2 * half
+    c.close()

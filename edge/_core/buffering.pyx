@@ -323,6 +323,7 @@ cdef int spool_drain(Client c) noexcept:
         if buf_len(&s.mem) == 0:
             buf_reset(&s.mem)
             s.active = False
+            c.output_caught_up()
             return 1
         w = write(c.fd, s.mem.data + s.mem.start, buf_len(&s.mem))
         if w > 0:

@@ -784,12 +784,19 @@ cdef class Client(Handle):
         cdef int64_t before = self.pending_len()
         cdef int r = write_queued(self.fd, &self.wb, &self.win, &self.win_len,
                                   &self.suf, &self.suf_len, &wrote)
-        cdef TimerList send_timer
         self.out_written += before - self.pending_len()
         if r == 0:
             self.writable = False
             self.wait_writable(wrote)
+        elif r == 1 and self.state == CS_PROXY:
+            self.output_caught_up()
         return r
+
+    cdef inline void output_caught_up(self) noexcept:
+        """All queued output is out: send_timeout no longer runs (a response that goes on
+        later, from a slow upstream, must not be cut by it)."""
+        if self.tlist is not None and self.loc is not None and self.tlist is self.loc.t_send_client:
+            timer_stop(self)
 
     cdef void wait_writable(self, bint wrote) noexcept:
         """The socket is full: send_timeout runs between two writes that made progress."""

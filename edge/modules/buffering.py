@@ -16,7 +16,6 @@ HSL = (HTTP, SERVER, LOCATION)
 CLIENT_BODY_BUFFER_SIZE = 8192          # two pages
 PROXY_BUFFER_SIZE = 4096                # one page
 PROXY_BUFFERS = (8, 4096)
-PROXY_BUSY_BUFFERS_SIZE = 8192
 PROXY_MAX_TEMP_FILE_SIZE = 1024 * 1024 * 1024
 
 
@@ -79,11 +78,12 @@ DIRECTIVES = [
               syntax="proxy_buffers number size;",
               doc="number × size: the most memory one response's read-ahead holds when no temp "
                   "file can take more (`proxy_max_temp_file_size 0`, or the file is full)."),
-    Directive("proxy_busy_buffers_size", HSL, (1, 1), parse=_positive_size,
-              default=PROXY_BUSY_BUFFERS_SIZE,
+    Directive("proxy_busy_buffers_size", HSL, (1, 1), parse=_positive_size, default=None,
               doc="With a temp file in use, the read-ahead kept in memory for the client; the "
-                  "rest goes to the file. At least `proxy_buffer_size` and one of "
-                  "`proxy_buffers`, and less than all `proxy_buffers` but one, as nginx checks."),
+                  "rest goes to the file. Default, as nginx: twice the larger of "
+                  "`proxy_buffer_size` and one of `proxy_buffers` (8k with their defaults). "
+                  "At least that larger size, and at most all `proxy_buffers` but one, as "
+                  "nginx checks."),
     Directive("proxy_max_temp_file_size", HSL, (1, 1), parse=types.size,
               default=PROXY_MAX_TEMP_FILE_SIZE,
               doc="The largest temp file of one response's read-ahead; beyond it edge reads "
@@ -121,18 +121,19 @@ def _check_proxy_buffers(conf):
     """nginx's checks (ngx_http_proxy_merge_loc_conf), with its wording."""
     buffer_size = conf.get("proxy_buffer_size")
     number, size = conf.get("proxy_buffers")
-    busy = conf.get("proxy_busy_buffers_size")
+    largest = max(buffer_size, size)
+    busy = conf.get("proxy_busy_buffers_size") or 2 * largest
     max_temp = conf.get("proxy_max_temp_file_size")
     where = _node_of(conf, "proxy_busy_buffers_size", "proxy_buffers", "proxy_buffer_size")
     if number < 2:
         raise ConfigError('there must be at least 2 "proxy_buffers"', *_node_of(conf, "proxy_buffers"))
-    if busy < max(buffer_size, size):
+    if busy < largest:
         raise ConfigError('"proxy_busy_buffers_size" must be equal to or greater than the maximum '
                           'of the value of "proxy_buffer_size" and one of the "proxy_buffers"', *where)
-    if busy >= (number - 1) * size:
+    if busy > (number - 1) * size:
         raise ConfigError('"proxy_busy_buffers_size" must be less than the size of all '
                           '"proxy_buffers" minus one buffer', *where)
-    if max_temp and max_temp < max(buffer_size, size):
+    if max_temp and max_temp < largest:
         raise ConfigError('"proxy_max_temp_file_size" must be equal to zero to disable temporary '
                           'files usage or must be equal to or greater than the maximum of the '
                           'value of "proxy_buffer_size" and one of the "proxy_buffers"',

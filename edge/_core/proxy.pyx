@@ -382,9 +382,14 @@ cdef class UpConn(Handle):
                 if r < 0:
                     self.fail(FAIL_HEAD_TOO_BIG if r == -3 else FAIL_BAD_RESPONSE)
                     return
-                if self.resp_kind == RESP_TUNNEL and self.pump_request() < 0:
-                    return      # bytes the client sent right after its upgrade request
-                continue
+                if self.resp_kind == RESP_TUNNEL:
+                    if self.pump_request() < 0:
+                        return      # bytes the client sent right after its upgrade request
+                    continue
+                if self.resp_done or buf_len(&self.rb) == 0:
+                    continue
+                # body bytes came with the head: queue them too, so the head and the
+                # start of the body leave in one writev
             avail = buf_len(&self.rb)
             if avail == 0:
                 continue

@@ -1533,8 +1533,10 @@ cdef class Client(Handle):
 
     cdef void connect_next_peer(self):
         cdef Upstream ups = self.loc.upstream
-        cdef int peer = ups.pick(g_now, self.tried_peers)
+        cdef int peer
         cdef UpConn up
+        ups.sync_resolved()         # `server NAME resolve`: addresses the control process found
+        peer = ups.pick(g_now, self.tried_peers)
         if peer < 0:
             self.send_error(502, "no live upstreams")
             return

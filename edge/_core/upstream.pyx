@@ -4,6 +4,16 @@
 # Smooth weighted round robin (the algorithm nginx documents): every pick adds each live
 # peer's weight to its current weight, picks the largest, and subtracts the total from the
 # winner. Weights 5,1,1 give a a b a c a a: spread out, not bursty.
+#
+# Active health checks and DNS (docs/traffic.md): the control process checks the peers
+# and resolves `server NAME resolve` names; the workers only read shared memory.
+# - A peer's `health` points at its word in the shared zone (zones.pyx, R_PEER_HEALTH):
+#   peer_available reads it with one load; even and nonzero means the check found it down.
+# - A `resolve` server owns RESOLVE_MAX peer slots, `absent` while they hold no address.
+#   sync_resolved, called before each pick, compares one shared counter (bumped by the
+#   control process after any change) with the last one seen; only when it moved does
+#   the worker copy the group's resolve slots into those peers. The peer array never
+#   moves, so peer indexes held by connections in flight stay valid.
 
 cdef struct Peer:
     sockaddr_storage addr
@@ -15,6 +25,16 @@ cdef struct Peer:
     int fails
     int64_t checked_ms      # when the current failure window started
     int64_t down_until_ms
+    int64_t *health         # the active health check's word in the shared zone, or NULL
+    int64_t health_seen     # that word when the passive check marked the peer down
+    bint absent             # a resolve slot holding no address: never used
+
+
+cdef struct ResolveSource:
+    int first               # its first peer slot (RESOLVE_MAX of them)
+    int port
+    int64_t series          # its SK_RESOLVE series in the shared zone, -1 before attach
+    int64_t seq             # the slot's sequence number last applied
 
 
 cdef class Upstream:
@@ -31,6 +51,13 @@ cdef class Upstream:
     cdef readonly list peer_names_b           # for $upstream_addr
     cdef int64_t series                       # metrics: response time histogram
     cdef int64_t *peer_series                 # metrics: per peer failures and state
+    cdef ResolveSource *sources               # `server NAME resolve` entries
+    cdef readonly int nsources
+    cdef readonly list resolve_names          # [(host, port)], parallel to sources
+    cdef int64_t resolve_generation_seen
+    cdef public object health_check           # HealthCheck (modules/upstream.py) or None
+    cdef public object resolver               # ResolverSettings (modules/upstream.py) or None
+    cdef readonly list static_peers           # [(family, ip, port)], parallel to the non-resolve peers
 
     def __init__(self, str name, int keepalive=0):
         self.name = name
@@ -44,10 +71,19 @@ cdef class Upstream:
         self.host_header = name.encode("latin-1")
         self.peer_names_b = []
         self.series = -1
+        self.sources = NULL
+        self.nsources = 0
+        self.resolve_names = []
+        self.resolve_generation_seen = -1
+        self.health_check = None
+        self.resolver = None
+        self.static_peers = []
 
     def __dealloc__(self):
         if self.peers != NULL:
             free(self.peers)
+        if self.sources != NULL:
+            free(self.sources)
         if self.peer_series != NULL:
             free(self.peer_series)
 
@@ -59,7 +95,17 @@ cdef class Upstream:
             free(self.peer_series)
         self.peer_series = <int64_t *>malloc(sizeof(int64_t) * (self.npeers or 1))
         for i in range(self.npeers):
+            if self.peers[i].absent:
+                self.peer_series[i] = -1
+                continue
             self.peer_series[i] = series_for(SK_PEER, [self.name, self.peer_names[i]])
+            self.peers[i].health = zone_peer_health(&g_zone, self.peer_series[i])
+        for i in range(self.nsources):
+            host, port = self.resolve_names[i]
+            self.sources[i].series = series_for(SK_RESOLVE, [self.name, host, str(port)])
+            self.sources[i].seq = 0
+        self.resolve_generation_seen = -1
+        self.sync_resolved()
 
     cdef inline int64_t *peer_row(self, int i) noexcept:
         if self.peer_series == NULL:
@@ -80,6 +126,129 @@ cdef class Upstream:
                 continue
             seen.append((family, sockaddr[:2]))
             self._add_resolved(family, sockaddr[0], sockaddr[1], weight, max_fails, fail_timeout)
+            self.static_peers.append((family, sockaddr[0], sockaddr[1]))
+
+    def add_resolve(self, str host, int port, int weight=1, int max_fails=1,
+                    double fail_timeout=10.0):
+        """`server host:port resolve`: RESOLVE_MAX peer slots, empty until the control
+        process publishes the addresses of `host`."""
+        cdef int k
+        self.sources = <ResolveSource *>realloc(self.sources, sizeof(ResolveSource) * (self.nsources + 1))
+        if self.sources == NULL:
+            raise MemoryError()
+        self.sources[self.nsources].first = self.npeers
+        self.sources[self.nsources].port = port
+        self.sources[self.nsources].series = -1
+        self.sources[self.nsources].seq = 0
+        self.nsources += 1
+        self.resolve_names.append((host, port))
+        for k in range(RESOLVE_MAX):
+            self._add_resolved(AF_INET, "0.0.0.0", port, weight, max_fails, fail_timeout)
+            self.peers[self.npeers - 1].absent = True
+            self.peer_names[self.npeers - 1] = "%s:%d" % (host, port)
+            self.peer_names_b[self.npeers - 1] = self.peer_names[self.npeers - 1].encode()
+
+    cdef void sync_resolved(self) noexcept:
+        """Before a pick: apply what the control process resolved since the last look.
+        One shared load when nothing changed (and nothing at all without `resolve`)."""
+        cdef int64_t gen
+        if self.nsources == 0 or g_zone.header == NULL:
+            return
+        gen = edge_load64(&g_zone.header.resolve_generation)
+        if gen == self.resolve_generation_seen:
+            return
+        self.resolve_generation_seen = gen
+        try:
+            self._apply_resolved()
+        except Exception:
+            pass
+
+    cdef int _apply_resolved(self) except -1:
+        cdef ResolvedAddr buf[RESOLVE_MAX]
+        cdef int64_t n = 0, seq
+        cdef int s, k, idx
+        cdef ResolveSource *src
+        cdef ResolveSlot *slot
+        cdef Peer *p
+        cdef sockaddr_storage addr
+        cdef socklen_t addrlen
+        cdef sockaddr_in *sin
+        cdef sockaddr_in6 *sin6
+        for s in range(self.nsources):
+            src = &self.sources[s]
+            slot = zone_resolve_slot(&g_zone, src.series)
+            if slot == NULL:
+                continue
+            seq = resolve_read(slot, buf, &n)
+            if seq == src.seq:
+                continue
+            src.seq = seq
+            for k in range(RESOLVE_MAX):
+                idx = src.first + k
+                p = &self.peers[idx]
+                if k >= n:
+                    if not p.absent:
+                        p.absent = True
+                        p.health = NULL
+                        self._drop_idle(idx)
+                    continue
+                memset(&addr, 0, sizeof(addr))
+                if buf[k].family == AF_INET6:
+                    sin6 = <sockaddr_in6 *>&addr
+                    sin6.sin6_family = AF_INET6
+                    sin6.sin6_port = htons(src.port)
+                    memcpy(&sin6.sin6_addr, buf[k].addr, 16)
+                    addrlen = sizeof(sockaddr_in6)
+                else:
+                    sin = <sockaddr_in *>&addr
+                    sin.sin_family = AF_INET
+                    sin.sin_port = htons(src.port)
+                    memcpy(&sin.sin_addr, buf[k].addr, 4)
+                    addrlen = sizeof(sockaddr_in)
+                if not p.absent and p.addrlen == addrlen and memcmp(&p.addr, &addr, addrlen) == 0:
+                    continue
+                if not p.absent:
+                    self._drop_idle(idx)
+                memcpy(&p.addr, &addr, sizeof(addr))
+                p.addrlen = addrlen
+                p.absent = False
+                p.fails = 0
+                p.down_until_ms = 0
+                p.current_weight = 0
+                name = _sockaddr_text(&addr)
+                self.peer_names[idx] = name
+                self.peer_names_b[idx] = name.encode()
+                if self.peer_series != NULL:
+                    self.peer_series[idx] = series_for(SK_PEER, [self.name, name])
+                    p.health = zone_peer_health(&g_zone, self.peer_series[idx])
+        return 0
+
+    cdef void _drop_idle(self, int peer):
+        """Close the pooled connections to a peer slot whose address went away."""
+        for up in list(self.idle):
+            if (<UpConn>up).peer == peer:
+                (<UpConn>up).close()
+
+    cdef inline bint peer_available(self, int i, int64_t now) noexcept:
+        """Whether a balancer may use peer i now: it has an address, the active health
+        check does not hold it down (one load of the shared word), and the passive check
+        (max_fails) does not either. An active check that sees the peer come back up (a
+        new up verdict since the passive check marked it down) ends the passive ejection."""
+        cdef Peer *p = &self.peers[i]
+        cdef int64_t h = 0
+        if p.absent:
+            return False
+        if p.health != NULL:
+            h = p.health[0]
+            if h != 0 and (h & 1) == 0:
+                return False
+        if p.down_until_ms > now:
+            if (h & 1) and h != p.health_seen:
+                p.down_until_ms = 0
+                p.fails = 0
+                return True
+            return False
+        return True
 
     cdef _add_resolved(self, int family, str ip, int port, int weight, int max_fails,
                        double fail_timeout):
@@ -119,8 +288,9 @@ cdef class Upstream:
     cdef int pick(self, int64_t now, uint64_t tried) noexcept:
         """Index of the next peer, skipping peers already tried for this request (bit set
         in `tried`) and peers marked down; -1 when none is left. When every untried peer
-        is down, the least recently failed one is used anyway, as nginx does, so a group
-        never refuses all traffic on stale failure counts."""
+        is down by the passive check, the least recently failed one is used anyway, as
+        nginx does, so a group never refuses all traffic on stale failure counts; peers
+        the active check holds down and empty resolve slots are never used."""
         cdef int i
         cdef int best = -1
         cdef int total = 0
@@ -128,9 +298,9 @@ cdef class Upstream:
         for i in range(self.npeers):
             if i < 64 and (tried >> i) & 1:
                 continue
-            p = &self.peers[i]
-            if p.down_until_ms > now:
+            if not self.peer_available(i, now):
                 continue
+            p = &self.peers[i]
             p.current_weight += p.weight
             total += p.weight
             if best < 0 or p.current_weight > self.peers[best].current_weight:
@@ -141,6 +311,9 @@ cdef class Upstream:
         for i in range(self.npeers):
             if i < 64 and (tried >> i) & 1:
                 continue
+            p = &self.peers[i]
+            if p.absent or (p.health != NULL and p.health[0] != 0 and (p.health[0] & 1) == 0):
+                continue        # no address, or the active check holds it down
             if best < 0 or self.peers[i].down_until_ms < self.peers[best].down_until_ms:
                 best = i
         return best
@@ -158,6 +331,7 @@ cdef class Upstream:
         p.fails += 1
         if p.fails >= p.max_fails:
             p.down_until_ms = now + p.fail_timeout_ms
+            p.health_seen = p.health[0] if p.health != NULL else 0
             p.fails = 0
             if row != NULL:
                 row[R_PEER_DOWN_UNTIL] = p.down_until_ms
@@ -172,3 +346,17 @@ cdef class Upstream:
             if row != NULL:
                 row[R_PEER_DOWN_UNTIL] = 0
         p.down_until_ms = 0
+
+
+cdef str _sockaddr_text(sockaddr_storage *addr):
+    """"ip:port" or "[ip6]:port", as peer names are written."""
+    import socket as pysocket
+    cdef sockaddr_in *sin
+    cdef sockaddr_in6 *sin6
+    if addr.ss_family == AF_INET6:
+        sin6 = <sockaddr_in6 *>addr
+        return "[%s]:%d" % (pysocket.inet_ntop(pysocket.AF_INET6, (<char *>&sin6.sin6_addr)[:16]),
+                            ntohs(sin6.sin6_port))
+    sin = <sockaddr_in *>addr
+    return "%s:%d" % (pysocket.inet_ntop(pysocket.AF_INET, (<char *>&sin.sin_addr)[:4]),
+                      ntohs(sin.sin_port))

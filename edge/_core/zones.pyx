@@ -18,6 +18,14 @@
 #                     workers', belongs to the control process (its own drop counts, so
 #                     they outlive a respawn of it)
 #   rings             per worker: a byte ring of access-log records for remote sinks
+#   resolve slots     one per series index, used by SK_RESOLVE series only: the addresses
+#                     the control process resolved for one `server NAME resolve` of an
+#                     upstream, behind a sequence lock (docs/traffic.md, "DNS")
+#
+# Upstream peer health: the control process's row of an SK_PEER series holds, in word
+# R_PEER_HEALTH, the active health check's verdict on that peer: 0 not checked yet (up),
+# odd up, even down; it goes up by one on each transition. Keyed like every series by
+# (upstream, peer), so a reload that keeps the group and the peer keeps the verdict.
 #
 # Labels are bounded by the config, never by traffic: the only series made at run time
 # are (route, status code) pairs, at most one per status code a route answers with.
@@ -38,11 +46,15 @@ cdef extern from *:
     static inline int64_t edge_fetch_add64(int64_t *p, int64_t v) {
         return __atomic_fetch_add((volatile int64_t *)p, v, __ATOMIC_RELAXED);
     }
+    static inline void edge_fence_acquire(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
+    static inline void edge_fence_release(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
     """
     bint edge_cas64(int64_t *p, int64_t expected, int64_t desired) nogil
     int64_t edge_load64(int64_t *p) nogil
     void edge_store64(int64_t *p, int64_t v) nogil
     int64_t edge_fetch_add64(int64_t *p, int64_t v) nogil
+    void edge_fence_acquire() nogil
+    void edge_fence_release() nogil
 
 cdef extern from "<sys/mman.h>" nogil:
     int MAP_ANONYMOUS
@@ -62,6 +74,7 @@ cdef enum SeriesKind:
     SK_PEER = 4         # (upstream, peer): failures, down-until
     SK_SINK = 5         # (sink target): records dropped from full rings
     SK_LIMIT = 6        # (zone, decision): limit decisions
+    SK_RESOLVE = 7      # (upstream, host, port): a resolve slot (addresses of a name)
 
 # Row words, by kind
 DEF R_SUM = 11          # duration sum in microseconds (ROUTE, UPSTREAM)
@@ -70,6 +83,7 @@ DEF R_RECEIVED = 13
 DEF R_SENT = 14
 DEF R_PEER_FAILURES = 0
 DEF R_PEER_DOWN_UNTIL = 1
+DEF R_PEER_HEALTH = 2               # in the control process's row: the health check's verdict
 DEF R_SINK_DROPPED = 0
 DEF R_SINK_CONTROL_DROPPED = 1      # in the control process's row: lost after the ring
 
@@ -87,7 +101,8 @@ cdef struct ZoneHeader:
     int64_t series_overflow     # label sets that found the table full
     int64_t connection_counter  # $connection: one serial number per accepted connection
     int64_t workers_seen        # 1 + the highest worker index that attached
-    int64_t reserved[57]
+    int64_t resolve_generation  # bumped after any resolve slot changed
+    int64_t reserved[56]
 
 cdef struct SeriesEntry:
     int64_t state               # 0 empty, 1 being written, 2 ready
@@ -109,12 +124,27 @@ cdef struct WorkerBlock:
     int64_t ring_tail           # advanced by the control process, or by the worker dropping
     int64_t pad3[7]
 
+DEF RESOLVE_MAX = 16                 # addresses kept per resolved name
+DEF RESOLVE_SLOT_SIZE = 512
+
+cdef struct ResolvedAddr:
+    int32_t family              # AF_INET or AF_INET6
+    int32_t pad
+    unsigned char addr[16]
+
+cdef struct ResolveSlot:
+    int64_t seq                 # sequence lock: odd while the control process writes;
+                                # 0: never written (nothing resolved yet)
+    int64_t count
+    ResolvedAddr addrs[RESOLVE_MAX]
+
 cdef struct Zone:
     ZoneHeader *header
     SeriesEntry *series
     WorkerBlock *workers
     int64_t *rows
     char *rings
+    char *resolve
     size_t size
 
 
@@ -208,6 +238,53 @@ cdef int64_t series_for(int kind, list values, int code=0):
     return zone_series(&g_zone, kind, code, key, len(key))
 
 
+# ---- upstream health words and resolve slots -------------------------------------------
+
+cdef inline int64_t *zone_peer_health(Zone *z, int64_t series) noexcept nogil:
+    """The health word of an SK_PEER series: in the control process's row."""
+    if series < 0 or z.header == NULL:
+        return NULL
+    return zone_row(z, z.header.workers_cap, series) + R_PEER_HEALTH
+
+
+cdef inline ResolveSlot *zone_resolve_slot(Zone *z, int64_t series) noexcept nogil:
+    if series < 0 or z.header == NULL:
+        return NULL
+    return <ResolveSlot *>(z.resolve + series * RESOLVE_SLOT_SIZE)
+
+
+cdef int64_t resolve_read(ResolveSlot *slot, ResolvedAddr *out, int64_t *count) noexcept nogil:
+    """Copy a slot's addresses into out[RESOLVE_MAX] (the reader side of the sequence
+    lock; the control process is the only writer). Returns the sequence number read: 0
+    when nothing was ever written."""
+    cdef int64_t s1, s2, n
+    while True:
+        s1 = edge_load64(&slot.seq)
+        if s1 & 1:
+            continue
+        n = slot.count
+        if n < 0:
+            n = 0
+        elif n > RESOLVE_MAX:
+            n = RESOLVE_MAX
+        memcpy(out, slot.addrs, n * sizeof(ResolvedAddr))
+        edge_fence_acquire()
+        s2 = edge_load64(&slot.seq)
+        if s1 == s2:
+            count[0] = n
+            return s1
+
+
+cdef void resolve_write(Zone *z, ResolveSlot *slot, ResolvedAddr *src, int64_t n) noexcept nogil:
+    cdef int64_t s = slot.seq
+    edge_store64(&slot.seq, s + 1)
+    edge_fence_release()
+    slot.count = n
+    memcpy(slot.addrs, src, n * sizeof(ResolvedAddr))
+    edge_store64(&slot.seq, s + 2)
+    edge_fetch_add64(&z.header.resolve_generation, 1)
+
+
 # ---- the log ring (one producer: the worker; one consumer: the control process) ----------
 #
 # Positions are absolute byte counts that only grow; the byte at position p lives at
@@ -296,7 +373,8 @@ cdef class Zones:
             ring_size = 4096
         ring_size = (ring_size + 4095) & ~4095
         size = (4096 + sizeof(SeriesEntry) * series_cap + sizeof(WorkerBlock) * workers_cap
-                + sizeof(int64_t) * ROW_WORDS * series_cap * (workers_cap + 1) + ring_size * workers_cap)
+                + sizeof(int64_t) * ROW_WORDS * series_cap * (workers_cap + 1) + ring_size * workers_cap
+                + RESOLVE_SLOT_SIZE * series_cap)
         size = (size + 4095) & ~(<size_t>4095)
         # untouched pages cost nothing: a worker touches the rows of the series it uses
         p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
@@ -308,6 +386,7 @@ cdef class Zones:
         zs.z.workers = <WorkerBlock *>(<char *>zs.z.series + sizeof(SeriesEntry) * series_cap)
         zs.z.rows = <int64_t *>(<char *>zs.z.workers + sizeof(WorkerBlock) * workers_cap)
         zs.z.rings = <char *>zs.z.rows + sizeof(int64_t) * ROW_WORDS * series_cap * (workers_cap + 1)
+        zs.z.resolve = zs.z.rings + ring_size * workers_cap
         zs.z.header.magic = ZONES_MAGIC
         zs.z.header.series_cap = series_cap
         zs.z.header.workers_cap = workers_cap
@@ -332,6 +411,60 @@ cdef class Zones:
         else:
             g_worker = -1
         return g_worker >= 0
+
+    # -- upstream health and resolved names (the control process's side) --------------
+
+    def peer_health(self, str upstream, str peer):
+        """The health word of (upstream, peer): 0 not checked, odd up, even down."""
+        cdef bytes key = labels_bytes([upstream, peer])
+        cdef int64_t *w = zone_peer_health(&self.z, zone_series(&self.z, SK_PEER, 0, key, len(key)))
+        return edge_load64(w) if w != NULL else 0
+
+    def set_peer_health(self, str upstream, str peer, int64_t value):
+        cdef bytes key = labels_bytes([upstream, peer])
+        cdef int64_t *w = zone_peer_health(&self.z, zone_series(&self.z, SK_PEER, 0, key, len(key)))
+        if w != NULL:
+            edge_store64(w, value)
+
+    def publish_addresses(self, str upstream, str host, int port, list addrs):
+        """Write the addresses of `server host:port resolve` of `upstream`: a list of
+        (family, address text), at most RESOLVE_MAX used. The workers pick them up."""
+        import socket as pysocket
+        cdef ResolvedAddr buf[RESOLVE_MAX]
+        cdef int64_t n = 0
+        cdef bytes key = labels_bytes([upstream, host, str(port)])
+        cdef ResolveSlot *slot = zone_resolve_slot(
+            &self.z, zone_series(&self.z, SK_RESOLVE, 0, key, len(key)))
+        cdef bytes packed
+        if slot == NULL:
+            return False
+        memset(buf, 0, sizeof(buf))
+        for family, ip in addrs[:RESOLVE_MAX]:
+            packed = pysocket.inet_pton(family, ip)
+            buf[n].family = family
+            memcpy(buf[n].addr, <const char *>packed, len(packed))
+            n += 1
+        resolve_write(&self.z, slot, buf, n)
+        return True
+
+    def resolved_addresses(self, str upstream, str host, int port):
+        """What publish_addresses last wrote, or None when nothing was ever written."""
+        import socket as pysocket
+        cdef ResolvedAddr buf[RESOLVE_MAX]
+        cdef int64_t n = 0, i, seq
+        cdef bytes key = labels_bytes([upstream, host, str(port)])
+        cdef ResolveSlot *slot = zone_resolve_slot(
+            &self.z, zone_series(&self.z, SK_RESOLVE, 0, key, len(key)))
+        if slot == NULL:
+            return None
+        seq = resolve_read(slot, buf, &n)
+        if seq == 0:
+            return None
+        out = []
+        for i in range(n):
+            size = 4 if buf[i].family == AF_INET else 16
+            out.append((buf[i].family, pysocket.inet_ntop(buf[i].family, buf[i].addr[:size])))
+        return out
 
     property series_overflow:
         def __get__(self): return self.z.header.series_overflow
@@ -394,8 +527,10 @@ cdef class Zones:
                 upstreams.append({"upstream": labels[0], "buckets": _cumulative(sums, sums[R_COUNT]),
                                   "sum": sums[R_SUM] / 1e6, "count": sums[R_COUNT]})
             elif e.kind == SK_PEER:
+                health = zone_row(&self.z, self.workers_cap, i)[R_PEER_HEALTH]
                 peers.append({"upstream": labels[0], "peer": labels[1],
-                              "failures": sums[R_PEER_FAILURES], "up": down_until <= now})
+                              "failures": sums[R_PEER_FAILURES], "health": health,
+                              "up": down_until <= now and not (health and health % 2 == 0)})
             elif e.kind == SK_LIMIT:
                 limits.append({"zone": labels[0], "decision": labels[1], "count": sums[0]})
             elif e.kind == SK_SINK:

@@ -394,6 +394,16 @@ class AdminServer:
     def get_status(self, request):
         return json_response(200, status.document(self.ctx))
 
+    def _peers_in_force(self):
+        service = self.ctx.upstreams() if hasattr(self.ctx, "upstreams") else None
+        if service is None:
+            return None
+        try:
+            return service.peers_in_force()
+        except Exception as e:  # a scrape must not fail on it
+            log.error("error", f"control process: upstream peers for /metrics failed: {e!r}")
+            return None
+
     def get_metrics(self, request):
         ctx = self.ctx
         zones = ctx.zones
@@ -405,5 +415,6 @@ class AdminServer:
              "worker_restarts": shared.worker_restarts},
             ctx.dropped(),
             getattr(zones, "BUCKETS", metrics.DEFAULT_BUCKETS),
-            ctx.limit_sync())
+            ctx.limit_sync(),
+            self._peers_in_force())
         return Response(200, text.encode("utf-8"), metrics.CONTENT_TYPE)

@@ -90,7 +90,8 @@ def _add_histogram(into, key, buckets, total, count):
     have[2] += count
 
 
-def render(snapshot, counters, drops=None, buckets=DEFAULT_BUCKETS, limit_sync=None):
+def render(snapshot, counters, drops=None, buckets=DEFAULT_BUCKETS, limit_sync=None,
+           peers=None):
     """The exposition text.
 
     - `snapshot`: `zones.snapshot()` or None (no zones: only the master's families have
@@ -98,7 +99,11 @@ def render(snapshot, counters, drops=None, buckets=DEFAULT_BUCKETS, limit_sync=N
     - `counters`: {"generation", "reloads_ok", "reloads_failed", "worker_restarts"};
     - `drops`: {sink text: records dropped from the control process's own queues};
     - `limit_sync`: LimitSync.metrics() ({"roundtrips", "failures", "up", "live_nodes"})
-      or None (no cluster-scope zone: the families are left out).
+      or None (no cluster-scope zone: the families are left out);
+    - `peers`: {(upstream, peer): health word} of the peers the config has now (the
+      upstream service's peers_in_force()), or None. When given, the peer families list
+      exactly these (the zone also remembers peers of older configs and older DNS
+      answers), and a peer the health check holds down (an even nonzero word) is 0.
     """
     snapshot = snapshot or {}
     families = []
@@ -173,6 +178,11 @@ def render(snapshot, counters, drops=None, buckets=DEFAULT_BUCKETS, limit_sync=N
         _add(peer_fail, key, entry.get("failures", 0))
         # the same peer listed twice is up only if every entry says so
         peer_state[key] = peer_state.get(key, True) and bool(entry.get("up"))
+    if peers is not None:
+        in_force = {(("upstream", u), ("peer", p)): word for (u, p), word in peers.items()}
+        peer_fail = {key: peer_fail.get(key, 0) for key in in_force}
+        peer_state = {key: peer_state.get(key, True) and not (word and word % 2 == 0)
+                      for key, word in in_force.items()}
     for key, value in peer_fail.items():
         failures.sample(value, key)
     for key, value in peer_state.items():

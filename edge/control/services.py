@@ -7,7 +7,8 @@ A service is an object with
     async stop()          finish: close listeners, flush queues (bounded by the caller)
 
 and optionally `dropped() -> {sink text: count}` (log records it dropped, for
-/metrics) and `metrics() -> dict | None` (the limit sync's counters, for /metrics). Each entry of SERVICES is a factory `factory(ctx, cycle) -> service | None`
+/metrics), `metrics() -> dict | None` (the limit sync's counters, for /metrics), and
+`peers_in_force()` / `status()` (the upstream service: peer state for /metrics, /status). Each entry of SERVICES is a factory `factory(ctx, cycle) -> service | None`
 (None: nothing to run in this build). They start in list order and stop in list order,
 so the admin listener closes first and later services may still flush.
 
@@ -49,6 +50,13 @@ class Context:
                                    f"failed: {e!r}")
         return total
 
+    def upstreams(self):
+        """The service that checks and resolves upstream peers, or None."""
+        for service in self.services:
+            if hasattr(service, "peers_in_force"):
+                return service
+        return None
+
     def limit_sync(self):
         """The limit sync's counters (LimitSync.metrics()), or None."""
         for service in self.services:
@@ -61,6 +69,15 @@ class Context:
                 log.error("error", f"control process: {type(service).__name__}.metrics() "
                                    f"failed: {e!r}")
         return None
+
+
+def _upstreams(ctx, cycle):
+    # Active health checks and `server NAME resolve` (edge/control/upstreams.py). Both
+    # write to the shared zones; without them there is nothing to do.
+    if ctx.zones is None:
+        return None
+    from edge.control.upstreams import Upstreams
+    return Upstreams(ctx.zones, cycle)
 
 
 def _admin(ctx, cycle):
@@ -87,7 +104,7 @@ def _limit_sync(ctx, cycle):
 
 
 # The registry. A new control-plane task is one factory added here.
-SERVICES = [_admin, _shipper, _limit_sync]
+SERVICES = [_admin, _shipper, _limit_sync, _upstreams]
 
 
 def build(ctx, cycle):

@@ -1,7 +1,10 @@
 """`/status`: what the node runs, as JSON, from the shared state block.
 
 Every value is read from shared memory on each request; the control process keeps no
-copy, so a respawned one answers exactly as the one before it.
+copy, so a respawned one answers exactly as the one before it. The exception is the
+detail of `upstreams` (counts of consecutive checks, the last error, DNS errors), which
+the upstream service (edge/control/upstreams.py) keeps; a peer's health verdict and a
+name's addresses come from shared memory.
 """
 
 import time
@@ -26,6 +29,13 @@ def document(ctx):
             "heartbeat_age_ms": max(0, now_ms - beat) if beat else None,
         })
     started = shared.started_ms
+    service = ctx.upstreams() if hasattr(ctx, "upstreams") else None
+    upstreams = {}
+    if service is not None:
+        try:
+            upstreams = service.status()
+        except Exception as e:  # /status must answer even so
+            upstreams = {"error": repr(e)}
     return {
         "version": edge.__version__,
         "generation": shared.generation,
@@ -36,4 +46,5 @@ def document(ctx):
         "ready_reason": reason,
         "workers": workers,
         "uptime_seconds": round(max(0.0, time.time() - started / 1000), 3) if started else None,
+        "upstreams": upstreams,
     }

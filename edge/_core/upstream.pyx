@@ -244,8 +244,7 @@ cdef class Upstream:
                 return False
         if p.down_until_ms > now:
             if (h & 1) and h != p.health_seen:
-                p.down_until_ms = 0
-                p.fails = 0
+                self._passive_cleared(i)
                 return True
             return False
         return True
@@ -335,6 +334,14 @@ cdef class Upstream:
             p.fails = 0
             if row != NULL:
                 row[R_PEER_DOWN_UNTIL] = p.down_until_ms
+
+    cdef void _passive_cleared(self, int i) noexcept:
+        cdef Peer *p = &self.peers[i]
+        cdef int64_t *row = self.peer_row(i)
+        p.down_until_ms = 0
+        p.fails = 0
+        if row != NULL:
+            row[R_PEER_DOWN_UNTIL] = 0
 
     cdef void peer_ok(self, int i) noexcept:
         cdef Peer *p = &self.peers[i]

@@ -99,7 +99,8 @@ cdef class Upstream:
                 self.peer_series[i] = -1
                 continue
             self.peer_series[i] = series_for(SK_PEER, [self.name, self.peer_names[i]])
-            self.peers[i].health = zone_peer_health(&g_zone, self.peer_series[i])
+            if self.health_check is not None:   # else no load at all in peer_available
+                self.peers[i].health = zone_peer_health(&g_zone, self.peer_series[i])
         for i in range(self.nsources):
             host, port = self.resolve_names[i]
             self.sources[i].series = series_for(SK_RESOLVE, [self.name, host, str(port)])
@@ -220,7 +221,8 @@ cdef class Upstream:
                 self.peer_names_b[idx] = name.encode()
                 if self.peer_series != NULL:
                     self.peer_series[idx] = series_for(SK_PEER, [self.name, name])
-                    p.health = zone_peer_health(&g_zone, self.peer_series[idx])
+                    if self.health_check is not None:
+                        p.health = zone_peer_health(&g_zone, self.peer_series[idx])
         return 0
 
     cdef void _drop_idle(self, int peer):

@@ -16,7 +16,12 @@ cdef struct Peer:
     int64_t checked_ms      # when the current failure window started
     int64_t down_until_ms
 
+cimport cython
 
+
+# final: calls to its cdef methods are direct C calls (no vtable), so the balancers' per
+# peer peer_available() check inlines.
+@cython.final
 cdef class Upstream:
     cdef readonly str name
     cdef Peer *peers
@@ -116,6 +121,11 @@ cdef class Upstream:
     cdef void finalize(self):
         self.t_idle = timer_list(self.keepalive_timeout_ms)
 
+    cdef inline bint peer_available(self, int i, int64_t now) noexcept:
+        """May peer i take a request now? The one place every balancer asks: False while
+        the peer is out after max_fails failures within fail_timeout."""
+        return self.peers[i].down_until_ms <= now
+
     cdef int pick(self, int64_t now, uint64_t tried) noexcept:
         """Index of the next peer, skipping peers already tried for this request (bit set
         in `tried`) and peers marked down; -1 when none is left. When every untried peer
@@ -128,9 +138,9 @@ cdef class Upstream:
         for i in range(self.npeers):
             if i < 64 and (tried >> i) & 1:
                 continue
-            p = &self.peers[i]
-            if p.down_until_ms > now:
+            if not self.peer_available(i, now):
                 continue
+            p = &self.peers[i]
             p.current_weight += p.weight
             total += p.weight
             if best < 0 or p.current_weight > self.peers[best].current_weight:

@@ -1533,7 +1533,7 @@ cdef class Client(Handle):
 
     cdef void connect_next_peer(self):
         cdef Upstream ups = self.loc.upstream
-        cdef int peer = ups.pick(g_now, self.tried_peers)
+        cdef int peer = ups.pick(self, g_now, self.tried_peers)
         cdef UpConn up
         if peer < 0:
             self.send_error(502, "no live upstreams")

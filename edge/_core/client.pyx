@@ -1536,7 +1536,7 @@ cdef class Client(Handle):
         cdef int peer
         cdef UpConn up
         ups.sync_resolved()         # `server NAME resolve`: addresses the control process found
-        peer = ups.pick(g_now, self.tried_peers)
+        peer = ups.pick(self, g_now, self.tried_peers)
         if peer < 0:
             self.send_error(502, "no live upstreams")
             return

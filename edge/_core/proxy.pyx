@@ -65,12 +65,20 @@ cdef class UpConn(Handle):
     cdef int64_t file_off
     cdef int64_t file_end
     cdef bint buffering         # this response may be read ahead of a slow client
+    cdef bint counted           # this try counts in its peer's conns (least_conn)
 
     # ---- life cycle -------------------------------------------------------------------
+
+    cdef inline void end_try(self) noexcept:
+        """The try no longer occupies its peer (least_conn, random two, ewma)."""
+        if self.counted:
+            self.counted = False
+            self.ups.peers[self.peer].conns -= 1
 
     cdef void close(self):
         if self.state == US_CLOSED:
             return
+        self.end_try()
         timer_stop(self)
         if self.state == US_IDLE:
             try:
@@ -148,7 +156,8 @@ cdef class UpConn(Handle):
                 return
             self.state = US_ACTIVE
             self.connected_us = g_now_us
-            self.ups.peer_ok(self.peer)
+            if not self.ups.any_fail_status:
+                self.ups.peer_ok(self.peer)     # else once the response status is known
         self.drive()
 
     cdef void on_timeout(self):
@@ -490,6 +499,19 @@ cdef class UpConn(Handle):
             return 2
         self.status = status
         self.upstream_keepalive = minor == 1
+        if self.ups.any_fail_status:
+            # passive_fail_status: this answer counts as a failure of the peer, or as
+            # the success that a connect alone is not
+            if self.ups.fails_on_status(status):
+                if g_log_fn is not None:
+                    try:
+                        g_log_fn("warn", "upstream returned %d, a failure by passive_fail_status, "
+                                 "upstream: %s (%s)" % (status, self.ups.name, self.ups.peer_names[self.peer]))
+                    except Exception:
+                        pass
+                self.ups.peer_failed(self.peer, g_now)
+            else:
+                self.ups.peer_ok(self.peer)
         for i in range(nh):
             h = &hs[i]
             if name_is(h.name, h.name_len, "content-length", 14):
@@ -624,6 +646,7 @@ cdef class UpConn(Handle):
         self.client = None
         timer_stop(self)
         self.record_try(c, self.status)
+        self.end_try()
         if (ups.keepalive > 0 and self.upstream_keepalive and c.body_done
                 and buf_len(&self.rb) == 0 and self.nrequests < ups.keepalive_requests
                 and not g_loop.quitting):
@@ -648,6 +671,13 @@ cdef class UpConn(Handle):
         c.proxy_finished()
 
     cdef void record_try(self, Client c, int status) noexcept:
+        if self.ups.method == LB_EWMA:
+            # the time to the response head; a try without one (failed, timed out,
+            # abandoned) took at least this long, so it may raise the average only
+            if self.header_us >= 0:
+                ewma_observe(self.ups, self.peer, self.header_us - self.try_start_us, False)
+            else:
+                ewma_observe(self.ups, self.peer, g_now_us - self.try_start_us, True)
         c.record_try(self.peer, status,
                      self.connected_us - self.try_start_us if self.connected_us >= 0 else -1,
                      self.header_us - self.try_start_us if self.header_us >= 0 else -1,
@@ -689,8 +719,8 @@ cdef class UpConn(Handle):
         # because nothing of the response arrived and no body was streamed)
         retry_same_peer = self.reused and not self.got_bytes and why == FAIL_IO
         if not retry_same_peer and not (why == FAIL_TIMEOUT and self.head_done):
-            self.ups.peer_failed(self.peer, g_now)      # counts toward max_fails
             self.log_failure(why)
+            self.ups.peer_failed(self.peer, g_now)      # counts toward max_fails
         status = 504 if why == FAIL_TIMEOUT else 502
         cdef bint was_connecting = self.state == US_CONNECTING
         if not retry_same_peer:
@@ -738,6 +768,8 @@ cdef UpConn upstream_connection(Upstream ups, int peer, Client c):
             if up.rb.data == NULL:
                 buf_init(&up.rb, READ_CHUNK)
                 buf_init(&up.wb, 2048)
+            up.counted = True
+            p.conns += 1
             return up
     fd = socket(p.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
     if fd < 0:
@@ -762,6 +794,8 @@ cdef UpConn upstream_connection(Upstream ups, int peer, Client c):
         up.state = US_CLOSED
         return None
     up.state = US_CONNECTING
+    up.counted = True
+    p.conns += 1
     g_loop.register(up)
     return up
 

@@ -176,6 +176,10 @@ cdef class Location:
         names never copied from the client."""
         self.content = CONTENT_PROXY
         self.upstream = upstream
+        if upstream.hash_key is not None and upstream.hash_key.uses_head:
+            # the balancer reads the request head when it picks a peer, which may be
+            # after the body went through rb (request buffering, retries)
+            self.phases.keep_head = True
         self.proxy_uri = uri
         self.proxy_headers = headers
         self.proxy_strip = b"".join(n.lower() + b"\0" for n in strip_names)

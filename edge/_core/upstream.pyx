@@ -1,9 +1,14 @@
 # Upstream groups: peers, smooth weighted round robin, passive health (max_fails /
-# fail_timeout), and the per-worker pool of idle keep-alive connections.
+# fail_timeout, passive_fail_status), and the per-worker pool of idle keep-alive
+# connections. The other balancers (least_conn, hash, random, ewma) are in balancer.pyx.
 #
 # Smooth weighted round robin (the algorithm nginx documents): every pick adds each live
 # peer's weight to its current weight, picks the largest, and subtracts the total from the
 # winner. Weights 5,1,1 give a a b a c a a: spread out, not bursty.
+#
+# `backup` peers are used only when no primary is available; `down` peers never. All the
+# state here (failures, active connections, latency averages) is per worker, as nginx's
+# without a `zone`.
 #
 # Active health checks and DNS (docs/traffic.md): the control process checks the peers
 # and resolves `server NAME resolve` names; the workers only read shared memory.
@@ -15,6 +20,16 @@
 #   the worker copy the group's resolve slots into those peers. The peer array never
 #   moves, so peer indexes held by connections in flight stay valid.
 
+# load balancing methods (Upstream.method)
+cdef enum:
+    LB_ROUND_ROBIN = 0
+    LB_LEAST_CONN = 1
+    LB_HASH = 2
+    LB_CHASH = 3            # hash ... consistent
+    LB_RANDOM = 4
+    LB_RANDOM_TWO = 5       # random two [least_conn]
+    LB_EWMA = 6
+
 cdef struct Peer:
     sockaddr_storage addr
     socklen_t addrlen
@@ -25,6 +40,12 @@ cdef struct Peer:
     int fails
     int64_t checked_ms      # when the current failure window started
     int64_t down_until_ms
+    bint down               # `down`: never used
+    bint backup             # `backup`: used only when no primary is available
+    int server              # ordinal of its `server` line (a name may give several peers)
+    int conns               # tries in progress on this peer, this worker (least_conn)
+    double ewma_us          # peak-EWMA of its latency, microseconds (ewma)
+    int64_t ewma_stamp_us   # when ewma_us was last updated
     int64_t *health         # the active health check's word in the shared zone, or NULL
     int64_t health_seen     # that word when the passive check marked the peer down
     bint absent             # a resolve slot holding no address: never used
@@ -36,7 +57,12 @@ cdef struct ResolveSource:
     int64_t series          # its SK_RESOLVE series in the shared zone, -1 before attach
     int64_t seq             # the slot's sequence number last applied
 
+cimport cython
 
+
+# final: calls to its cdef methods are direct C calls (no vtable), so the balancers' per
+# peer peer_available() check inlines.
+@cython.final
 cdef class Upstream:
     cdef readonly str name
     cdef Peer *peers
@@ -58,6 +84,17 @@ cdef class Upstream:
     cdef public object health_check           # HealthCheck (modules/upstream.py) or None
     cdef public object resolver               # ResolverSettings (modules/upstream.py) or None
     cdef readonly list static_peers           # [(family, ip, port)], parallel to the non-resolve peers
+    cdef readonly int method                  # LB_*
+    cdef bint has_backup
+    cdef int primary_weight                   # the sum of the primaries' weights (hash, random)
+    cdef Template hash_key                    # hash KEY
+    cdef Buf key_buf                          # the key, evaluated per pick
+    cdef uint32_t *ring_hash                  # hash ... consistent: the ring's points, sorted
+    cdef int *ring_server                     # the `server` each point belongs to
+    cdef readonly int nring
+    cdef list server_texts                    # `server` addresses as written (ring points)
+    cdef uint64_t fail_status[10]             # passive_fail_status: one bit per status 0..639
+    cdef bint any_fail_status
 
     def __init__(self, str name, int keepalive=0):
         self.name = name
@@ -78,6 +115,9 @@ cdef class Upstream:
         self.health_check = None
         self.resolver = None
         self.static_peers = []
+        self.method = LB_ROUND_ROBIN
+        self.server_texts = []
+        buf_init(&self.key_buf, 256)
 
     def __dealloc__(self):
         if self.peers != NULL:
@@ -86,6 +126,11 @@ cdef class Upstream:
             free(self.sources)
         if self.peer_series != NULL:
             free(self.peer_series)
+        if self.ring_hash != NULL:
+            free(self.ring_hash)
+        if self.ring_server != NULL:
+            free(self.ring_server)
+        buf_free(&self.key_buf)
 
     def attach(self):
         """In the worker: this group's series in the shared zone."""
@@ -114,9 +159,13 @@ cdef class Upstream:
         return my_row(self.peer_series[i])
 
     def add_peer(self, str host, int port, int weight=1, int max_fails=1,
-                 double fail_timeout=10.0):
-        """Resolve host now (as nginx does at startup) and add one peer per address."""
+                 double fail_timeout=10.0, bint backup=False, bint down=False, str server=None):
+        """Resolve host now (as nginx does at startup) and add one peer per address.
+        `server` is the address as written in the config (the consistent hash ring is
+        built from it, as nginx's is)."""
         import socket as pysocket
+        cdef int first = self.npeers
+        cdef int i
         try:
             infos = pysocket.getaddrinfo(host, port, type=pysocket.SOCK_STREAM)
         except pysocket.gaierror as e:
@@ -128,11 +177,23 @@ cdef class Upstream:
             seen.append((family, sockaddr[:2]))
             self._add_resolved(family, sockaddr[0], sockaddr[1], weight, max_fails, fail_timeout)
             self.static_peers.append((family, sockaddr[0], sockaddr[1]))
+        for i in range(first, self.npeers):
+            self.peers[i].backup = backup
+            self.peers[i].down = down
+            self.peers[i].server = len(self.server_texts)
+            if not backup:
+                self.primary_weight += self.peers[i].weight
+        if backup:
+            self.has_backup = True
+        self.server_texts.append(server if server is not None else "%s:%d" % (host, port))
 
     def add_resolve(self, str host, int port, int weight=1, int max_fails=1,
-                    double fail_timeout=10.0):
+                    double fail_timeout=10.0, bint backup=False, bint down=False,
+                    str server=None):
         """`server host:port resolve`: RESOLVE_MAX peer slots, empty until the control
-        process publishes the addresses of `host`."""
+        process publishes the addresses of `host`. For the balancers they are one
+        `server` (a name that may give several peers), as a name with several addresses
+        in a plain `server` is."""
         cdef int k
         self.sources = <ResolveSource *>realloc(self.sources, sizeof(ResolveSource) * (self.nsources + 1))
         if self.sources == NULL:
@@ -148,6 +209,14 @@ cdef class Upstream:
             self.peers[self.npeers - 1].absent = True
             self.peer_names[self.npeers - 1] = "%s:%d" % (host, port)
             self.peer_names_b[self.npeers - 1] = self.peer_names[self.npeers - 1].encode()
+            self.peers[self.npeers - 1].backup = backup
+            self.peers[self.npeers - 1].down = down
+            self.peers[self.npeers - 1].server = len(self.server_texts)
+        if backup:
+            self.has_backup = True
+        else:           # as add_peer: the sum of the primary peers' weights, slot by slot
+            self.primary_weight += self.peers[self.npeers - 1].weight * RESOLVE_MAX
+        self.server_texts.append(server if server is not None else "%s:%d" % (host, port))
 
     cdef void sync_resolved(self) noexcept:
         """Before a pick: apply what the control process resolved since the last look.
@@ -216,6 +285,8 @@ cdef class Upstream:
                 p.fails = 0
                 p.down_until_ms = 0
                 p.current_weight = 0
+                p.ewma_us = 0
+                p.ewma_stamp_us = 0
                 name = _sockaddr_text(&addr)
                 self.peer_names[idx] = name
                 self.peer_names_b[idx] = name.encode()
@@ -231,25 +302,6 @@ cdef class Upstream:
             if (<UpConn>up).peer == peer:
                 (<UpConn>up).close()
 
-    cdef inline bint peer_available(self, int i, int64_t now) noexcept:
-        """Whether a balancer may use peer i now: it has an address, the active health
-        check does not hold it down (one load of the shared word), and the passive check
-        (max_fails) does not either. An active check that sees the peer come back up (a
-        new up verdict since the passive check marked it down) ends the passive ejection."""
-        cdef Peer *p = &self.peers[i]
-        cdef int64_t h = 0
-        if p.absent:
-            return False
-        if p.health != NULL:
-            h = p.health[0]
-            if h != 0 and (h & 1) == 0:
-                return False
-        if p.down_until_ms > now:
-            if (h & 1) and h != p.health_seen:
-                self._passive_cleared(i)
-                return True
-            return False
-        return True
 
     cdef _add_resolved(self, int family, str ip, int port, int weight, int max_fails,
                        double fail_timeout):
@@ -283,15 +335,95 @@ cdef class Upstream:
         p.fail_timeout_ms = <int64_t>(fail_timeout * 1000)
         self.npeers += 1
 
+    def set_balancer(self, str method, Template key=None):
+        """Choose the load balancing method (config time, after every add_peer):
+        "round_robin", "least_conn", "hash" or "hash_consistent" (with `key`), "random",
+        "random_two" or "ewma"."""
+        methods = {"round_robin": LB_ROUND_ROBIN, "least_conn": LB_LEAST_CONN, "hash": LB_HASH,
+                   "hash_consistent": LB_CHASH, "random": LB_RANDOM, "random_two": LB_RANDOM_TWO,
+                   "ewma": LB_EWMA}
+        self.method = methods[method]
+        self.hash_key = key
+        if self.method == LB_CHASH:
+            build_ring(self)
+
+    def set_passive_fail_status(self, statuses):
+        """The response statuses that count as a failure of the peer (max_fails)."""
+        cdef int code
+        memset(self.fail_status, 0, sizeof(self.fail_status))
+        self.any_fail_status = False
+        for code in statuses:
+            if 0 <= code < 640:
+                self.fail_status[code >> 6] |= (<uint64_t>1) << (code & 63)
+                self.any_fail_status = True
+
+    @property
+    def hash_key_uses_head(self):
+        """The hash key reads the request head (which must then outlive body reads)."""
+        return self.hash_key is not None and self.hash_key.uses_head
+
+    def ring(self):
+        """The consistent hash ring as [(point, peer server ordinal)] (for tests)."""
+        return [(self.ring_hash[i], self.ring_server[i]) for i in range(self.nring)]
+
+    def peer_state(self, int i):
+        """One peer's balancer state in this process (for tests and debugging)."""
+        cdef Peer *p = &self.peers[i]
+        return {"weight": p.weight, "backup": bool(p.backup), "down": bool(p.down),
+                "server": self.server_texts[p.server], "conns": p.conns,
+                "ewma_us": p.ewma_us, "fails": p.fails, "down_until_ms": p.down_until_ms}
+
     cdef void finalize(self):
         self.t_idle = timer_list(self.keepalive_timeout_ms)
 
-    cdef int pick(self, int64_t now, uint64_t tried) noexcept:
-        """Index of the next peer, skipping peers already tried for this request (bit set
-        in `tried`) and peers marked down; -1 when none is left. When every untried peer
-        is down by the passive check, the least recently failed one is used anyway, as
-        nginx does, so a group never refuses all traffic on stale failure counts; peers
-        the active check holds down and empty resolve slots are never used."""
+    cdef inline bint fails_on_status(self, int status) noexcept:
+        """passive_fail_status lists this response status."""
+        return self.any_fail_status and 0 <= status < 640 and \
+            (self.fail_status[status >> 6] >> (status & 63)) & 1
+
+    cdef inline bint peer_available(self, int i, int64_t now) noexcept:
+        """May peer i take a request now? The one place every balancer asks: False for a
+        `down` peer, for an empty resolve slot (`server NAME resolve` with fewer
+        addresses), while the active health check holds it down (one load of its word in
+        the shared zone, only in groups with `health_check`), and while the peer is out
+        after max_fails failures within fail_timeout. An active check that saw the peer
+        come back up (a new up verdict since the passive check put it out) ends that."""
+        cdef Peer *p = &self.peers[i]
+        cdef int64_t h = 0
+        if p.down or p.absent:
+            return False
+        if p.health != NULL:
+            h = p.health[0]
+            if h != 0 and (h & 1) == 0:
+                return False
+        if p.down_until_ms > now:
+            if (h & 1) and h != p.health_seen:
+                self._passive_cleared(i)
+                return True
+            return False
+        return True
+
+    cdef int pick(self, Client c, int64_t now, uint64_t tried) noexcept:
+        """Index of the peer for c's next try, skipping peers already tried for this
+        request (bit set in `tried`) and peers that are not available; the backups when
+        no primary is left; -1 when none is left. When every untried peer is out on
+        failures, the least recently failed one is used anyway, so a group never refuses
+        all traffic on stale failure counts; never a `down` one, one the active health
+        check holds down, or an empty resolve slot."""
+        cdef int best
+        if self.method != LB_ROUND_ROBIN:
+            best = pick_balanced(self, c, now, tried)      # balancer.pyx
+        else:
+            best = self.pick_round_robin(now, tried, False)
+            if best < 0 and self.has_backup:
+                best = self.pick_round_robin(now, tried, True)
+        if best < 0:
+            best = self.last_resort(tried)
+        return best
+
+    cdef int pick_round_robin(self, int64_t now, uint64_t tried, bint backup) noexcept:
+        """Smooth weighted round robin over the available untried primaries (backup
+        False) or backups; -1 when there is none."""
         cdef int i
         cdef int best = -1
         cdef int total = 0
@@ -299,22 +431,28 @@ cdef class Upstream:
         for i in range(self.npeers):
             if i < 64 and (tried >> i) & 1:
                 continue
-            if not self.peer_available(i, now):
-                continue
             p = &self.peers[i]
+            if p.backup != backup or not self.peer_available(i, now):
+                continue
             p.current_weight += p.weight
             total += p.weight
             if best < 0 or p.current_weight > self.peers[best].current_weight:
                 best = i
         if best >= 0:
             self.peers[best].current_weight -= total
-            return best
+        return best
+
+    cdef int last_resort(self, uint64_t tried) noexcept:
+        """The untried peer, not `down`, whose failure ban ends first; -1 if none."""
+        cdef int i
+        cdef Peer *p
+        cdef int best = -1
         for i in range(self.npeers):
             if i < 64 and (tried >> i) & 1:
                 continue
             p = &self.peers[i]
-            if p.absent or (p.health != NULL and p.health[0] != 0 and (p.health[0] & 1) == 0):
-                continue        # no address, or the active check holds it down
+            if p.down or p.absent or (p.health != NULL and p.health[0] != 0 and (p.health[0] & 1) == 0):
+                continue        # `down`, no address, or the active check holds it down
             if best < 0 or self.peers[i].down_until_ms < self.peers[best].down_until_ms:
                 best = i
         return best
@@ -331,6 +469,10 @@ cdef class Upstream:
             p.checked_ms = now
         p.fails += 1
         if p.fails >= p.max_fails:
+            if p.down_until_ms <= now:
+                self.log_peer(i, "warn", "upstream server temporarily disabled for %gs after %d "
+                              "failure%s" % (p.fail_timeout_ms / 1000.0, p.fails,
+                                             "" if p.fails == 1 else "s"))
             p.down_until_ms = now + p.fail_timeout_ms
             p.health_seen = p.health[0] if p.health != NULL else 0
             p.fails = 0
@@ -354,8 +496,17 @@ cdef class Upstream:
             row = self.peer_row(i)
             if row != NULL:
                 row[R_PEER_DOWN_UNTIL] = 0
+            self.log_peer(i, "notice", "upstream server is available again")
         p.down_until_ms = 0
 
+    cdef void log_peer(self, int i, str level, str what) noexcept:
+        """A peer state transition, in the error log (rare: not on the hot path)."""
+        if g_log_fn is None:
+            return
+        try:
+            g_log_fn(level, "%s, upstream: %s (%s)" % (what, self.name, self.peer_names[i]))
+        except Exception:
+            pass
 
 cdef str _sockaddr_text(sockaddr_storage *addr):
     """"ip:port" or "[ip6]:port", as peer names are written."""

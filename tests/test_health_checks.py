@@ -99,6 +99,7 @@ worker_processes 2;
 http {
     admin_listen 127.0.0.1:@PORT2@;
     upstream backend {
+        @BALANCER@
         server @A@;
         server @B@;
         health_check interval=300ms fails=1 passes=2;
@@ -111,11 +112,14 @@ http {
 """
 
 
+# every balancer asks the same peer_available(), which reads the check's verdict
 @pytest.mark.timeout(120)
-def test_peer_killed_under_load_is_ejected_then_restored_by_the_check(edge, upstream_factory):
+@pytest.mark.parametrize("balancer", ["", "least_conn;", "random two;", "ewma;"])
+def test_peer_killed_under_load_is_ejected_then_restored_by_the_check(edge, upstream_factory,
+                                                                      balancer):
     a = upstream_factory("a")
     b = upstream_factory("b")
-    e = edge(KILL_CONF, A=a.addr, B=b.addr)
+    e = edge(KILL_CONF, A=a.addr, B=b.addr, BALANCER=balancer)
     wait_for("both peers checked up", lambda: health_of(e, "backend", a.addr) == "up"
              and health_of(e, "backend", b.addr) == "up", 10)
     assert peer_up(e) == {("backend", a.addr): 1, ("backend", b.addr): 1}
@@ -297,3 +301,44 @@ def test_health_check_defaults():
     assert (hc.type, hc.uri, hc.host, hc.interval, hc.timeout, hc.fails, hc.passes) == \
         ("http", "/", None, 5.0, 5.0, 1, 1)
     assert hc.status_ok(200) and hc.status_ok(399) and not hc.status_ok(404)
+
+
+HASH_CONF = """
+http {
+    admin_listen 127.0.0.1:@PORT2@;
+    upstream backend {
+        hash $arg_k consistent;
+        server @A@;
+        server @B@;
+        health_check interval=300ms;
+    }
+    server { listen 127.0.0.1:@PORT@; location / { proxy_pass http://backend; } }
+}
+"""
+
+
+def test_consistent_hash_moves_only_the_keys_of_a_peer_held_down(edge, upstream_factory):
+    a = upstream_factory("a")
+    b = upstream_factory("b")
+    e = edge(HASH_CONF, A=a.addr, B=b.addr)
+    wait_for("both up", lambda: health_of(e, "backend", a.addr) == "up"
+             and health_of(e, "backend", b.addr) == "up", 10)
+
+    def server_of(k):
+        with Conn(e.port) as c:
+            r = c.request("GET", f"/?k={k}")
+        assert r.status == 200
+        return json.loads(r.body)["server"]
+
+    before = {k: server_of(k) for k in range(40)}
+    assert set(before.values()) == {"a", "b"}
+    b.stop()
+    wait_for("b down", lambda: health_of(e, "backend", b.addr) == "down", 10)
+    after = {k: server_of(k) for k in range(40)}
+    assert set(after.values()) == {"a"}
+    b2 = Upstream("b", port=b.port).start()
+    try:
+        wait_for("b up", lambda: health_of(e, "backend", b.addr) == "up", 10)
+        assert {k: server_of(k) for k in range(40)} == before   # every key back where it was
+    finally:
+        b2.stop()

@@ -85,7 +85,7 @@ cdef void build_ring(Upstream u) except *:
     points.sort()
     kept = []
     for h, sid in points:
-        if kept and kept[-1][0] == h:
+        if kept and kept[len(kept) - 1][0] == h:
             continue
         kept.append((h, sid))
     if u.ring_hash != NULL:

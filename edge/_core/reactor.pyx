@@ -30,6 +30,7 @@ include "cors.pyx"
 include "auth.pyx"
 include "proxy.pyx"
 include "buffering.pyx"
+include "retries.pyx"
 
 DEF MAX_EVENTS = 512
 DEF FREE_CLIENTS_MAX = 4096

@@ -69,6 +69,10 @@ cdef class Location:
     # buffering (buffering.pyx): request bodies read whole before a peer is picked,
     # responses read ahead of a slow client into memory, then a temp file
     cdef public bint request_buffering
+    # retries (retries.pyx): proxy_next_upstream's conditions, and its limits
+    cdef public int next_upstream
+    cdef public int64_t next_upstream_tries         # 0: no limit
+    cdef public int64_t next_upstream_timeout_ms    # 0: no limit
     cdef public int64_t client_body_buffer_size
     cdef public bytes client_body_temp_path
     cdef public bint proxy_buffering
@@ -121,6 +125,7 @@ cdef class Location:
         self.proxy_tunnel_timeout_ms = 3600000
         self.upgrade_protocols = b"websocket\0\0"
         self.request_buffering = True
+        self.next_upstream = 3          # error timeout
         self.client_body_buffer_size = 8192
         self.proxy_buffering = True
         self.proxy_buffer_size = 4096

@@ -254,6 +254,7 @@ cdef class Client(Handle):
     cdef int body_fd            # the temp file holding the buffered body, or -1
     cdef int64_t body_size      # the buffered body's length
     cdef ResponseSpool spool    # what a slow client has not taken of the response, or None
+    cdef list mirror_heads      # (MirrorTarget, head) of the copies this request gets, or None
     cdef bint discarding        # a body we answered without reading is still arriving
     cdef bint aborted           # the connection ended before the response was complete
     cdef uint64_t tried_peers
@@ -653,6 +654,7 @@ cdef class Client(Handle):
         self.upgrade = False
         self.tried_peers = 0
         self.tries = 0
+        self.mirror_heads = None
         if self.body_buffered or self.body_fd >= 0:
             release_request_body(self)
         if self.spool is not None:
@@ -1528,7 +1530,10 @@ cdef class Client(Handle):
             # we answer 100-continue ourselves; the upstream never sees Expect
             buf_append_str(&self.wb, "HTTP/1.1 100 Continue\r\n\r\n")
         timer_stop(self)
-        if (loc.request_buffering and (self.body_kind == BODY_LENGTH or self.body_kind == BODY_CHUNKED)) or (
+        if loc.mirrors is not None and not self.upgrade:
+            prepare_mirrors(self)       # the copies' heads, while the fields are valid
+        if ((loc.request_buffering or (self.mirror_heads is not None and loc.mirror_request_body))
+                and (self.body_kind == BODY_LENGTH or self.body_kind == BODY_CHUNKED)) or (
                 # a body that came whole with the head is held whole even when buffering
                 # is off (as nginx does): it costs nothing and it can be sent again
                 self.body_kind == BODY_LENGTH and <int64_t>buf_len(&self.rb) >= self.body_left
@@ -1536,6 +1541,8 @@ cdef class Client(Handle):
             start_buffered_body(self)       # the body first, whole and valid; then a peer
             return
         finish_upstream_head(self, loc, &self.pbuf)
+        if self.mirror_heads is not None:
+            send_mirrors(self)
         self.state = CS_PROXY
         self.connect_next_peer()
 

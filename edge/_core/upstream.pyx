@@ -79,6 +79,7 @@ cdef class Upstream:
     cdef int64_t *peer_series                 # metrics: per peer failures and state
     cdef ResolveSource *sources               # `server NAME resolve` entries
     cdef readonly int nsources
+    cdef readonly int npresent                # peers with an address (npeers less empty resolve slots)
     cdef readonly list resolve_names          # [(host, port)], parallel to sources
     cdef int64_t resolve_generation_seen
     cdef public object health_check           # HealthCheck (modules/upstream.py) or None
@@ -207,6 +208,7 @@ cdef class Upstream:
         for k in range(RESOLVE_MAX):
             self._add_resolved(AF_INET, "0.0.0.0", port, weight, max_fails, fail_timeout)
             self.peers[self.npeers - 1].absent = True
+            self.npresent -= 1
             self.peer_names[self.npeers - 1] = "%s:%d" % (host, port)
             self.peer_names_b[self.npeers - 1] = self.peer_names[self.npeers - 1].encode()
             self.peers[self.npeers - 1].backup = backup
@@ -259,6 +261,7 @@ cdef class Upstream:
                 if k >= n:
                     if not p.absent:
                         p.absent = True
+                        self.npresent -= 1
                         p.health = NULL
                         self._drop_idle(idx)
                     continue
@@ -281,6 +284,8 @@ cdef class Upstream:
                     self._drop_idle(idx)
                 memcpy(&p.addr, &addr, sizeof(addr))
                 p.addrlen = addrlen
+                if p.absent:
+                    self.npresent += 1
                 p.absent = False
                 p.fails = 0
                 p.down_until_ms = 0
@@ -334,6 +339,7 @@ cdef class Upstream:
         p.max_fails = max_fails
         p.fail_timeout_ms = <int64_t>(fail_timeout * 1000)
         self.npeers += 1
+        self.npresent += 1
 
     def set_balancer(self, str method, Template key=None):
         """Choose the load balancing method (config time, after every add_peer):

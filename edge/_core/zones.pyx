@@ -74,7 +74,8 @@ cdef enum SeriesKind:
     SK_PEER = 4         # (upstream, peer): failures, down-until
     SK_SINK = 5         # (sink target): records dropped from full rings
     SK_LIMIT = 6        # (zone, decision): limit decisions
-    SK_RESOLVE = 7      # (upstream, host, port): a resolve slot (addresses of a name)
+    SK_MIRROR = 7       # (mirror uri, result): mirror copies sent, failed, dropped
+    SK_RESOLVE = 8      # (upstream, host, port): a resolve slot (addresses of a name)
 
 # Row words, by kind
 DEF R_SUM = 11          # duration sum in microseconds (ROUTE, UPSTREAM)
@@ -489,6 +490,7 @@ cdef class Zones:
         peers = []
         sinks = {}
         limits = []
+        mirrors = []
         for i in range(self.series_cap):
             e = &self.z.series[i]
             if edge_load64(&e.state) != 2:
@@ -533,6 +535,8 @@ cdef class Zones:
                               "up": down_until <= now and not (health and health % 2 == 0)})
             elif e.kind == SK_LIMIT:
                 limits.append({"zone": labels[0], "decision": labels[1], "count": sums[0]})
+            elif e.kind == SK_MIRROR:
+                mirrors.append({"mirror": labels[0], "result": labels[1], "count": sums[0]})
             elif e.kind == SK_SINK:
                 row = zone_row(&self.z, self.workers_cap, i)
                 sinks[labels[0]] = {"ring_dropped": sums[R_SINK_DROPPED],
@@ -544,7 +548,7 @@ cdef class Zones:
             conns["writing"] += self.z.workers[w].writing
             conns["idle"] += self.z.workers[w].idle
         return {"http": http, "upstreams": upstreams, "peers": peers,
-                "connections": conns, "sinks": sinks, "limits": limits}
+                "connections": conns, "sinks": sinks, "limits": limits, "mirrors": mirrors}
 
     def drain(self, int max_records=1000):
         """Take up to `max_records` log records from the workers' rings, oldest first per

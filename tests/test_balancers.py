@@ -517,6 +517,8 @@ def test_config_errors_name_file_and_line(tmp_path, body, message, needle, nginx
         assert e.wait_exit(10) == 1, e.report()
         out = e.output() + e.error_log
         assert message in out, out
+        if IMPL == "nginx" and "variable" in message:
+            return      # nginx finds unknown variables after parsing and names no line
         assert f"{e.conf_path}:{e.line_of(needle)}" in out, out
     finally:
         e.kill_group()

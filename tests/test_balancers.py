@@ -541,3 +541,27 @@ def test_configs_nginx_accepts_start(edge, body):
 }
 """ % body)
     assert e.running()
+
+
+@pytest.mark.edge_only      # consumers are edge's (Kong's model)
+def test_hash_on_the_consumer(edge, peers, tmp_path):
+    """`hash $consumer consistent`: each authenticated consumer sticks to one server."""
+    import yaml
+    users = [f"user{i}" for i in range(40)]
+    path = tmp_path / "consumers.yaml"
+    path.write_text(yaml.safe_dump({"consumers": [
+        {"username": u, "credentials": {"key_auth": [{"key": f"{u}-key"}]}} for u in users]}))
+    ps = peers(3)
+    e = edge("http {\n    consumers @CONSUMERS@;\n" + group([(p, "") for p in ps], "hash $consumer consistent;") + """
+    server { listen 127.0.0.1:@PORT@; location / { key_auth; proxy_pass http://g; } }
+}
+""", CONSUMERS=path)
+    placed = {}
+    with Conn(e.port, timeout=20) as c:
+        for rnd in range(3):
+            for u in users:
+                r = c.request("GET", "/echo", headers=[("apikey", f"{u}-key")])
+                assert r.status == 200, r
+                got = r.header("X-Upstream")
+                assert placed.setdefault(u, got) == got, f"consumer {u} moved"
+    assert len(set(placed.values())) == 3, placed

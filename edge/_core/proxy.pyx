@@ -503,9 +503,9 @@ cdef class UpConn(Handle):
             # passive_fail_status: this answer counts as a failure of the peer, or as
             # the success that a connect alone is not
             if self.ups.fails_on_status(status):
-                if g_log_fn is not None:
+                if g_log_info:
                     try:
-                        g_log_fn("warn", "upstream returned %d, a failure by passive_fail_status, "
+                        g_log_fn("info", "upstream returned %d, a failure by passive_fail_status, "
                                  "upstream: %s (%s)" % (status, self.ups.name, self.ups.peer_names[self.peer]))
                     except Exception:
                         pass

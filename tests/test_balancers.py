@@ -14,7 +14,8 @@ in `X-Upstream`) behind a real edge with one worker, and counts where the reques
 - least_conn and ewma send most requests to the fast server when the other is slow;
 - backup servers serve only when every primary is down or dead; `down` servers never;
 - passive_fail_status: a 503 counts toward max_fails, so the server is skipped for
-  fail_timeout, and the transitions are logged;
+  fail_timeout (once, when proxy_next_upstream also retries it), and the transitions
+  are logged;
 - config errors name the file and the line.
 
 nginx is the oracle: `EDGE_TEST_IMPL=nginx python3 -m pytest tests/test_balancers.py`
@@ -565,3 +566,15 @@ def test_hash_on_the_consumer(edge, peers, tmp_path):
                 got = r.header("X-Upstream")
                 assert placed.setdefault(u, got) == got, f"consumer {u} moved"
     assert len(set(placed.values())) == 3, placed
+
+
+@pytest.mark.edge_only      # passive_fail_status is edge's
+def test_a_status_also_retried_counts_once(edge, peers):
+    """503 both in passive_fail_status and in proxy_next_upstream: the client gets the
+    other server's answer, and the failure counts once toward max_fails."""
+    bad, good = peers(2)
+    bad.status = 503
+    e = start(edge, group([(bad, "max_fails=2 fail_timeout=30s"), (good, "")], "passive_fail_status 503;"),
+              "proxy_next_upstream error timeout http_503;")
+    assert spread_statuses(e.port, 30) == {200: 30}
+    assert bad.served == 2, bad.served

@@ -205,14 +205,6 @@ cdef int peer_by_weight(Upstream u, uint64_t x) noexcept:
     return last
 
 
-cdef int count_primaries(Upstream u) noexcept:
-    cdef int i, n = 0
-    for i in range(u.npeers):
-        if not u.peers[i].backup:
-            n += 1
-    return n
-
-
 cdef int pick_hash(Upstream u, Client c, int64_t now, uint64_t tried) noexcept:
     """hash KEY [consistent]: the key's server; -2 to fall back to round robin."""
     cdef Buf *key = &u.key_buf
@@ -227,7 +219,7 @@ cdef int pick_hash(Upstream u, Client c, int64_t now, uint64_t tried) noexcept:
     if buf_len(key) == 0 or u.primary_weight == 0:
         return -2
     if u.method == LB_HASH:
-        if count_primaries(u) < 2:
+        if u.nprimary < 2:
             return -2
         acc = 0
         for step in range(HASH_MAX_STEPS + 1):
@@ -242,7 +234,7 @@ cdef int pick_hash(Upstream u, Client c, int64_t now, uint64_t tried) noexcept:
                 return i
         return -2
     # consistent: the first point at or after the key's hash, then the next ones
-    if u.nring == 0 or count_primaries(u) < 2:
+    if u.nring == 0 or u.nprimary < 2:
         return -2
     h = crc32_update(0xffffffff, key.data + key.start, buf_len(key)) ^ 0xffffffff
     lo = 0
@@ -278,7 +270,7 @@ cdef int pick_random(Upstream u, int64_t now, uint64_t tried, bint two) noexcept
     two least_conn). -2 to fall back to round robin after 20 draws."""
     cdef int draws, i
     cdef int first = -1
-    if u.primary_weight == 0 or count_primaries(u) < 2:
+    if u.primary_weight == 0 or u.nprimary < 2:
         return -2
     for draws in range(HASH_MAX_STEPS + 1):
         i = peer_by_weight(u, random_below(<uint64_t>u.primary_weight))

@@ -512,9 +512,9 @@ cdef class UpConn(Handle):
             # passive_fail_status: this answer counts as a failure of the peer, or as
             # the success that a connect alone is not
             if self.ups.fails_on_status(status):
-                if g_log_fn is not None:
+                if g_log_info:
                     try:
-                        g_log_fn("warn", "upstream returned %d, a failure by passive_fail_status, "
+                        g_log_fn("info", "upstream returned %d, a failure by passive_fail_status, "
                                  "upstream: %s (%s)" % (status, self.ups.name, self.ups.peer_names[self.peer]))
                     except Exception:
                         pass
@@ -653,8 +653,9 @@ cdef class UpConn(Handle):
         """The response has a status proxy_next_upstream lists and another peer may
         answer: drop this response with its connection, and try the next peer."""
         cdef Client c = self.client
-        if self.status != 403 and self.status != 404:
-            self.ups.peer_failed(self.peer, g_now)  # nginx: never for 403 and 404
+        if self.status != 403 and self.status != 404 and not self.ups.fails_on_status(self.status):
+            # nginx: never for 403 and 404; a passive_fail_status was counted already
+            self.ups.peer_failed(self.peer, g_now)
         self.record_try(c, self.status)
         self.client = None
         self.close()

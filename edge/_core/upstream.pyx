@@ -88,6 +88,7 @@ cdef class Upstream:
     cdef readonly int method                  # LB_*
     cdef bint has_backup
     cdef int primary_weight                   # the sum of the primaries' weights (hash, random)
+    cdef int nprimary                         # peers that are not `backup`
     cdef Template hash_key                    # hash KEY
     cdef Buf key_buf                          # the key, evaluated per pick
     cdef uint32_t *ring_hash                  # hash ... consistent: the ring's points, sorted
@@ -184,6 +185,7 @@ cdef class Upstream:
             self.peers[i].server = len(self.server_texts)
             if not backup:
                 self.primary_weight += self.peers[i].weight
+                self.nprimary += 1
         if backup:
             self.has_backup = True
         self.server_texts.append(server if server is not None else "%s:%d" % (host, port))
@@ -367,17 +369,6 @@ cdef class Upstream:
     def hash_key_uses_head(self):
         """The hash key reads the request head (which must then outlive body reads)."""
         return self.hash_key is not None and self.hash_key.uses_head
-
-    def ring(self):
-        """The consistent hash ring as [(point, peer server ordinal)] (for tests)."""
-        return [(self.ring_hash[i], self.ring_server[i]) for i in range(self.nring)]
-
-    def peer_state(self, int i):
-        """One peer's balancer state in this process (for tests and debugging)."""
-        cdef Peer *p = &self.peers[i]
-        return {"weight": p.weight, "backup": bool(p.backup), "down": bool(p.down),
-                "server": self.server_texts[p.server], "conns": p.conns,
-                "ewma_us": p.ewma_us, "fails": p.fails, "down_until_ms": p.down_until_ms}
 
     cdef void finalize(self):
         self.t_idle = timer_list(self.keepalive_timeout_ms)

@@ -8,6 +8,7 @@
 # phase handler results (phases.pyx), used by client.pyx before phases.pyx is read
 DEF PH_CONTINUE = 0
 DEF PH_DONE = 1
+DEF PH_RELOCATE = 2     # rewrite.pyx: the URI changed, search the location again
 
 include "includes/system.pxi"
 include "buffers.pyx"
@@ -30,6 +31,7 @@ include "cors.pyx"
 include "auth.pyx"
 include "proxy.pyx"
 include "buffering.pyx"
+include "rewrite.pyx"
 
 DEF MAX_EVENTS = 512
 DEF FREE_CLIENTS_MAX = 4096

@@ -157,7 +157,7 @@ def compile_location(conf, location, runtime):
         group = runtime.upstreams.get(authority)
     if group is None and dynamic is None:
         group = runtime.address_upstreams.get(authority)
-    if group is None:
+    if group is None and dynamic is None:
         try:
             host, port = split_host_port(authority, default_port=80)
             group = Upstream(authority, 0)

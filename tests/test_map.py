@@ -240,3 +240,34 @@ def test_split_clients_same_side_as_nginx_and_shares(srv):
     for share, value in SIDE:
         expected = (share or 10000 - sum(s for s, _ in SIDE)) / 10000
         assert abs(counts.get(value, 0) / n - expected) <= 0.03, (value, counts)
+
+
+BAD_CONFIGS = [
+    ('split_clients $remote_addr $s { 60% a; 50% b; }', "percent total is greater than 100%", 1),
+    ('split_clients $remote_addr $s { 0.555% a; }', 'invalid percent value "0.555%"', 1),
+    ('map $uri $m { ~(?i)x y; }', "(?...) groups are not supported", 1),
+    ('map $uri $m { a b c; }', "invalid number of the map parameters", 1),
+    ('server { listen 127.0.0.1:1; location / { return 200 "$nope"; } }', 'unknown "nope" variable', 1),
+    ('server { listen 127.0.0.1:1; location / { rewrite ^ /x bogus; } }', 'invalid parameter "bogus"', 1),
+    ('server { listen 127.0.0.1:1; location / { set $p a;\nproxy_pass http://$p;\nproxy_redirect default; } }',
+     '"proxy_redirect default" cannot be used with "proxy_pass" directive with variables', 3),
+]
+
+
+@pytest.mark.edge_only
+@pytest.mark.parametrize("body,message,line", BAD_CONFIGS, ids=[m for _, m, _ in BAD_CONFIGS])
+def test_config_errors_name_file_and_line(body, message, line):
+    from edge.config import ConfigError, parse_string
+    from edge.cycle import from_parsed
+    text = "http {\n" + body + "\n}\n"
+    with pytest.raises(ConfigError) as info:
+        from_parsed("/x/edge.conf", parse_string(text, "/x/edge.conf"))
+    assert message in str(info.value)
+    assert str(info.value).endswith(f"/x/edge.conf:{line + 1}"), str(info.value)
+
+
+@pytest.mark.edge_only
+def test_murmur_matches_the_model():
+    from edge._core.reactor import murmur2 as compiled
+    for key in [b"", b"a", b"ab", b"abc", b"abcd", b"abcde", b"127.0.0.1", b"client-12345"]:
+        assert compiled(key) == murmur2(key)

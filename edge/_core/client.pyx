@@ -1238,7 +1238,13 @@ cdef class Client(Handle):
                 if r != PH_DONE:
                     self.finish_without_body(r)
                 return
-            phases = self.loc.phases
+            if self.loc is not loc:
+                phases = self.loc.phases
+                if phases.keep_head and self.loc.content == CONTENT_PROXY and not \
+                        (loc.phases.keep_head and loc.content == CONTENT_PROXY):
+                    self.rb.start -= head_len
+                    self.keep_request_head(head_len)
+                    self.rb.start += head_len
         if phases.naccess:
             r = run_handlers(phases.access, self)
             if r != PH_CONTINUE:

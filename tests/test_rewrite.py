@@ -162,6 +162,12 @@ http {
         listen 127.0.0.1:@PORT2@;
         location / { return 200 "inherits http"; }
     }
+    server {
+        listen 127.0.0.1:@PORT3@;
+        add_header X-S3 s3 always;
+        rewrite ^/go$ /there redirect;
+        location /only/ { return 200 "only"; }
+    }
 }
 """
 
@@ -182,6 +188,9 @@ HEADER_CASES = [
     ("PORT", "/h10/", 302, {"X-R": "r"}, []),
     ("PORT", "/h11/", 302, {"X-R": "r"}, []),
     ("PORT2", "/", 200, {"X-Http": "h"}, []),
+    ("PORT3", "/nothing", 404, {"X-S3": "s3"}, ["X-Http"]),     # no location took it
+    ("PORT3", "/go", 302, {"X-S3": "s3"}, []),                  # a server-level redirect
+    ("PORT3", "/only/", 200, {"X-S3": "s3"}, []),
 ]
 
 

@@ -246,6 +246,7 @@ cdef class Client(Handle):
     cdef bint rw_break              # ... with `break`: proxy_pass's URI part is not applied
     cdef int uri_changes            # location searches left (nginx: 10 after the first)
     cdef Upstream ups               # the upstream group of this request
+    cdef bint routed                # self.server is this request's (set by handle_request)
     cdef Server server
     cdef Location loc
     cdef int body_kind
@@ -660,6 +661,7 @@ cdef class Client(Handle):
         self.upgrade = False
         self.tried_peers = 0
         self.tries = 0
+        self.routed = False
         if self.body_buffered or self.body_fd >= 0:
             release_request_body(self)
         if self.spool is not None:
@@ -1187,6 +1189,7 @@ cdef class Client(Handle):
 
         # routing
         self.server = self.binding.find_server(self.host, self.host_len)
+        self.routed = True
         self.cap_base = NULL
         self.rewritten = False
         self.rw_break = False
@@ -1421,6 +1424,8 @@ cdef class Client(Handle):
         then what the log phase keeps of it."""
         cdef PhasePlan phases = self.loc.phases if self.loc is not None else None
         cdef size_t n
+        if phases is None and self.routed:
+            phases = self.server.phases     # a server-level answer, or no location matched
         if phases is not None and phases.nheader_filter:
             run_header_filters(phases.header_filter, self, &self.wb)
         buf_append_str(&self.wb, connection_line)

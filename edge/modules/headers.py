@@ -38,3 +38,11 @@ def compile_location(conf, location, runtime):
     headers = conf.get("add_header")
     if headers:
         location.phases.add("header_filter", AddHeaders(list(headers)))
+
+
+def compile_server(conf, server, runtime):
+    """For what the server answers itself: its rewrite-phase `return` and redirects, and
+    requests that no location takes (404)."""
+    headers = conf.get("add_header")
+    if headers:
+        server.phases.add("header_filter", AddHeaders(list(headers)))

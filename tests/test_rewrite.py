@@ -33,6 +33,8 @@ http {
         location /pq/ { rewrite ^/pq/(.*)$ /target/$1? permanent; }
         location /ext/ { rewrite ^/ext/(.*)$ http://example.com/$1; }
         location /args/ { rewrite ^/args/(.*)$ /b/$1?new=1 last; }
+        location /args2/ { rewrite ^/args2/(.*)$ /args/$1?new=1; rewrite ^/args/(.*)$ /b/$1?second=2 last; }
+        location /same/ { rewrite ^/same/old/(.*)$ /same/new/$1; proxy_pass http://pool_a/base/; }
         location /dropargs/ { rewrite ^/dropargs/(.*)$ /b/$1? last; }
         location /loop/ { rewrite ^/loop/(.*)$ /loop/$1 last; }
         location = /c0 { rewrite ^ /c1 last; }
@@ -65,6 +67,9 @@ CASES = [
     ("/nf/x", 200, "b:/b/x:", None),
     ("/args/x?q=1", 200, "b:/b/x:new=1&q=1", None),
     ("/args/x", 200, "b:/b/x:new=1", None),
+    ("/a/x%3Fy?q=1", 200, "b:/b/x?y:q=1", None),      # a "?" from a capture is part of the path
+    ("/args2/x?q=1", 200, "b:/b/x:second=2&new=1&q=1", None),
+    ("/same/old/x?q=1", 200, None, None),
     ("/dropargs/x?q=1", 200, "b:/b/x:", None),
     ("/r/x?q=1", 302, None, "http://localhost:@PORT@/target/x?q=1"),
     ("/p/x", 301, None, "http://localhost:@PORT@/target/x"),
@@ -120,6 +125,8 @@ def test_rewrite_table(srv, target, status, body, location):
     ("/brk/a%20b", "/real/a%20b"),
     ("/bu/x?q=1", "/changed/x?q=1"),    # break: proxy_pass's URI part is not applied
     ("/lp/x?q=1", "/inner/x?q=1"),      # last: the new location replaces its prefix
+    ("/same/old/x?q=1", "/base/new/x?q=1"),  # no flag: searched again, same location, prefix replaced
+    ("/brk/x%3Fy?q=1", "/real/x%3Fy?q=1"),
 ])
 def test_rewrite_then_proxy(srv, ups, target, upstream_target):
     r = get(srv.port, target)

@@ -300,15 +300,17 @@ cdef class ScriptOp:
 
 cdef class RewriteOp(ScriptOp):
     cdef Regex rx
-    cdef Template repl
+    cdef Template repl          # the replacement up to its "?"
+    cdef Template args          # after it, or None
     cdef int flag
     cdef bint to_url            # the replacement is a URL: a redirect whatever the flag
     cdef bint add_args          # the original arguments are kept (no final "?")
 
-    def __init__(self, Regex rx, Template repl, int flag, bint to_url, bint add_args):
+    def __init__(self, Regex rx, Template repl, Template args, int flag, bint to_url, bint add_args):
         self.kind = OP_REWRITE
         self.rx = rx
         self.repl = repl
+        self.args = args
         self.flag = flag
         self.to_url = to_url
         self.add_args = add_args
@@ -374,8 +376,7 @@ cdef class RewriteScript(PhaseHandler):
 cdef int apply_rewrite(RewriteOp op, Client c) except -1:
     """0 no match; 1 the URI (and maybe the arguments) changed; 2 a redirect was sent."""
     cdef Buf t
-    cdef size_t q, n
-    cdef const char *qp
+    cdef size_t n
     cdef bytes target
     if regexec(&op.rx.rx, c.uri.data, MAX_CAPTURES, c.caps, 0) != 0:
         return 0
@@ -385,10 +386,13 @@ cdef int apply_rewrite(RewriteOp op, Client c) except -1:
     buf_init(&t, 256)
     try:
         eval_template(op.repl, c, &t)
+        n = buf_len(&t)             # the path part
+        if op.args is not None:
+            buf_append_str(&t, "?")
+            eval_template(op.args, c, &t)
         if op.to_url or op.flag == FLAG_REDIRECT or op.flag == FLAG_PERMANENT:
             if op.add_args and c.has_args and c.args_len:
-                qp = <const char *>memchr(t.data + t.start, 63, buf_len(&t))
-                buf_append_str(&t, "&" if qp != NULL else "?")
+                buf_append_str(&t, "&" if op.args is not None else "?")
                 buf_append(&t, c.args, c.args_len)
             target = t.data[t.start:t.end]
             send_redirect(c, 301 if op.flag == FLAG_PERMANENT else 302, target)
@@ -397,20 +401,16 @@ cdef int apply_rewrite(RewriteOp op, Client c) except -1:
         buf_reset(&c.capsrc)
         buf_append(&c.capsrc, c.uri.data, buf_len(&c.uri) + 1)
         c.cap_base = c.capsrc.data
-        n = buf_len(&t)
-        qp = <const char *>memchr(t.data + t.start, 63, n)
-        if qp != NULL:
-            q = <size_t>(qp - (t.data + t.start))
+        if op.args is not None:
             # new arguments, then the original ones unless the replacement ended in "?"
-            buf_reset(&c.argbuf)
-            buf_append(&c.argbuf, qp + 1, n - q - 1)
             if op.add_args and c.has_args and c.args_len:
-                buf_append_str(&c.argbuf, "&")
-                buf_append(&c.argbuf, c.args, c.args_len)
+                buf_append_str(&t, "&")
+                buf_append(&t, c.args, c.args_len)     # may point into argbuf: copy first
+            buf_reset(&c.argbuf)
+            buf_append(&c.argbuf, t.data + t.start + n + 1, buf_len(&t) - n - 1)
             c.has_args = buf_len(&c.argbuf) > 0
-            c.args = c.argbuf.data
+            c.args = c.argbuf.data + c.argbuf.start
             c.args_len = buf_len(&c.argbuf)
-            n = q
         elif not op.add_args:
             c.has_args = False
             c.args_len = 0

@@ -36,7 +36,9 @@ def _rewrite(node):
     if replacement.endswith("?"):
         replacement = replacement[:-1]
         add_args = False
-    return RewriteOp(rx, _template(replacement), flag, to_url, add_args)
+    # the arguments start at the replacement's own "?", never at one a capture brings
+    path, q, args = replacement.partition("?")
+    return RewriteOp(rx, _template(path), _template(args) if q else None, flag, to_url, add_args)
 
 
 def _set(node):

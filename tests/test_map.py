@@ -271,3 +271,38 @@ def test_murmur_matches_the_model():
     from edge._core.reactor import murmur2 as compiled
     for key in [b"", b"a", b"ab", b"abc", b"abcd", b"abcde", b"127.0.0.1", b"client-12345"]:
         assert compiled(key) == murmur2(key)
+
+
+BLUE_GREEN = r"""
+http {
+    upstream blue { server @UPA@; }
+    upstream green { server @UPB@; }
+    map $host $live { hostnames; default blue; preview.example.com green; }
+    server {
+        listen 127.0.0.1:@PORT@;
+        location / { proxy_pass http://$live; }
+    }
+}
+"""
+
+
+def test_blue_green_switch_by_reload(edge, upstream_factory):
+    import signal
+    blue, green = upstream_factory("blue"), upstream_factory("green")
+    e = edge(BLUE_GREEN, UPA=blue, UPB=green)
+
+    def side(host="example.com"):
+        return json.loads(get(e.port, "/x", host=host).body)["server"]
+
+    assert side() == "blue"
+    assert side("preview.example.com") == "green"
+    e.conf_path.write_text(e.conf_text.replace("default blue;", "default green;"))
+    e.send_signal(signal.SIGHUP)
+    # the new generation takes over (nginx's old workers may still take a connection or
+    # two while they stop): wait for 20 requests in a row on green
+    deadline = time.monotonic() + 10
+    streak = 0
+    while streak < 20:
+        assert time.monotonic() < deadline, "the switch did not apply"
+        streak = streak + 1 if side() == "green" else 0
+    assert side("preview.example.com") == "green"

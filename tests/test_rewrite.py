@@ -55,6 +55,7 @@ http {
         location /ord3/ { rewrite ^/ord3/(.*)$ /z/$1; return 200 "ret:$uri"; }
         location /cap2/ { rewrite ^/cap2/(.*)$ /z/$1; return 200 "c:$1"; }
         location ~ ^/rx/(\d+)$ { rewrite ^ /b/n$1 last; }
+        location ~ ^/keep/([a-z]+)$ { rewrite ^/zzz/(.*)$ /b/$1 last; return 200 "k:$1"; }
         location /nomatch/ { rewrite ^/other/ /b/ last; return 200 "kept:$uri"; }
         location /d/ { rewrite ^/d/(\d+)/(\d+)$ /b/$2/$1 last; return 200 "no-digits"; }
     }
@@ -85,6 +86,7 @@ CASES = [
     ("/cap2/x", 200, "c:x", None),
     ("/rx/42", 200, "b:/b/n:", None),   # $1 is the rewrite's own (empty) capture
     ("/nomatch/x", 200, "kept:/nomatch/x", None),
+    ("/keep/abc", 200, "k:", None),     # nginx: a rewrite regex that did not match clears $1
     ("/d/12/34", 200, "b:/b/34/12:", None),
     ("/d/a/b", 200, "no-digits", None),
     ("/srv/x?k=v", 200, "s2:/s2/x:k=v", None),

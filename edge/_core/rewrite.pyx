@@ -378,8 +378,12 @@ cdef int apply_rewrite(RewriteOp op, Client c) except -1:
     cdef Buf t
     cdef size_t n
     cdef bytes target
-    if regexec(&op.rx.rx, c.uri.data, MAX_CAPTURES, c.caps, 0) != 0:
+    cdef regmatch_t m[MAX_CAPTURES]
+    if regexec(&op.rx.rx, c.uri.data, MAX_CAPTURES, m, 0) != 0:
+        c.cap_base = c.uri.data     # nginx: a regex that did not match leaves no captures
+        c.cap_n = 0
         return 0
+    memcpy(c.caps, m, sizeof(regmatch_t) * MAX_CAPTURES)
     c.cap_base = c.uri.data
     c.cap_n = op.rx.nsub
     memset(&t, 0, sizeof(Buf))
@@ -499,10 +503,11 @@ cdef Upstream resolve_upstream(Client c, DynamicUpstream d):
     cdef object u = d.groups.get(name)
     if u is None and g_log_fn is not None:
         try:
-            g_log_fn("error", "no resolver defined to resolve %s, client: %s, server: %s, request: \"%s\""
+            g_log_fn("error", "no resolver defined to resolve %s, client: %s, server: %s, request: \"%s %s HTTP/1.%d\""
                      % (name.decode("latin-1"), c.remote[:c.remote_len].decode("latin-1"),
                         c.server.first_name.decode("latin-1") if c.server is not None else "",
-                        c.raw_target[:c.raw_target_len].decode("latin-1")))
+                        c.method[:c.method_len].decode("latin-1"),
+                        c.raw_target[:c.raw_target_len].decode("latin-1"), c.minor))
         except Exception:
             pass
     return <Upstream>u if u is not None else None

@@ -253,7 +253,9 @@ def test_a_stalled_redis_adds_no_latency(edge, redis_server):
     b, d = p99(before), p99(during)
     print(f"\np99 before the stall {b * 1000:.3f} ms ({len(before)} requests), during it "
           f"{d * 1000:.3f} ms ({len(during)} requests), difference {(d - b) * 1000:+.3f} ms")
-    assert d - b < 0.001, (b, d)
+    # a worker that waited on Redis would add the 500 ms round-trip timeout (or the 2.5 s
+    # stall); 50 ms keeps that visible while a busy test machine's jitter passes
+    assert d - b < 0.05, (b, d)
     assert set(c.codes) == {200}
 
 

@@ -189,6 +189,8 @@ cdef void body_complete(Client c):
         c.rb.start += c.body_held
     c.body_held = 0
     finish_upstream_head(c, c.loc, &c.pbuf)
+    if c.mirror_heads is not None:
+        send_mirrors(c)
     c.state = CS_PROXY
     c.connect_next_peer()
 

@@ -264,10 +264,13 @@ cdef class Client(Handle):
     cdef int body_fd            # the temp file holding the buffered body, or -1
     cdef int64_t body_size      # the buffered body's length
     cdef ResponseSpool spool    # what a slow client has not taken of the response, or None
+    cdef list mirror_heads      # (MirrorTarget, head) of the copies this request gets, or None
     cdef bint discarding        # a body we answered without reading is still arriving
     cdef bint aborted           # the connection ended before the response was complete
     cdef uint64_t tried_peers
     cdef int tries
+    cdef int64_t first_try_us   # for proxy_next_upstream_timeout
+    cdef bint idempotent        # the method may be replayed on another peer (retries.pyx)
 
     # the request as the log phase and metrics see it
     cdef bint logged            # nothing left to log: between requests
@@ -662,6 +665,7 @@ cdef class Client(Handle):
         self.tried_peers = 0
         self.tries = 0
         self.routed = False
+        self.mirror_heads = None
         if self.body_buffered or self.body_fd >= 0:
             release_request_body(self)
         if self.spool is not None:
@@ -1603,6 +1607,8 @@ cdef class Client(Handle):
             if self.ups is None:
                 self.finish_without_body(502)
                 return
+        # read now: once a buffered body is read, rb may have moved the method's bytes
+        self.idempotent = method_idempotent(self)
         if build_upstream_head(self, loc, &self.pbuf) < 0:
             self.send_error(500, "could not build the upstream request")
             return
@@ -1610,10 +1616,19 @@ cdef class Client(Handle):
             # we answer 100-continue ourselves; the upstream never sees Expect
             buf_append_str(&self.wb, "HTTP/1.1 100 Continue\r\n\r\n")
         timer_stop(self)
-        if loc.request_buffering and (self.body_kind == BODY_LENGTH or self.body_kind == BODY_CHUNKED):
+        if loc.mirrors is not None and not self.upgrade:
+            prepare_mirrors(self)       # the copies' heads, while the fields are valid
+        if ((loc.request_buffering or (self.mirror_heads is not None and loc.mirror_request_body))
+                and (self.body_kind == BODY_LENGTH or self.body_kind == BODY_CHUNKED)) or (
+                # a body that came whole with the head is held whole even when buffering
+                # is off (as nginx does): it costs nothing and it can be sent again
+                self.body_kind == BODY_LENGTH and <int64_t>buf_len(&self.rb) >= self.body_left
+                and self.body_left <= loc.client_body_buffer_size):
             start_buffered_body(self)       # the body first, whole and valid; then a peer
             return
         finish_upstream_head(self, loc, &self.pbuf)
+        if self.mirror_heads is not None:
+            send_mirrors(self)
         self.state = CS_PROXY
         self.connect_next_peer()
 
@@ -1626,25 +1641,25 @@ cdef class Client(Handle):
             return
         if peer < 64:
             self.tried_peers |= (<uint64_t>1) << peer
+        if self.tries == 0:
+            self.first_try_us = g_now_us
         self.tries += 1
         up = upstream_connection(ups, peer, self)
         if up is None:
             ups.peer_failed(peer, g_now)
-            self.retry_or_fail(502)
+            self.retry_or_fail(502, NU_ERROR, False)
             return
         self.up = up
         up.start_request(self)
 
-    cdef void retry_or_fail(self, int status):
-        """A peer failed before any response byte reached the client: try the next one,
-        as nginx's proxy_next_upstream error timeout does, while the request can still be
-        replayed (its body has not been streamed)."""
-        cdef Upstream ups = self.ups
+    cdef void retry_or_fail(self, int status, int condition, bint request_sent):
+        """A try failed before any response byte reached the client: the next peer when
+        proxy_next_upstream allows it (retries.pyx), else `status`."""
         self.up = None
         if self.response_started:
             self.close()
             return
-        if self.tries < ups.npeers and self.body_replayable():
+        if next_upstream_allowed(self, condition, request_sent):
             self.connect_next_peer()
             return
         if self.body_done:

@@ -65,6 +65,7 @@ cdef class UpConn(Handle):
     cdef int64_t file_off
     cdef int64_t file_end
     cdef bint buffering         # this response may be read ahead of a slow client
+    cdef bint request_sent      # bytes of this try's request reached the socket
 
     # ---- life cycle -------------------------------------------------------------------
 
@@ -100,6 +101,8 @@ cdef class UpConn(Handle):
         buf_append(&self.wb, c.pbuf.data + c.pbuf.start, buf_len(&c.pbuf))
         self.file_fd = -1
         self.buffering = False
+        self.request_sent = False
+        self.wrote = False
         if c.body_buffered:
             # the whole body is here: from rb after the head, or from its temp file
             if c.body_fd >= 0:
@@ -196,6 +199,8 @@ cdef class UpConn(Handle):
                          &self.suf, &self.suf_len, &self.wrote)
         if r == 1 and self.file_fd >= 0 and self.file_off < self.file_end:
             r = send_file_range(self.fd, self.file_fd, &self.file_off, self.file_end, &self.wrote)
+        if self.wrote:
+            self.request_sent = True
         if r == 0:
             self.writable = False
         return r
@@ -379,6 +384,9 @@ cdef class UpConn(Handle):
                 self.head_pending = r == 2     # an interim response was skipped: parse on
                 if r == 0 or r == 2:
                     continue
+                if r == -4:
+                    self.next_after_status()
+                    return
                 if r < 0:
                     self.fail(FAIL_HEAD_TOO_BIG if r == -3 else FAIL_BAD_RESPONSE)
                     return
@@ -468,6 +476,7 @@ cdef class UpConn(Handle):
         cdef int conn_index = -1
         cdef bint no_body
         cdef bint sse = False
+        cdef int retry
         cdef size_t head_max = <size_t>c.loc.proxy_buffer_size
         cdef bint buffering = c.loc.proxy_buffering
         ret = edge_parse_response(self.rb.data + self.rb.start, buf_len(&self.rb), &minor,
@@ -517,6 +526,9 @@ cdef class UpConn(Handle):
                 sse = True      # server-sent events are never held back
         if has_te and content_length >= 0:
             return -1       # both framings: a response-splitting attempt (RFC 9112 6.3)
+        retry = status_condition(status)
+        if retry and (c.loc.next_upstream & retry) and next_upstream_allowed(c, retry, True):
+            return -4       # proxy_next_upstream http_NNN: another peer answers instead
         no_body = c.is_head or status == 204 or status == 304
         if no_body:
             self.resp_kind = RESP_NONE
@@ -626,6 +638,18 @@ cdef class UpConn(Handle):
         timer_arm(self, c.loc.t_tunnel, g_now)
         return 1
 
+    cdef void next_after_status(self):
+        """The response has a status proxy_next_upstream lists and another peer may
+        answer: drop this response with its connection, and try the next peer."""
+        cdef Client c = self.client
+        if self.status != 403 and self.status != 404:
+            self.ups.peer_failed(self.peer, g_now)  # nginx: never for 403 and 404
+        self.record_try(c, self.status)
+        self.client = None
+        self.close()
+        c.up = None
+        c.connect_next_peer()
+
     cdef void finish(self):
         """The response is complete and sent: pool or close this connection, then let the
         client go on with its next request."""
@@ -704,6 +728,7 @@ cdef class UpConn(Handle):
             self.log_failure(why)
         status = 504 if why == FAIL_TIMEOUT else 502
         cdef bint was_connecting = self.state == US_CONNECTING
+        cdef bint request_sent = self.request_sent
         if not retry_same_peer:
             self.record_try(c, status if not self.head_done else self.status)
         self.client = None
@@ -717,16 +742,9 @@ cdef class UpConn(Handle):
             c.tried_peers &= ~((<uint64_t>1) << self.peer) if self.peer < 64 else c.tried_peers
             c.connect_next_peer()
             return
-        if why == FAIL_TIMEOUT and not was_connecting:
-            # proxy_read_timeout / proxy_send_timeout: the request may have had effects;
-            # nginx does not replay it on another peer by default for non-idempotent
-            # methods, and we keep it simple: answer 504
-            if c.body_done:
-                c.finish_error_keepalive(504)
-            else:
-                c.send_error(504)
-            return
-        c.retry_or_fail(status)
+        c.retry_or_fail(status, NU_TIMEOUT if why == FAIL_TIMEOUT else
+                        NU_INVALID_HEADER if why == FAIL_BAD_RESPONSE or why == FAIL_HEAD_TOO_BIG
+                        else NU_ERROR, request_sent and not was_connecting)
 
 
 cdef UpConn upstream_connection(Upstream ups, int peer, Client c):

@@ -31,6 +31,8 @@ include "cors.pyx"
 include "auth.pyx"
 include "proxy.pyx"
 include "buffering.pyx"
+include "retries.pyx"
+include "mirror.pyx"
 include "rewrite.pyx"
 
 DEF MAX_EVENTS = 512
@@ -42,6 +44,7 @@ cdef enum HandleKind:
     K_UPSTREAM = 3
     K_SIGNAL = 4
     K_CONTROL = 5
+    K_MIRROR = 6        # a mirror copy's connection (mirror.pyx)
 
 # One loop per process; the globals keep the hot path free of attribute lookups.
 cdef Loop g_loop = None
@@ -198,7 +201,7 @@ cdef class Loop:
     cdef int register(self, Handle h) except -1:
         cdef epoll_event ev
         ev.events = EPOLLIN | EPOLLET
-        if h.kind == K_CLIENT or h.kind == K_UPSTREAM:
+        if h.kind == K_CLIENT or h.kind == K_UPSTREAM or h.kind == K_MIRROR:
             ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
         ev.data.u64 = 0
         ev.data.fd = h.fd

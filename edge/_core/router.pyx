@@ -69,6 +69,13 @@ cdef class Location:
     # buffering (buffering.pyx): request bodies read whole before a peer is picked,
     # responses read ahead of a slow client into memory, then a temp file
     cdef public bint request_buffering
+    # mirroring (mirror.pyx): MirrorTarget list, or None
+    cdef public list mirrors
+    cdef public bint mirror_request_body
+    # retries (retries.pyx): proxy_next_upstream's conditions, and its limits
+    cdef public int next_upstream
+    cdef public int64_t next_upstream_tries         # 0: no limit
+    cdef public int64_t next_upstream_timeout_ms    # 0: no limit
     cdef public int64_t client_body_buffer_size
     cdef public bytes client_body_temp_path
     cdef public bint proxy_buffering
@@ -129,6 +136,8 @@ cdef class Location:
         self.proxy_tunnel_timeout_ms = 3600000
         self.upgrade_protocols = b"websocket\0\0"
         self.request_buffering = True
+        self.mirror_request_body = True
+        self.next_upstream = 3          # error timeout
         self.client_body_buffer_size = 8192
         self.proxy_buffering = True
         self.proxy_buffer_size = 4096
@@ -236,6 +245,9 @@ cdef class Location:
         """In the worker: metrics series and log files of this location and those
         nested in it."""
         self.phases.attach()
+        if self.mirrors is not None:
+            for target in self.mirrors:
+                target.attach()
         if self.children is not None:
             for loc in self.children.locations:
                 loc.attach()

@@ -62,6 +62,7 @@ cdef enum SeriesKind:
     SK_PEER = 4         # (upstream, peer): failures, down-until
     SK_SINK = 5         # (sink target): records dropped from full rings
     SK_LIMIT = 6        # (zone, decision): limit decisions
+    SK_MIRROR = 7       # (mirror uri, result): mirror copies sent, failed, dropped
 
 # Row words, by kind
 DEF R_SUM = 11          # duration sum in microseconds (ROUTE, UPSTREAM)
@@ -356,6 +357,7 @@ cdef class Zones:
         peers = []
         sinks = {}
         limits = []
+        mirrors = []
         for i in range(self.series_cap):
             e = &self.z.series[i]
             if edge_load64(&e.state) != 2:
@@ -398,6 +400,8 @@ cdef class Zones:
                               "failures": sums[R_PEER_FAILURES], "up": down_until <= now})
             elif e.kind == SK_LIMIT:
                 limits.append({"zone": labels[0], "decision": labels[1], "count": sums[0]})
+            elif e.kind == SK_MIRROR:
+                mirrors.append({"mirror": labels[0], "result": labels[1], "count": sums[0]})
             elif e.kind == SK_SINK:
                 row = zone_row(&self.z, self.workers_cap, i)
                 sinks[labels[0]] = {"ring_dropped": sums[R_SINK_DROPPED],
@@ -409,7 +413,7 @@ cdef class Zones:
             conns["writing"] += self.z.workers[w].writing
             conns["idle"] += self.z.workers[w].idle
         return {"http": http, "upstreams": upstreams, "peers": peers,
-                "connections": conns, "sinks": sinks, "limits": limits}
+                "connections": conns, "sinks": sinks, "limits": limits, "mirrors": mirrors}
 
     def drain(self, int max_records=1000):
         """Take up to `max_records` log records from the workers' rings, oldest first per

@@ -189,6 +189,15 @@ def render(snapshot, counters, drops=None, buckets=DEFAULT_BUCKETS, limit_sync=N
     for (zone, decision), count in sorted(decisions.items()):
         limited.sample(count, (("zone", zone), ("decision", decision)))
 
+    mirrored = family("edge_mirror_requests_total", "counter",
+                      "Mirror copies by mirror URI and result: sent (answered), failed (no "
+                      "peer, refused, reset, timed out) and dropped (the worker's queue was full).")
+    copies = {}
+    for entry in snapshot.get("mirrors", []):
+        _add(copies, (entry["mirror"], entry["result"]), entry["count"])
+    for (mirror, result), count in sorted(copies.items()):
+        mirrored.sample(count, (("mirror", mirror), ("result", result)))
+
     sinks = {}
     for sink, info in snapshot.get("sinks", {}).items():
         _add(sinks, sink, info.get("ring_dropped", 0))

@@ -25,6 +25,12 @@ def _proxy_pass(node):
     if not url.startswith("http://"):
         raise ConfigError(f'invalid URL prefix in "{url}"')
     rest = url[7:]
+    if rest.endswith("$request_uri"):
+        # nginx's idiom for "the original request URI, whatever the location": what edge
+        # sends anyway when proxy_pass has no URI part
+        rest = rest[:-len("$request_uri")]
+        if "/" in rest:
+            raise ConfigError(f'a URI part cannot come before $request_uri in "{url}"')
     slash = rest.find("/")
     authority, uri = (rest, None) if slash < 0 else (rest[:slash], rest[slash:])
     if not authority:

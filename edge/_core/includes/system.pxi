@@ -21,6 +21,7 @@ cdef extern from "<sys/types.h>" nogil:
 cdef extern from "<unistd.h>" nogil:
     ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset)
     int unlink(const char *path)
+    int dup(int fd)
 
 cdef extern from "<fcntl.h>" nogil:
     int open(const char *path, int flags, int mode)

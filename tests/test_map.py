@@ -306,3 +306,31 @@ def test_blue_green_switch_by_reload(edge, upstream_factory):
         assert time.monotonic() < deadline, "the switch did not apply"
         streak = streak + 1 if side() == "green" else 0
     assert side("preview.example.com") == "green"
+
+
+LOGGED = r"""
+http {
+    map $http_x_canary $pool { default stable; "1" canary; }
+    log_format pools '$pool|$who|$uri';
+    server {
+        listen 127.0.0.1:@PORT@;
+        location / {
+            access_log @LOG@ pools;
+            set $who "u-$arg_u";
+            return 200 "ok";
+        }
+    }
+}
+"""
+
+
+def test_user_variables_in_the_access_log(edge, tmp_path):
+    log = tmp_path / "pools.log"
+    e = edge(LOGGED, LOG=str(log))
+    get(e.port, "/a?u=1", headers=[("X-Canary", "1")])
+    get(e.port, "/b?u=2")
+    deadline = time.monotonic() + 5
+    while len(log.read_text().splitlines() if log.exists() else []) < 2:
+        assert time.monotonic() < deadline, "the access log has no 2 lines"
+        time.sleep(0.05)
+    assert log.read_text().splitlines() == ["canary|u-1|/a", "stable|u-2|/b"]

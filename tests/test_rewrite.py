@@ -32,6 +32,7 @@ http {
         location /p/ { rewrite ^/p/(.*)$ /target/$1 permanent; }
         location /pq/ { rewrite ^/pq/(.*)$ /target/$1? permanent; }
         location /ext/ { rewrite ^/ext/(.*)$ http://example.com/$1; }
+        location /sch/ { rewrite ^/sch/(.*)$ $scheme://example.com/$1 permanent; }
         location /args/ { rewrite ^/args/(.*)$ /b/$1?new=1 last; }
         location /args2/ { rewrite ^/args2/(.*)$ /args/$1?new=1; rewrite ^/args/(.*)$ /b/$1?second=2 last; }
         location /same/ { rewrite ^/same/old/(.*)$ /same/new/$1; proxy_pass http://pool_a/base/; }
@@ -76,6 +77,7 @@ CASES = [
     ("/p/x", 301, None, "http://localhost:@PORT@/target/x"),
     ("/pq/x?q=1", 301, None, "http://localhost:@PORT@/target/x"),
     ("/ext/x?q=1", 302, None, "http://example.com/x?q=1"),
+    ("/sch/x", 301, None, "http://example.com/x"),
     ("/loop/x", 500, None, None),
     ("/c1", 200, "end", None),          # ten location searches after the first: allowed
     ("/c0", 500, None, None),           # eleven: nginx's "rewrite or internal redirection cycle"

@@ -666,6 +666,8 @@ cdef class Client(Handle):
         self.tries = 0
         self.routed = False
         self.mirror_heads = None
+        if self.uvals is not None:
+            self.uvals = None           # user variables are per request
         if self.body_buffered or self.body_fd >= 0:
             release_request_body(self)
         if self.spool is not None:
@@ -1197,8 +1199,6 @@ cdef class Client(Handle):
         self.cap_base = NULL
         self.rewritten = False
         self.rw_break = False
-        if self.uvals is not None:
-            self.uvals = None
         if self.server.script is not None:
             # nginx's server rewrite phase, before any location is known
             self.loc = None

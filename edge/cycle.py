@@ -12,16 +12,16 @@ from dataclasses import dataclass
 from edge._core.reactor import Location, Plan
 from edge.config import ConfigError, build, parse_file
 from edge.modules import (access_log, admin, auth, buffering, consumers, core, cors, health, http_core,
-                          ip_rules, limits, metrics, mirror, proxy, realip, redis, request_id, retries,
-                          return_,
-                          upstream)
+                          headers, ip_rules, limits, metrics, mirror, proxy, realip, redis,
+                          request_id, retries, return_, rewrite, upstream, variables)
 
 # The single list of features. A new module is a file in edge/modules/ added here.
 # Within a phase, handlers run in this order: the access phase runs the IP rules, then
 # the CORS preflight (a preflight carries no credentials), then authentication, then the
 # limits (so a limit can be keyed on $consumer).
-MODULES = [core, http_core, realip, upstream, proxy, buffering, retries, mirror, return_, health, metrics, access_log,
-           request_id, ip_rules, cors, consumers, auth, limits, admin, redis]
+MODULES = [core, http_core, variables, realip, upstream, proxy, buffering, retries, mirror, return_,
+           health, metrics, access_log, request_id, rewrite, headers, ip_rules, cors, consumers,
+           auth, limits, admin, redis]
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,7 @@ def from_parsed(path, parsed):
     """Compile an already parsed config. A worker reloading in place gets the master's
     ParsedConfig (not the files, which may have changed since the master tested them), so
     every process of a generation runs exactly the same text."""
+    variables.declare(parsed.nodes)     # before any template is parsed
     root = build(parsed, all_directives())
     runtime = Runtime()
     data_files = getattr(parsed, "data_files", None)
@@ -159,7 +160,7 @@ def _listens_of(server_conf):
 
 def _compile_locations(server_conf, server, runtime):
     location_confs = server_conf.blocks("location")
-    if server_conf.local("return") is not None:
+    if server_conf.local("return") is not None and not rewrite.has_script(server_conf):
         # a server-level return runs before location matching: it answers everything
         location_confs = []
         implicit = Location("", b"/", server_conf.file, server_conf.line)

@@ -581,9 +581,9 @@ cdef bint append_fact(Segment *s, Client c, Buf *out) noexcept:
     elif v == VAR_REQUEST_TIME:
         append_seconds(out, g_now_us - c.start_us)
     elif v >= VAR_UPSTREAM_ADDR and v <= VAR_UPSTREAM_RESPONSE_TIME:
-        if c.ntries == 0 or c.loc is None or c.loc.upstream is None:
+        if c.ntries == 0 or c.loc is None or c.ups is None:
             return False
-        ups = c.loc.upstream
+        ups = c.ups
         for k in range(c.ntries):
             t = &c.tries_log[k]
             if k:

@@ -237,6 +237,16 @@ cdef class Client(Handle):
     cdef bint keepalive
     cdef bint expect_continue
     cdef regmatch_t caps[MAX_CAPTURES]
+    cdef const char *cap_base       # the subject of caps when a rewrite or map set them, or NULL
+    cdef int cap_n
+    cdef Buf capsrc                 # the URI a rewrite matched, kept for $1..$9
+    cdef Buf argbuf                 # the arguments a rewrite set
+    cdef list uvals                 # user variable values of this request (rewrite.pyx), or None
+    cdef bint rewritten             # a rewrite changed the URI: it goes upstream from uri
+    cdef bint rw_break              # ... with `break`: proxy_pass's URI part is not applied
+    cdef int uri_changes            # location searches left (nginx: 10 after the first)
+    cdef Upstream ups               # the upstream group of this request
+    cdef bint routed                # self.server is this request's (set by handle_request)
     cdef Server server
     cdef Location loc
     cdef int body_kind
@@ -634,8 +644,8 @@ cdef class Client(Handle):
             t.header_us = header_us
             t.response_us = response_us
             self.ntries += 1
-        if self.loc is not None and self.loc.upstream is not None:
-            row = my_row(self.loc.upstream.series)
+        if self.loc is not None and self.ups is not None:
+            row = my_row(self.ups.series)
             if row != NULL:
                 observe(row, response_us)
 
@@ -654,7 +664,10 @@ cdef class Client(Handle):
         self.upgrade = False
         self.tried_peers = 0
         self.tries = 0
+        self.routed = False
         self.mirror_heads = None
+        if self.uvals is not None:
+            self.uvals = None           # user variables are per request
         if self.body_buffered or self.body_fd >= 0:
             release_request_body(self)
         if self.spool is not None:
@@ -1030,6 +1043,7 @@ cdef class Client(Handle):
         cdef Location loc
         cdef PhasePlan phases
         cdef int r
+        cdef bint consumed = False
 
         self.reset_request()
         self.parsed = True
@@ -1181,33 +1195,63 @@ cdef class Client(Handle):
 
         # routing
         self.server = self.binding.find_server(self.host, self.host_len)
-        loc = self.server.find_location(self.uri.data, buf_len(&self.uri), self.caps)
-        if loc is None:
+        self.routed = True
+        self.cap_base = NULL
+        self.rewritten = False
+        self.rw_break = False
+        if self.server.script is not None:
+            # nginx's server rewrite phase, before any location is known
             self.loc = None
             self.rb.start += head_len
             self.requests += 1
+            consumed = True
+            r = run_handlers([self.server.script], self)
+            if r != PH_CONTINUE:
+                if r != PH_DONE:
+                    self.finish_without_body(r)
+                return
+        loc = self.server.find_location(self.uri.data, buf_len(&self.uri), self.caps)
+        if loc is None:
+            self.loc = None
+            if not consumed:
+                self.rb.start += head_len
+                self.requests += 1
             self.finish_without_body(404)
             return
         self.loc = loc
         if loc.realip is not None:
             self.apply_realip(loc.realip)
-        if self.requests + 1 >= loc.keepalive_requests or g_loop.quitting:
+        if self.requests + (0 if consumed else 1) >= loc.keepalive_requests or g_loop.quitting:
             self.keepalive = False
         if loc.client_max_body_size and content_length > loc.client_max_body_size:
             self.send_error(413, "client intended to send too large body")
             return
         phases = loc.phases
         if phases.keep_head and loc.content == CONTENT_PROXY:
+            if consumed:
+                self.rb.start -= head_len
             self.keep_request_head(head_len)    # its body will be read into rb
-        self.rb.start += head_len
-        self.requests += 1
+            if consumed:
+                self.rb.start += head_len
+        if not consumed:
+            self.rb.start += head_len
+            self.requests += 1
 
         if phases.nrewrite:
             r = run_handlers(phases.rewrite, self)
+            if r == PH_RELOCATE:
+                r = self.relocate(content_length)
             if r != PH_CONTINUE:
                 if r != PH_DONE:
                     self.finish_without_body(r)
                 return
+            if self.loc is not loc:
+                phases = self.loc.phases
+                if phases.keep_head and self.loc.content == CONTENT_PROXY and not \
+                        (loc.phases.keep_head and loc.content == CONTENT_PROXY):
+                    self.rb.start -= head_len
+                    self.keep_request_head(head_len)
+                    self.rb.start += head_len
         if phases.naccess:
             r = run_handlers(phases.access, self)
             if r != PH_CONTINUE:
@@ -1220,6 +1264,33 @@ cdef class Client(Handle):
                 timer_arm_at(self, t_delay, g_now + (self.limit_delay_us + 999) // 1000)
                 return
         self.run_content()
+
+    cdef int relocate(self, int64_t content_length):
+        """A rewrite changed the URI (nginx's post-rewrite phase): search the location
+        again and run its rewrite phase, at most 10 times, then 500. PH_CONTINUE with
+        self.loc set, PH_DONE when answered, or a status."""
+        cdef Location loc
+        cdef int r = PH_RELOCATE
+        self.uri_changes = 10
+        while r == PH_RELOCATE:
+            if self.uri_changes == 0:
+                if g_log_fn is not None:
+                    g_log_fn("error", "rewrite or internal redirection cycle while processing \"%s\""
+                             % self.uri.data[:buf_len(&self.uri)].decode("latin-1"))
+                return 500
+            self.uri_changes -= 1
+            self.cap_base = NULL
+            loc = self.server.find_location(self.uri.data, buf_len(&self.uri), self.caps)
+            self.loc = loc
+            if loc is None:
+                return 404
+            if loc.client_max_body_size and content_length > loc.client_max_body_size:
+                self.send_error(413, "client intended to send too large body")
+                return PH_DONE
+            r = PH_CONTINUE
+            if loc.phases.nrewrite:
+                r = run_handlers(loc.phases.rewrite, self)
+        return r
 
     cdef void run_content(self):
         """The content phase: exactly one of proxy_pass, return, health."""
@@ -1357,6 +1428,8 @@ cdef class Client(Handle):
         then what the log phase keeps of it."""
         cdef PhasePlan phases = self.loc.phases if self.loc is not None else None
         cdef size_t n
+        if phases is None and self.routed:
+            phases = self.server.phases     # a server-level answer, or no location matched
         if phases is not None and phases.nheader_filter:
             run_header_filters(phases.header_filter, self, &self.wb)
         buf_append_str(&self.wb, connection_line)
@@ -1484,17 +1557,24 @@ cdef class Client(Handle):
         buf_reset(&self.pbuf)       # scratch: the proxy head is not in use on this path
         eval_template(loc.return_location, self, &self.pbuf)
         if loc.absolute_redirect and buf_len(&self.pbuf) and self.pbuf.data[0] == 47:
-            buf_append_str(&self.wb, "http://")
-            if self.host_len:
-                buf_append(&self.wb, self.host, self.host_len)
-            elif self.server is not None and len(self.server.first_name):
-                buf_append(&self.wb, self.server.first_name, len(self.server.first_name))
-            else:
-                buf_append(&self.wb, self.binding.server_addr, len(self.binding.server_addr))
-            if self.binding.server_port != b"80":
-                buf_append_str(&self.wb, ":")
-                buf_append(&self.wb, self.binding.server_port, len(self.binding.server_port))
+            self.append_absolute_prefix_to(&self.wb)
         buf_append(&self.wb, self.pbuf.data, buf_len(&self.pbuf))
+
+    cdef void append_absolute_prefix(self) noexcept:
+        self.append_absolute_prefix_to(&self.wb)
+
+    cdef void append_absolute_prefix_to(self, Buf *out) noexcept:
+        """"http://host[:port]" for a redirect to a path (absolute_redirect)."""
+        buf_append_str(out, "http://")
+        if self.host_len:
+            buf_append(out, self.host, self.host_len)
+        elif self.server is not None and len(self.server.first_name):
+            buf_append(out, self.server.first_name, len(self.server.first_name))
+        else:
+            buf_append(out, self.binding.server_addr, len(self.binding.server_addr))
+        if self.binding.server_port != b"80":
+            buf_append_str(out, ":")
+            buf_append(out, self.binding.server_port, len(self.binding.server_port))
 
     cdef void response_done(self):
         """The response is fully queued in wb. Keep the connection or close it after."""
@@ -1521,6 +1601,12 @@ cdef class Client(Handle):
                     self.headers[self.upgrade_index].value, self.headers[self.upgrade_index].value_len)):
             h = &self.headers[self.connection_header]
             self.upgrade = token_listed(h.value, h.value_len, "upgrade", 7)
+        self.ups = loc.upstream
+        if loc.dynamic is not None:
+            self.ups = resolve_upstream(self, <DynamicUpstream>loc.dynamic)
+            if self.ups is None:
+                self.finish_without_body(502)
+                return
         # read now: once a buffered body is read, rb may have moved the method's bytes
         self.idempotent = method_idempotent(self)
         if build_upstream_head(self, loc, &self.pbuf) < 0:
@@ -1547,7 +1633,7 @@ cdef class Client(Handle):
         self.connect_next_peer()
 
     cdef void connect_next_peer(self):
-        cdef Upstream ups = self.loc.upstream
+        cdef Upstream ups = self.ups
         cdef int peer
         cdef UpConn up
         ups.sync_resolved()         # `server NAME resolve`: addresses the control process found

@@ -2,11 +2,11 @@
 #
 # Each module compiles its directives into handlers at config time, and the plan is one
 # flat list per phase, in nginx's order:
-#   rewrite        before access checks (request IDs; later: rewrite rules, `set`)
+#   rewrite        before access checks (request IDs, rewrite / set / return scripts)
 #   access         allow/deny, auth, limits (later issues)
 #   content        exactly one of return / proxy_pass / health: Location.content, a switch
 #                  in client.pyx, so the plain routes pay for no call
-#   header_filter  headers added to the response head edge writes (request IDs; later:
+#   header_filter  headers added to the response head edge writes (request IDs,
 #                  add_header, CORS, rate-limit headers)
 #   log            the access logs, run once for every request however it ended; metrics
 #                  are always counted there too (client.pyx, log_request)
@@ -14,6 +14,7 @@
 # The contract: a handler is a cdef class whose C-level method returns
 #   PH_CONTINUE  go on with the next handler, then the next phase;
 #   PH_DONE      the handler queued the whole response itself: stop the request's phases;
+#   PH_RELOCATE  (rewrite phase) the URI changed: search the location again (rewrite.pyx);
 #   a status     (>= 100) answer with edge's page for that status and stop.
 # A Python exception inside a handler gives that request a 500 and an error-log line;
 # it never reaches the event loop, so a worker never dies of a handler's bug.

@@ -578,11 +578,18 @@ cdef class UpConn(Handle):
         buf_append_uint(&c.wb, <uint64_t>status)
         buf_append_str(&c.wb, " ")
         buf_append(&c.wb, msg, msg_len)
-        buf_append_str(&c.wb, "\r\nServer: edge\r\n")
-        c.append_date()
+        if c.loc.response_drop == RESPONSE_DROP:
+            buf_append_str(&c.wb, "\r\nServer: edge\r\n")
+            c.append_date()
+        else:
+            buf_append_str(&c.wb, "\r\n")
+            if not c.loc.pass_server:
+                buf_append_str(&c.wb, "Server: edge\r\n")
+            if not c.loc.pass_date:
+                c.append_date()
         for i in range(nh):
             h = &hs[i]
-            if name_in_list(h.name, h.name_len, RESPONSE_DROP):
+            if name_in_list(h.name, h.name_len, c.loc.response_drop):
                 continue
             if c.loc.response_strip is not None and name_in_list(h.name, h.name_len, c.loc.response_strip):
                 continue
@@ -590,6 +597,10 @@ cdef class UpConn(Handle):
                 continue        # meant for us, not for the client (nginx hides it too)
             if conn_index >= 0 and token_listed(hs[conn_index].value, hs[conn_index].value_len,
                                                 h.name, h.name_len):
+                continue
+            if c.loc.redirects is not None and (name_is(h.name, h.name_len, "location", 8)
+                                                or name_is(h.name, h.name_len, "refresh", 7)):
+                append_redirected(c, <Redirects>c.loc.redirects, h, &c.wb)
                 continue
             buf_append(&c.wb, h.name, h.name_len)
             buf_append_str(&c.wb, ": ")
@@ -829,9 +840,14 @@ cdef int build_upstream_head(Client c, Location loc, Buf *out) except -1:
     cdef Template tpl
     cdef size_t prefix_len
     buf_reset(out)
-    buf_append(out, c.method, c.method_len)
+    if loc.proxy_method is None:
+        buf_append(out, c.method, c.method_len)
+    else:
+        buf_append_bytes(out, <bytes>loc.proxy_method)
     buf_append_str(out, " ")
-    if loc.proxy_uri is None and (loc.hide_args is None or not c.has_args):
+    if c.rewritten or (loc.dynamic is not None and loc.proxy_uri is not None):
+        append_changed_uri(c, loc, out)
+    elif loc.proxy_uri is None and (loc.hide_args is None or not c.has_args):
         buf_append(out, c.target, c.target_len)
     elif loc.proxy_uri is None:
         buf_append(out, c.target, <size_t>(c.args - c.target))     # the path and "?"
@@ -872,12 +888,31 @@ cdef int build_upstream_head(Client c, Location loc, Buf *out) except -1:
         if out.end == value_start:
             if len(name) == 4 and name.lower() == b"host":
                 # HTTP/1.1 needs a Host: fall back to the upstream's name
-                buf_append_bytes(out, loc.upstream.host_header)
+                buf_append_bytes(out, c.ups.host_header)
             else:
                 out.end = mark      # an empty value removes the header, as in nginx
                 continue
         buf_append_str(out, "\r\n")
     return 0
+
+
+cdef void append_changed_uri(Client c, Location loc, Buf *out) noexcept:
+    """The request URI after a rewrite, or for a proxy_pass with variables (nginx's
+    rules): with variables and a URI part, that URI as it is; otherwise the URI part (unless
+    a `break` rewrite changed the URI) + the rest of the changed path, escaped, + the
+    arguments."""
+    cdef size_t prefix_len = 0
+    if loc.dynamic is not None and loc.proxy_uri is not None:
+        buf_append_bytes(out, <bytes>loc.proxy_uri)
+        return
+    if loc.proxy_uri is not None and not c.rw_break:
+        buf_append_bytes(out, <bytes>loc.proxy_uri)
+        prefix_len = len(loc.pattern)
+        if loc.kind == LOC_EXACT or prefix_len > buf_len(&c.uri):
+            prefix_len = buf_len(&c.uri)
+    append_escaped_path(out, c.uri.data + prefix_len, buf_len(&c.uri) - prefix_len)
+    if c.has_args:
+        append_args(out, c, loc.hide_args)
 
 
 cdef void finish_upstream_head(Client c, Location loc, Buf *out) noexcept:
@@ -899,7 +934,7 @@ cdef void finish_upstream_head(Client c, Location loc, Buf *out) noexcept:
         buf_append_str(out, "Upgrade: ")
         buf_append(out, c.headers[c.upgrade_index].value, c.headers[c.upgrade_index].value_len)
         buf_append_str(out, "\r\nConnection: upgrade\r\n\r\n")
-    elif loc.upstream.keepalive > 0:
+    elif c.ups.keepalive > 0:
         buf_append_str(out, "Connection: keep-alive\r\n\r\n")
     else:
         buf_append_str(out, "Connection: close\r\n\r\n")
@@ -1010,8 +1045,8 @@ cdef bint append_variable(Segment *s, Client c, Buf *out) noexcept:
             return False
         buf_append(out, "HTTP/1.1" if c.minor == 1 else "HTTP/1.0", 8)
     elif v == VAR_PROXY_HOST:
-        if c.loc is not None and c.loc.upstream is not None:
-            buf_append(out, c.loc.upstream.host_header, len(c.loc.upstream.host_header))
+        if c.ups is not None:
+            buf_append(out, c.ups.host_header, len(c.ups.host_header))
     elif v == VAR_HTTP or v == VAR_CONTENT_LENGTH or v == VAR_CONTENT_TYPE:
         for i in range(c.nheaders):
             h = &c.headers[i]
@@ -1035,8 +1070,14 @@ cdef bint append_variable(Segment *s, Client c, Buf *out) noexcept:
         buf_append(out, c.conn_remote, c.conn_remote_len)
     elif v == VAR_REALIP_REMOTE_PORT:
         buf_append(out, c.conn_port, c.conn_port_len)
+    elif v == VAR_USER:
+        return append_user(s, c, out)
     elif v == VAR_CAPTURE:
-        if c.loc is not None and c.loc.has_regex and s.index <= c.loc.ncaptures \
+        if c.cap_base != NULL:
+            if s.index <= c.cap_n and c.caps[s.index].rm_so >= 0:
+                buf_append(out, c.cap_base + c.caps[s.index].rm_so,
+                           <size_t>(c.caps[s.index].rm_eo - c.caps[s.index].rm_so))
+        elif c.loc is not None and c.loc.has_regex and s.index <= c.loc.ncaptures \
                 and c.caps[s.index].rm_so >= 0:
             buf_append(out, c.uri.data + c.caps[s.index].rm_so,
                        <size_t>(c.caps[s.index].rm_eo - c.caps[s.index].rm_so))

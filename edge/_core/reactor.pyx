@@ -8,6 +8,7 @@
 # phase handler results (phases.pyx), used by client.pyx before phases.pyx is read
 DEF PH_CONTINUE = 0
 DEF PH_DONE = 1
+DEF PH_RELOCATE = 2     # rewrite.pyx: the URI changed, search the location again
 
 include "includes/system.pxi"
 include "buffers.pyx"
@@ -33,6 +34,7 @@ include "proxy.pyx"
 include "buffering.pyx"
 include "retries.pyx"
 include "mirror.pyx"
+include "rewrite.pyx"
 
 DEF MAX_EVENTS = 512
 DEF FREE_CLIENTS_MAX = 4096

@@ -69,7 +69,7 @@ cdef bint next_upstream_allowed(Client c, int condition, bint request_sent) noex
     if loc.next_upstream_timeout_ms and \
             g_now_us - c.first_try_us >= loc.next_upstream_timeout_ms * 1000:
         return False
-    if c.tries >= loc.upstream.npresent:
+    if c.tries >= c.ups.npresent:
         return False        # every peer had its try (empty `resolve` slots are no peers)
     if not c.body_replayable():
         return False        # streamed body bytes are gone

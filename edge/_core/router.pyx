@@ -100,6 +100,14 @@ cdef class Location:
     cdef public bytes hide_args      # query arguments not passed upstream (NUL separated), or None
     cdef public bytes response_strip # lowercase names NUL separated (and a final NUL)
                                      # dropped from upstream responses, or None
+    # rewrites and headers (rewrite.pyx, modules/rewrite.py, modules/proxy.py)
+    cdef public object dynamic       # DynamicUpstream: proxy_pass http://$var, or None
+    cdef public bytes proxy_method   # proxy_method, or None
+    cdef public object redirects     # Redirects (proxy_redirect), or None
+    cdef public bint pass_server     # proxy_pass_header Server / Date: the upstream's go through
+    cdef public bint pass_date
+    cdef bytes response_drop_b
+    cdef const char *response_drop  # upstream response headers never copied
 
     def __cinit__(self):
         self.has_regex = False
@@ -208,6 +216,13 @@ cdef class Location:
         if self.content == CONTENT_RETURN:
             reason = status_reason(self.return_status)
             self.return_head = b"HTTP/1.1 %d %s\r\nServer: edge\r\n" % (self.return_status, reason)
+        if self.pass_server or self.pass_date:
+            self.response_drop_b = b"connection\0keep-alive\0proxy-connection\0te\0trailer\0" \
+                b"transfer-encoding\0upgrade\0content-length\0" + \
+                (b"" if self.pass_server else b"server\0") + (b"" if self.pass_date else b"date\0") + b"\0"
+            self.response_drop = <const char *>self.response_drop_b
+        else:
+            self.response_drop = RESPONSE_DROP
         self.t_keepalive = timer_list(self.keepalive_timeout_ms)
         self.t_body = timer_list(self.client_body_timeout_ms)
         self.t_send_client = timer_list(self.send_timeout_ms)
@@ -445,6 +460,7 @@ cdef class Server:
     cdef readonly str file
     cdef readonly int line
     cdef public PhasePlan phases     # for requests that no location took (404) or no server parsed
+    cdef public PhaseHandler script  # the server-level rewrite directives (rewrite.pyx), or None
 
     def __init__(self, list names, str file="", int line=0):
         # regex names keep their case (they match case-insensitively); others fold

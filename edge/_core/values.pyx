@@ -27,6 +27,7 @@ cdef enum VarId:
     VAR_PROXY_PROTOCOL_PORT
     VAR_REALIP_REMOTE_ADDR
     VAR_REALIP_REMOTE_PORT
+    VAR_USER                # set / map / split_clients (rewrite.pyx)
     # request and response facts, mostly for access logs (nginx's meanings)
     VAR_REMOTE_USER
     VAR_TIME_LOCAL
@@ -122,6 +123,7 @@ cdef struct Segment:
     const char *text        # the literal, or the header name for VAR_HTTP
     size_t len
     int index               # capture number for VAR_CAPTURE
+    void *obj               # the UserVar of VAR_USER (kept alive by Template.keep)
 
 
 cdef class Template:
@@ -144,7 +146,7 @@ cdef class Template:
     def compile(str source):
         """Parse `$name` / `${name}` references. Unknown variables raise ValueError."""
         cdef Template t = Template.__new__(Template)
-        parts = []          # (var, text bytes, index)
+        parts = []          # (var, text bytes, index[, UserVar])
         literal = []
         i = 0
         n = len(source)
@@ -186,8 +188,14 @@ cdef class Template:
         if t.segs == NULL:
             raise MemoryError()
         t.max_capture = 0
-        for k, (var, text, index) in enumerate(parts):
+        for k, part in enumerate(parts):
+            var, text, index = part[0], part[1], part[2]
             t.keep.append(text)
+            t.segs[k].obj = NULL
+            if var == VAR_USER:
+                t.keep.append(part[3])
+                t.segs[k].obj = <void *>part[3]
+                t.uses_head = True      # its value may read anything of the request
             t.segs[k].var = var
             t.segs[k].text = <const char *>(<bytes>text)
             t.segs[k].len = len(text)
@@ -206,11 +214,19 @@ cdef class Template:
         return "Template(%r)" % self.source
 
 
+# The variables a config declares (set, map, split_clients), name -> UserVar; replaced
+# before each generation is parsed (rewrite.pyx: declare_user_variables).
+cdef dict g_user_vars = {}
+
+
 def _variable_segment(str name):
     if name.isdigit():
         if not 1 <= int(name) <= 9:
             raise ValueError('unknown "%s" variable' % name)
         return (VAR_CAPTURE, b"", int(name))
+    uv = g_user_vars.get(name)
+    if uv is not None and name not in VARIABLES:
+        return (VAR_USER, b"", 0, uv)
     if name.startswith("http_") and len(name) > 5:
         # $http_x_forwarded_for names the X-Forwarded-For header.
         return (VAR_HTTP, name[5:].replace("_", "-").encode("latin-1"), 0)

@@ -57,6 +57,7 @@ class Conf:
         self._registry = registry
         self._values = {}  # name -> value (a list of values for multi), in order set
         self._nodes = {}   # name -> Node (a list of Nodes for multi)
+        self.sequence = []  # (name, value) of every directive of this block, in config order
 
     def __repr__(self):
         args = " ".join(self.args)
@@ -120,10 +121,10 @@ def _fill(conf, nodes, registry):
     for node in nodes:
         d = _lookup(node, conf.context, registry)
 
-        if d.block is not None and node.block is None:
+        if (d.block is not None or d.raw) and node.block is None:
             raise ConfigError(f'directive "{node.name}" has no opening "{{"',
                               node.file, node.line)
-        if d.block is None and node.block is not None:
+        if d.block is None and not d.raw and node.block is not None:
             raise ConfigError('unexpected "{"', node.file, node.line)
 
         lo, hi = d.nargs
@@ -140,6 +141,7 @@ def _fill(conf, nodes, registry):
         except ConfigError as e:
             raise e.locate(node.file, node.line)
 
+        conf.sequence.append((node.name, value))
         if d.multi:
             conf._values.setdefault(node.name, []).append(value)
             conf._nodes.setdefault(node.name, []).append(node)

@@ -61,7 +61,7 @@ def syntax(d):
     else:
         words += [f"[{arg}]"] * (hi - lo)
     line = " ".join(words)
-    return line + (" { ... }" if d.block else ";")
+    return line + (" { ... }" if d.block or d.raw else ";")
 
 
 def default(d):

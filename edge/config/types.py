@@ -27,6 +27,8 @@ class Directive:
       in stored form, e.g. ``60.0`` for a time).
     - ``block``: the context its ``{...}`` opens, or None for a simple directive.
     - ``multi``: may repeat in one block; the stored value is the list of values.
+    - ``raw``: the directive takes a ``{...}`` whose lines are not directives (``map``,
+      ``split_clients``): ``parse`` reads them from ``node.block``.
     - ``syntax``: optional human syntax for the docs, e.g.
       ``"listen address[:port] [reuseport];"``; derived from ``nargs`` when empty.
     """
@@ -40,6 +42,7 @@ class Directive:
     block: str = None
     multi: bool = False
     syntax: str = ""
+    raw: bool = False
 
     def __post_init__(self):
         # Accept a single context name or a list, store a tuple.

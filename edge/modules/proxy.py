@@ -2,7 +2,7 @@
 
 Bodies stream both ways; edge re-frames them itself."""
 
-from edge._core.reactor import Template, Upstream
+from edge._core.reactor import DynamicUpstream, Redirects, Template, Upstream
 from edge.config import HTTP, LOCATION, SERVER, ConfigError, Directive, types
 from edge.modules.upstream import split_host_port
 
@@ -61,12 +61,61 @@ def _upgrade(node):
             raise ConfigError(f'invalid upgrade protocol "{name}"')
     return names
 
+def _redirect(node):
+    args = node.args
+    if len(args) == 1:
+        if args[0] not in ("default", "off"):
+            raise ConfigError(f'invalid parameter "{args[0]}"')
+        return args[0]
+    frm, to = args
+    if frm.startswith("~"):
+        raise ConfigError('regular expressions in "proxy_redirect" are not supported')
+    if "$" in frm:
+        raise ConfigError('variables in the "proxy_redirect" pattern are not supported')
+    try:
+        return (frm.encode("latin-1"), Template.compile(to))
+    except ValueError as e:
+        raise ConfigError(str(e))
+
+
+def _header_name(node):
+    name = node.args[0]
+    if not name or any(c in name for c in ' :\t\r\n'):
+        raise ConfigError(f'invalid header name "{name}"')
+    return name.lower()
+
+
+def _method(node):
+    m = node.args[0]
+    if not m or not all(c.isalnum() or c in "-_" for c in m):
+        raise ConfigError(f'invalid method "{m}"')
+    return m
+
+
 DIRECTIVES = [
     Directive("proxy_pass", (LOCATION,), (1, 1), parse=_proxy_pass,
               syntax="proxy_pass http://upstream_name[/uri] | http://host[:port][/uri];",
               doc="Send requests to an upstream group or an address. With a URI part, the "
                   "matched location prefix is replaced by it; without one the request URI "
                   "passes unchanged."),
+    Directive("proxy_redirect", HSL, (1, 2), parse=_redirect, multi=True,
+              syntax="proxy_redirect default | off | redirect replacement;",
+              doc="Rewrite the Location and Refresh headers of upstream responses: the first "
+                  "`redirect` prefix (case-sensitive) found is replaced by `replacement` "
+                  "(variables allowed; a path is made absolute as nginx does). `default` (the "
+                  "default with a literal proxy_pass) maps the proxy_pass URL to the "
+                  "location's prefix. Regex patterns are not supported."),
+    Directive("proxy_hide_header", HSL, (1, 1), parse=_header_name, multi=True,
+              syntax="proxy_hide_header field;",
+              doc="Do not pass this upstream response header to the client. Inherited only "
+                  "by blocks that set none themselves."),
+    Directive("proxy_pass_header", HSL, (1, 1), parse=_header_name, multi=True,
+              syntax="proxy_pass_header field;",
+              doc="Pass a header edge hides by default: `Server` or `Date` (the upstream's "
+                  "is sent instead of edge's own)."),
+    Directive("proxy_method", HSL, (1, 1), parse=_method,
+              syntax="proxy_method method;",
+              doc="The method of the request sent upstream, instead of the client's."),
     Directive("proxy_set_header", HSL, (2, 2), parse=_set_header, multi=True,
               syntax="proxy_set_header field value;",
               doc="Set a request header sent upstream (variables allowed; an empty value "
@@ -99,10 +148,22 @@ def compile_location(conf, location, runtime):
     if uri is not None and location.kind >= 3:
         raise ConfigError('"proxy_pass" cannot have URI part in location given by regular '
                           'expression', node.file, node.line)
-    group = runtime.upstreams.get(authority)
-    if group is None:
+    names = getattr(runtime, "group_names", None)
+    if names is None:
+        # every group a `proxy_pass http://$var` may name: upstream blocks and addresses
+        names = runtime.group_names = {n.encode("latin-1"): g for n, g in runtime.upstreams.items()}
+    dynamic = None
+    group = None
+    if "$" in authority:
+        try:
+            dynamic = DynamicUpstream(Template.compile(authority), names)
+        except ValueError as e:
+            raise ConfigError(str(e), node.file, node.line)
+    else:
+        group = runtime.upstreams.get(authority)
+    if group is None and dynamic is None:
         group = runtime.address_upstreams.get(authority)
-    if group is None:
+    if group is None and dynamic is None:
         try:
             host, port = split_host_port(authority, default_port=80)
             group = Upstream(authority, 0)
@@ -111,6 +172,7 @@ def compile_location(conf, location, runtime):
             raise ConfigError(str(e), node.file, node.line)
         runtime.address_upstreams[authority] = group
         runtime.plan.add_upstream(group)
+        names.setdefault(authority.encode("latin-1"), group)
 
     own = conf.get("proxy_set_header") or []
     own_names = {name.lower() for name, _ in own}
@@ -119,8 +181,46 @@ def compile_location(conf, location, runtime):
     headers += [(name.encode("latin-1"), template) for name, template in own]
     strip = [name for name, _ in headers]
     location.set_proxy(group, uri.encode("latin-1") if uri is not None else None, headers, strip)
+    location.dynamic = dynamic
+    method = conf.get("proxy_method")
+    location.proxy_method = method.encode("latin-1") if method else None
+    _response_headers(conf, location, authority, uri, dynamic is not None)
     location.proxy_connect_timeout_ms = int(conf.get("proxy_connect_timeout") * 1000)
     location.proxy_read_timeout_ms = int(conf.get("proxy_read_timeout") * 1000)
     location.proxy_send_timeout_ms = int(conf.get("proxy_send_timeout") * 1000)
     location.proxy_tunnel_timeout_ms = int(conf.get("proxy_tunnel_timeout") * 1000)
     location.upgrade_protocols = b"".join(p.encode("latin-1") + b"\0" for p in conf.get("proxy_upgrade")) + b"\0"
+
+
+def _response_headers(conf, location, authority, uri, dynamic):
+    """proxy_redirect, proxy_hide_header, proxy_pass_header."""
+    rules = conf.get("proxy_redirect")
+    if rules is None and not dynamic:
+        rules = ["default"]
+    compiled = []
+    for rule in rules or []:
+        if rule == "off":
+            compiled = []
+            break
+        if rule == "default":
+            if dynamic:
+                node = conf.node("proxy_redirect")[0]
+                raise ConfigError('"proxy_redirect default" cannot be used with "proxy_pass" '
+                                  'directive with variables', node.file, node.line)
+            url = "http://" + authority
+            if uri:
+                compiled.append(((url + uri).encode("latin-1"),
+                                 Template.compile(location.pattern.decode("latin-1"))))
+            else:
+                compiled.append(((url + "/").encode("latin-1"), Template.compile("/")))
+        else:
+            compiled.append(rule)
+    location.redirects = Redirects(compiled) if compiled else None
+    hide = conf.get("proxy_hide_header") or []
+    if hide:
+        existing = (location.response_strip or b"").rstrip(b"\0")
+        location.response_strip = (existing + b"\0" if existing else b"") + \
+            b"".join(h.encode("latin-1") + b"\0" for h in hide) + b"\0"
+    passed = conf.get("proxy_pass_header") or []
+    location.pass_server = "server" in passed
+    location.pass_date = "date" in passed

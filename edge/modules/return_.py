@@ -46,7 +46,8 @@ DIRECTIVES = [
 
 def compile_location(conf, location, runtime):
     value = conf.local("return")
-    if value is None and conf.parent is not None:
+    if value is None and conf.parent is not None and conf.parent.local("rewrite") is None \
+            and conf.parent.local("set") is None:
         value = conf.parent.local("return")     # server-level return applies to every location
     if value is None:
         return

@@ -193,7 +193,7 @@ cdef class Location:
         names never copied from the client."""
         self.content = CONTENT_PROXY
         self.upstream = upstream
-        if upstream.hash_key is not None and upstream.hash_key.uses_head:
+        if upstream is not None and upstream.hash_key is not None and upstream.hash_key.uses_head:
             # the balancer reads the request head when it picks a peer, which may be
             # after the body went through rb (request buffering, retries)
             self.phases.keep_head = True

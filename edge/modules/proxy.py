@@ -182,6 +182,10 @@ def compile_location(conf, location, runtime):
     strip = [name for name, _ in headers]
     location.set_proxy(group, uri.encode("latin-1") if uri is not None else None, headers, strip)
     location.dynamic = dynamic
+    if dynamic is not None and any(g.hash_key_uses_head for g in runtime.upstreams.values()):
+        # the group is chosen per request; one of them hashes on the request head, which
+        # its pick reads after the body went through rb
+        location.phases.keep_head = True
     method = conf.get("proxy_method")
     location.proxy_method = method.encode("latin-1") if method else None
     _response_headers(conf, location, authority, uri, dynamic is not None)

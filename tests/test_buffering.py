@@ -51,6 +51,7 @@ import pytest
 from support import IMPL, Conn, EdgeProcess, body_pattern, build_request, closed_port, sha256
 from support.recording import (RecordingUpstream, RssSampler, ScriptedUpstream, StreamUpstream, pattern_check,
                                pattern_stream)
+from support.waiting import wait_for
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -89,14 +90,6 @@ def scripted():
     yield s
     s.stop()
     assert not s.errors, s.errors
-
-
-def wait_for(cond, timeout=5.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 def send_bytewise(c: Conn, data: bytes):

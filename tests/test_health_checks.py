@@ -28,6 +28,7 @@ from edge import cycle as cycle_module
 from support.client import Conn
 from support.load import Load
 from support.upstream import Blackhole, Upstream
+from support.waiting import wait_for as wait_until
 
 pytestmark = pytest.mark.edge_only
 
@@ -66,14 +67,7 @@ def peer_status(e, group, peer):
 
 
 def wait_for(what, predicate, timeout):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    return wait_until(predicate, timeout, what, interval=0.05)
 
 
 def reload(e, applied, **subst):

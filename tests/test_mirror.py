@@ -15,6 +15,7 @@ import pytest
 
 from support import Conn, Upstream, closed_port, request
 from support.recording import NonReader
+from support.waiting import wait_for
 
 CONF = """
 http {
@@ -59,13 +60,6 @@ def get_many(port, n, prefix, **kw):
             for i in range(start, min(n, start + 500)):
                 r = c.request(kw.get("method", "GET"), f"/{prefix}{i}", body=kw.get("body"))
                 assert r.status == 200, r
-
-
-def wait_for(cond, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_mirror_receives_copies_with_bodies(edge, main_up, mirror_up):

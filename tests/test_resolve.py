@@ -22,6 +22,7 @@ from edge.control import dns
 from support.client import Conn
 from support.dns_server import DNSServer
 from support.upstream import Upstream
+from support.waiting import wait_for as wait_until
 
 pytestmark = pytest.mark.edge_only
 
@@ -49,14 +50,7 @@ def metric(e, name):
 
 
 def wait_for(what, predicate, timeout):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    return wait_until(predicate, timeout, what, interval=0.05)
 
 
 def served_by(e, path="/"):

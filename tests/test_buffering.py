@@ -110,31 +110,29 @@ def send_bytewise(c: Conn, data: bytes):
 
 def read_until(c: Conn, needle: bytes, timeout: float, what: str):
     """Read into c.buf until it contains `needle` (fails after `timeout` seconds)."""
-    deadline = time.monotonic() + timeout
-    while needle not in c.buf:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AssertionError(f"{what}: {needle!r} did not arrive within {timeout}s; got {bytes(c.buf[-300:])!r}")
-        c.sock.settimeout(left)
-        try:
-            if not c._fill():
-                raise AssertionError(f"{what}: connection closed before {needle!r}; got {bytes(c.buf[-300:])!r}")
-        except socket.timeout:
-            pass
-    c.sock.settimeout(c.timeout)
+    _read_while(c, lambda: needle not in c.buf, timeout,
+                lambda: f"{what}: {needle!r} did not arrive within {timeout}s; got {bytes(c.buf[-300:])!r}",
+                lambda: f"{what}: connection closed before {needle!r}; got {bytes(c.buf[-300:])!r}")
 
 
 def read_at_least(c: Conn, n: int, timeout: float, what: str):
     """Read into c.buf until it holds at least `n` bytes (fails after `timeout` s)."""
+    _read_while(c, lambda: len(c.buf) < n, timeout,
+                lambda: f"{what}: only {len(c.buf)} bytes arrived within {timeout}s",
+                lambda: f"{what}: connection closed after {len(c.buf)} bytes")
+
+
+def _read_while(c: Conn, more, timeout: float, late, closed):
+    """Fill c.buf while more() holds; late() / closed() say why it failed."""
     deadline = time.monotonic() + timeout
-    while len(c.buf) < n:
+    while more():
         left = deadline - time.monotonic()
         if left <= 0:
-            raise AssertionError(f"{what}: only {len(c.buf)} bytes arrived within {timeout}s")
+            raise AssertionError(late())
         c.sock.settimeout(left)
         try:
             if not c._fill():
-                raise AssertionError(f"{what}: connection closed after {len(c.buf)} bytes")
+                raise AssertionError(closed())
         except socket.timeout:
             pass
     c.sock.settimeout(c.timeout)

@@ -209,10 +209,9 @@ cdef int pick_hash(Upstream u, Client c, int64_t now, uint64_t tried) noexcept:
     """hash KEY [consistent]: the key's server; -2 to fall back to round robin."""
     cdef Buf *key = &u.key_buf
     cdef uint32_t h, acc
-    cdef int step, i, best, total, lo, hi, mid, sid
+    cdef int step, i, best, lo, hi, mid
     cdef char num[24]
     cdef int numlen
-    cdef Peer *p
     buf_reset(key)
     if c is not None and u.hash_key is not None:
         eval_template(u.hash_key, c, key)
@@ -246,20 +245,10 @@ cdef int pick_hash(Upstream u, Client c, int64_t now, uint64_t tried) noexcept:
         else:
             hi = mid
     for step in range(HASH_MAX_STEPS + 1):
-        sid = u.ring_server[(lo + step) % u.nring]
-        # the server's peers (one per address of its name): smooth WRR among them
-        best = -1
-        total = 0
-        for i in range(u.npeers):
-            p = &u.peers[i]
-            if p.server != sid or not untried(tried, i) or not u.peer_available(i, now):
-                continue
-            p.current_weight += p.weight
-            total += p.weight
-            if best < 0 or p.current_weight > u.peers[best].current_weight:
-                best = i
+        # the server's peers (one per address of its name): smooth WRR among them (a
+        # hash group has no backups)
+        best = u.pick_round_robin(now, tried, False, u.ring_server[(lo + step) % u.nring])
         if best >= 0:
-            u.peers[best].current_weight -= total
             return best
     return -2
 

@@ -1560,9 +1560,6 @@ cdef class Client(Handle):
             self.append_absolute_prefix_to(&self.wb)
         buf_append(&self.wb, self.pbuf.data, buf_len(&self.pbuf))
 
-    cdef void append_absolute_prefix(self) noexcept:
-        self.append_absolute_prefix_to(&self.wb)
-
     cdef void append_absolute_prefix_to(self, Buf *out) noexcept:
         """"http://host[:port]" for a redirect to a path (absolute_redirect)."""
         buf_append_str(out, "http://")

@@ -431,27 +431,20 @@ cdef int apply_rewrite(RewriteOp op, Client c) except -1:
 cdef void send_redirect(Client c, int status, bytes target):
     """A rewrite's redirect: nginx's page for the status, Location made absolute like
     `return`'s (absolute_redirect)."""
-    cdef bytes body = error_body(status)
     cdef Location loc = c.loc
-    c.start_discard()
-    c.begin_head(status)
-    buf_append_str(&c.wb, "HTTP/1.1 ")
-    buf_append_uint(&c.wb, <uint64_t>status)
-    buf_append_str(&c.wb, " ")
-    buf_append_bytes(&c.wb, status_reason(status))
-    buf_append_str(&c.wb, "\r\nServer: edge\r\n")
-    c.append_date()
-    buf_append_str(&c.wb, "Content-Type: text/html\r\nContent-Length: ")
-    buf_append_uint(&c.wb, len(body))
-    buf_append_str(&c.wb, "\r\nLocation: ")
-    if target[:1] == b"/" and (loc is None or loc.absolute_redirect):
-        c.append_absolute_prefix()
-    buf_append_bytes(&c.wb, target)
-    buf_append_str(&c.wb, "\r\n")
-    c.append_connection()
-    if not c.is_head:
-        buf_append_bytes(&c.wb, body)
-    c.response_done()
+    cdef Buf line
+    cdef bytes location
+    buf_init(&line, 256)
+    try:
+        buf_append_str(&line, "Location: ")
+        if target[:1] == b"/" and (loc is None or loc.absolute_redirect):
+            c.append_absolute_prefix_to(&line)
+        buf_append_bytes(&line, target)
+        buf_append_str(&line, "\r\n")
+        location = line.data[line.start:line.end]
+    finally:
+        buf_free(&line)
+    c.respond_simple(status, location, error_body(status), b"text/html")
 
 
 # ---- add_header --------------------------------------------------------------------------

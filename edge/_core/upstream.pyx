@@ -418,9 +418,10 @@ cdef class Upstream:
             best = self.last_resort(tried)
         return best
 
-    cdef int pick_round_robin(self, int64_t now, uint64_t tried, bint backup) noexcept:
+    cdef int pick_round_robin(self, int64_t now, uint64_t tried, bint backup, int server=-1) noexcept:
         """Smooth weighted round robin over the available untried primaries (backup
-        False) or backups; -1 when there is none."""
+        False) or backups, or only the peers of one `server` line (server >= 0: the
+        addresses of a name); -1 when there is none."""
         cdef int i
         cdef int best = -1
         cdef int total = 0
@@ -429,7 +430,8 @@ cdef class Upstream:
             if i < 64 and (tried >> i) & 1:
                 continue
             p = &self.peers[i]
-            if p.backup != backup or not self.peer_available(i, now):
+            if p.backup != backup or (server >= 0 and p.server != server) \
+                    or not self.peer_available(i, now):
                 continue
             p.current_weight += p.weight
             total += p.weight

@@ -33,6 +33,8 @@ extensions = [
         "edge._core.reactor",
         ["edge/_core/reactor.pyx", "edge/_core/http_parser.c"],
         include_dirs=["edge/_core"],
+        # OpenSSL: the same libssl and libcrypto that Python's own ssl module links
+        libraries=["ssl", "crypto"],
         extra_compile_args=compile_args + ["-Wno-unused-function"],
         define_macros=macros,
     ),

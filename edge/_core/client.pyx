@@ -214,6 +214,12 @@ cdef class Client(Handle):
     cdef char remote_port[8]
     cdef size_t remote_port_len
     cdef int64_t requests
+    # TLS (tls.pyx): the session when the listener has `ssl`, and the name the client sent
+    cdef SSL *ssl
+    cdef bint tls_read_wants_write  # SSL_read must send first: a writable event reads on
+    cdef bint plain_on_tls          # plain HTTP arrived on a TLS port: nginx's 400 follows
+    cdef char sni[256]
+    cdef size_t sni_len
 
     # the current request; pointers are into rb and valid only while its head is handled
     cdef edge_header headers[MAX_HEADERS]

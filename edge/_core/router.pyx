@@ -461,6 +461,7 @@ cdef class Server:
     cdef readonly int line
     cdef public PhasePlan phases     # for requests that no location took (404) or no server parsed
     cdef public PhaseHandler script  # the server-level rewrite directives (rewrite.pyx), or None
+    cdef public object tls           # its TlsContext (tls.pyx) when it has certificates, or None
 
     def __init__(self, list names, str file="", int line=0):
         # regex names keep their case (they match case-insensitively); others fold

@@ -4,7 +4,7 @@
 from libc.stdint cimport int64_t, uint64_t, uint32_t, uint16_t, uint8_t, int32_t
 from libc.string cimport memcpy, memmove, memcmp, memchr, memset, strlen
 from libc.stdlib cimport malloc, realloc, free
-from libc.errno cimport errno, EAGAIN, EINTR, EINPROGRESS, ECONNABORTED
+from libc.errno cimport errno, EAGAIN, EINTR, EINPROGRESS, ECONNABORTED, ECONNRESET
 
 cdef extern from "<sys/types.h>":
     ctypedef long ssize_t
@@ -20,6 +20,7 @@ cdef extern from "<sys/types.h>" nogil:
 
 cdef extern from "<unistd.h>" nogil:
     ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset)
+    ssize_t pread(int fd, void *buf, size_t count, off_t offset)
     int unlink(const char *path)
     int dup(int fd)
 

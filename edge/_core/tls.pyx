@@ -1,0 +1,575 @@
+# TLS: OpenSSL driven straight from the reactor, as nginx drives it.
+#
+# An SSL object reads and writes the non-blocking socket itself (a socket BIO); a call that
+# cannot go on says WANT_READ or WANT_WRITE, and the connection waits for that event. The
+# functions here keep the contracts of the plain ones in buffers.pyx (read_into,
+# write_queued, send_file_range), so client.pyx and proxy.pyx switch on `ssl != NULL` at
+# those few points and nowhere else.
+#
+# Contexts (TlsContext) are built by the Python modules (edge/modules/ssl.py for servers,
+# edge/modules/proxy_ssl.py for upstreams) from certificate bytes that the master read, so
+# every process of a generation builds the same thing from the same text. A connection keeps
+# a reference to its context (SSL_new counts one), so an in-place reload never pulls a
+# certificate from under a live connection.
+
+include "includes/openssl.pxi"
+
+DEF TLS_RECORD = 16384          # the most plaintext one TLS record carries
+DEF TLS_COALESCE = 16384        # output pieces smaller than one record are sent as one
+
+# what a server context asks of the client certificate (ssl_verify_client)
+cdef enum VerifyClient:
+    VERIFY_OFF = 0
+    VERIFY_ON = 1
+    VERIFY_OPTIONAL = 2
+    VERIFY_OPTIONAL_NO_CA = 3
+
+# tls_handshake() results
+cdef enum HandshakeResult:
+    HS_DONE = 1
+    HS_WANT_READ = 0
+    HS_WANT_WRITE = 2
+    HS_FAILED = -1
+
+cdef bint g_ktls_logged = False
+
+
+def openssl_error_text(str prefix=""):
+    """Drain OpenSSL's error queue into one line (the reasons, innermost last)."""
+    cdef unsigned long e
+    cdef char buf[256]
+    reasons = []
+    while True:
+        e = ERR_get_error()
+        if e == 0:
+            break
+        ERR_error_string_n(e, buf, sizeof(buf))
+        reasons.append(buf.decode("latin-1"))
+    text = "; ".join(reasons) if reasons else "unknown OpenSSL error"
+    return prefix + text if prefix else text
+
+
+cdef int password_from_list(char *buf, int size, int rwflag, void *userdata) noexcept:
+    """pem_password_cb: the one password being tried (TlsContext.add_certificate tries
+    each line of ssl_password_file in turn, as nginx does)."""
+    cdef bytes pw
+    if userdata == NULL:
+        return 0
+    pw = <bytes>userdata
+    if len(pw) > size:
+        return 0
+    memcpy(buf, <const char *>pw, len(pw))
+    return len(pw)
+
+
+cdef BIO *bio_of(bytes data) except NULL:
+    cdef BIO *bio = BIO_new_mem_buf(<const char *>data, len(data))
+    if bio == NULL:
+        raise MemoryError()
+    return bio
+
+
+cdef list read_certificates(bytes pem):
+    """Every certificate in a PEM text, as X509 pointers held in Python ints (the caller
+    frees them). Raises ValueError when there is none."""
+    cdef BIO *bio = bio_of(pem)
+    cdef X509 *x
+    cdef list out = []
+    try:
+        while True:
+            x = PEM_read_bio_X509(bio, NULL, NULL, NULL)
+            if x == NULL:
+                break
+            out.append(<size_t>x)
+    finally:
+        BIO_free(bio)
+    ERR_clear_error()       # the end of the text reads as "no start line"
+    if not out:
+        raise ValueError("no certificate found (PEM \"BEGIN CERTIFICATE\" expected)")
+    return out
+
+
+cdef void free_certificates(list certs) noexcept:
+    cdef size_t p
+    for p in certs:
+        X509_free(<X509 *>p)
+
+
+cdef int sni_callback(SSL *ssl, int *alert, void *arg) noexcept:
+    """The client named a server: switch the connection to that server's certificates and
+    client-certificate settings (nginx's ranking of server_name; the listen's default
+    server when nothing matches, which keeps the context the connection started with)."""
+    cdef const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name)
+    cdef void *owner = SSL_get_ex_data(ssl, 0)
+    cdef Client c
+    cdef Server s
+    cdef char lower[256]
+    cdef size_t n, i
+    cdef SSL_CTX *target
+    if name == NULL or owner == NULL:
+        return SSL_TLSEXT_ERR_NOACK
+    c = <Client>owner
+    n = strlen(name)
+    if n == 0 or n > 255:
+        return SSL_TLSEXT_ERR_NOACK
+    for i in range(n):
+        lower[i] = name[i] + 32 if 65 <= name[i] <= 90 else name[i]
+    lower[n] = 0
+    memcpy(c.sni, lower, n + 1)
+    c.sni_len = n
+    if c.binding is None:
+        return SSL_TLSEXT_ERR_OK
+    s = c.binding.find_server(lower, n)
+    if s is None or s.tls is None:
+        return SSL_TLSEXT_ERR_OK
+    target = (<TlsContext>s.tls).ctx
+    if target != SSL_get_SSL_CTX(ssl):
+        SSL_set_SSL_CTX(ssl, target)
+        # SSL_set_SSL_CTX moves the certificates only; the verification settings and
+        # options of the chosen server apply too (as nginx copies them)
+        SSL_set_verify(ssl, SSL_CTX_get_verify_mode(target), SSL_CTX_get_verify_callback(target))
+        SSL_set_verify_depth(ssl, SSL_CTX_get_verify_depth(target))
+        SSL_clear_options(ssl, SSL_get_options(ssl) & ~SSL_CTX_get_options(target))
+        SSL_set_options(ssl, SSL_CTX_get_options(target))
+    return SSL_TLSEXT_ERR_OK
+
+
+cdef const unsigned char *ALPN_HTTP11 = b"\x08http/1.1"
+
+
+cdef int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                     const unsigned char *inp, unsigned int inlen, void *arg) noexcept:
+    """ALPN: http/1.1 when the client offers it. A client that offers only other protocols
+    fails the handshake (no_application_protocol), as nginx 1.21.4 and later answer."""
+    cdef unsigned char *chosen = NULL
+    cdef unsigned char chosen_len = 0
+    if SSL_select_next_proto(&chosen, &chosen_len, ALPN_HTTP11, 9, inp, inlen) != OPENSSL_NPN_NEGOTIATED:
+        return SSL_TLSEXT_ERR_ALERT_FATAL
+    out[0] = chosen
+    outlen[0] = chosen_len
+    return SSL_TLSEXT_ERR_OK
+
+
+cdef int accept_any_certificate(int preverify_ok, X509_STORE_CTX *store) noexcept:
+    """The handshake goes on whatever the client certificate's verdict; the request then
+    gets nginx's 400 ("No required SSL certificate was sent", "The SSL certificate error")
+    from the verification result, which also feeds $ssl_client_verify."""
+    return 1
+
+
+cdef class TlsContext:
+    """One SSL_CTX: a server's certificates and settings (server side), or what a proxied
+    location presents and checks (client side)."""
+    cdef SSL_CTX *ctx
+    cdef readonly bint server_side
+    cdef readonly int verify_client         # VerifyClient (server side)
+    cdef readonly list warnings             # e.g. an expired certificate: logged, not fatal
+    cdef readonly list key_types            # "RSA", "EC" ... of the certificates loaded
+    cdef readonly bint ktls_asked           # ssl_conf_command Options KTLS
+
+    def __cinit__(self, bint server_side=True):
+        self.ctx = SSL_CTX_new(TLS_server_method() if server_side else TLS_client_method())
+        if self.ctx == NULL:
+            raise MemoryError(openssl_error_text())
+        self.server_side = server_side
+        self.verify_client = VERIFY_OFF
+        self.warnings = []
+        self.key_types = []
+        SSL_CTX_set_options(self.ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_SINGLE_DH_USE
+                            | SSL_OP_SINGLE_ECDH_USE | SSL_OP_IGNORE_UNEXPECTED_EOF)
+        # partial writes and a moving buffer: output is written from wb, whose data may be
+        # reallocated and extended between a WANT_WRITE and the retry
+        SSL_CTX_set_mode(self.ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
+                         | SSL_MODE_RELEASE_BUFFERS)
+        SSL_CTX_set_min_proto_version(self.ctx, TLS1_2_VERSION)
+        if server_side:
+            SSL_CTX_set_tlsext_servername_callback(self.ctx, <servername_cb_t>sni_callback)
+            SSL_CTX_set_alpn_select_cb(self.ctx, <alpn_select_cb_t>alpn_select, NULL)
+            # without a shared cache (ssl_session_cache), no server-side session cache at
+            # all: a session that only one worker knows would resume by chance
+            SSL_CTX_set_session_cache_mode(self.ctx, SSL_SESS_CACHE_OFF)
+            SSL_CTX_set_session_id_context(self.ctx, <const unsigned char *>"edge", 4)
+
+    def __dealloc__(self):
+        if self.ctx != NULL:
+            SSL_CTX_free(self.ctx)
+            self.ctx = NULL
+
+    def set_protocols(self, list names):
+        """ssl_protocols / proxy_ssl_protocols: exactly the versions named."""
+        versions = {"TLSv1": TLS1_VERSION, "TLSv1.1": TLS1_1_VERSION,
+                    "TLSv1.2": TLS1_2_VERSION, "TLSv1.3": TLS1_3_VERSION}
+        flags = {"TLSv1": SSL_OP_NO_TLSv1, "TLSv1.1": SSL_OP_NO_TLSv1_1,
+                 "TLSv1.2": SSL_OP_NO_TLSv1_2, "TLSv1.3": SSL_OP_NO_TLSv1_3}
+        chosen = [versions[n] for n in names]
+        SSL_CTX_set_min_proto_version(self.ctx, min(chosen))
+        SSL_CTX_set_max_proto_version(self.ctx, max(chosen))
+        off = 0
+        for name, flag in flags.items():
+            if name not in names:
+                off |= flag
+        SSL_CTX_clear_options(self.ctx, SSL_OP_NO_TLSv1 | SSL_OP_NO_TLSv1_1 | SSL_OP_NO_TLSv1_2
+                              | SSL_OP_NO_TLSv1_3)
+        if off:
+            SSL_CTX_set_options(self.ctx, off)
+
+    def set_ciphers(self, bytes ciphers):
+        """ssl_ciphers: the TLS 1.2 and older cipher list (TLS 1.3 suites are set with
+        ssl_conf_command Ciphersuites, as in nginx)."""
+        if SSL_CTX_set_cipher_list(self.ctx, ciphers) != 1:
+            raise ValueError(openssl_error_text('invalid cipher list "%s": ' % ciphers.decode()))
+
+    def prefer_server_ciphers(self, bint on):
+        if on:
+            SSL_CTX_set_options(self.ctx, SSL_OP_CIPHER_SERVER_PREFERENCE)
+        else:
+            SSL_CTX_clear_options(self.ctx, SSL_OP_CIPHER_SERVER_PREFERENCE)
+
+    def set_curves(self, bytes curves):
+        """ssl_ecdh_curve: `auto` keeps OpenSSL's list; otherwise a colon-separated list."""
+        if curves == b"auto":
+            return
+        if SSL_CTX_set1_groups_list(self.ctx, curves) != 1:
+            raise ValueError(openssl_error_text('invalid curve list "%s": ' % curves.decode()))
+
+    def set_dhparam(self, bytes pem):
+        cdef BIO *bio = bio_of(pem)
+        cdef EVP_PKEY *params = PEM_read_bio_Parameters(bio, NULL)
+        BIO_free(bio)
+        if params == NULL:
+            raise ValueError(openssl_error_text("cannot read DH parameters: "))
+        if SSL_CTX_set0_tmp_dh_pkey(self.ctx, params) != 1:
+            EVP_PKEY_free(params)
+            raise ValueError(openssl_error_text("cannot use DH parameters: "))
+
+    def add_certificate(self, bytes cert_pem, bytes key_pem, list passwords=None):
+        """A certificate chain (the leaf first) and its key. Several may be added when their
+        key types differ (RSA and ECDSA): the handshake then picks the one the client's
+        signature algorithms allow. Raises ValueError naming what is wrong; an expired
+        certificate only adds to self.warnings."""
+        cdef list certs = read_certificates(cert_pem)
+        cdef X509 *leaf = <X509 *><size_t>certs[0]
+        cdef EVP_PKEY *key = NULL
+        cdef BIO *bio
+        cdef bytes pw
+        cdef size_t p
+        try:
+            candidates = passwords if passwords else [None]
+            for pw in candidates:
+                bio = bio_of(key_pem)
+                key = PEM_read_bio_PrivateKey(bio, NULL, <pem_password_cb>password_from_list,
+                                              <void *>pw if pw is not None else NULL)
+                BIO_free(bio)
+                if key != NULL:
+                    break
+            if key == NULL:
+                raise ValueError(openssl_error_text(
+                    "cannot load certificate key%s: " % (" (wrong or missing password?)"
+                                                          if passwords is not None else "")))
+            ERR_clear_error()
+            if X509_check_private_key(leaf, key) != 1:
+                ERR_clear_error()
+                raise ValueError("the certificate and the key do not match "
+                                 "(key values mismatch)")
+            if SSL_CTX_use_certificate(self.ctx, leaf) != 1:
+                raise ValueError(openssl_error_text("cannot use the certificate: "))
+            # the chain belongs to the certificate just set (OpenSSL keeps one per key type)
+            SSL_CTX_clear_chain_certs(self.ctx)
+            for p in certs[1:]:
+                if SSL_CTX_add1_chain_cert(self.ctx, <X509 *>p) != 1:
+                    raise ValueError(openssl_error_text("cannot add a chain certificate: "))
+            if SSL_CTX_use_PrivateKey(self.ctx, key) != 1:
+                raise ValueError(openssl_error_text("cannot use the certificate key: "))
+            kind = EVP_PKEY_get_base_id(key)
+            self.key_types.append("RSA" if kind == EVP_PKEY_RSA else
+                                  "EC" if kind == EVP_PKEY_EC else str(kind))
+            if X509_cmp_current_time(X509_get0_notAfter(leaf)) < 0:
+                self.warnings.append("the certificate has expired")
+            elif X509_cmp_current_time(X509_get0_notBefore(leaf)) > 0:
+                self.warnings.append("the certificate is not yet valid")
+        finally:
+            if key != NULL:
+                EVP_PKEY_free(key)
+            free_certificates(certs)
+            ERR_clear_error()
+
+    def trust(self, bytes pem, bint advertise=False):
+        """Add CA certificates to the verification store; with `advertise`, also to the
+        list of acceptable CAs the server sends (ssl_client_certificate)."""
+        cdef list certs = read_certificates(pem)
+        cdef X509_STORE *store = SSL_CTX_get_cert_store_typed(self.ctx)
+        cdef size_t p
+        try:
+            for p in certs:
+                X509_STORE_add_cert(store, <X509 *>p)
+                if advertise:
+                    SSL_CTX_add_client_CA(self.ctx, <X509 *>p)
+        finally:
+            free_certificates(certs)
+            ERR_clear_error()
+
+    def set_verify_client(self, int mode, int depth):
+        """ssl_verify_client on|optional|optional_no_ca, ssl_verify_depth."""
+        self.verify_client = mode
+        if mode == VERIFY_OFF:
+            SSL_CTX_set_verify(self.ctx, SSL_VERIFY_NONE, NULL)
+        else:
+            SSL_CTX_set_verify(self.ctx, SSL_VERIFY_PEER, <SSL_verify_cb>accept_any_certificate)
+        SSL_CTX_set_verify_depth(self.ctx, depth)
+
+    def set_verify_peer(self, bint on, int depth):
+        """proxy_ssl_verify: an upstream whose certificate does not verify fails the
+        handshake."""
+        SSL_CTX_set_verify(self.ctx, SSL_VERIFY_PEER if on else SSL_VERIFY_NONE, NULL)
+        SSL_CTX_set_verify_depth(self.ctx, depth)
+
+    def conf_command(self, bytes name, bytes value):
+        """ssl_conf_command: handed to OpenSSL's SSL_CONF_cmd, as nginx does."""
+        cdef SSL_CONF_CTX *cctx = SSL_CONF_CTX_new()
+        cdef int r
+        if cctx == NULL:
+            raise MemoryError()
+        SSL_CONF_CTX_set_flags(cctx, SSL_CONF_FLAG_FILE | SSL_CONF_FLAG_CERTIFICATE
+                               | (SSL_CONF_FLAG_SERVER if self.server_side else SSL_CONF_FLAG_CLIENT))
+        SSL_CONF_CTX_set_ssl_ctx(cctx, self.ctx)
+        r = SSL_CONF_cmd(cctx, name, value)
+        if r > 0:
+            r = SSL_CONF_CTX_finish(cctx)
+        SSL_CONF_CTX_free(cctx)
+        if r <= 0:
+            if r == -2:
+                ERR_clear_error()
+                raise ValueError('unknown ssl_conf_command "%s"' % name.decode())
+            raise ValueError(openssl_error_text('ssl_conf_command "%s" "%s" failed: '
+                                                % (name.decode(), value.decode())))
+        if name.lower() == b"options" and b"ktls" in value.lower():
+            self.ktls_asked = not value.lower().startswith(b"-")
+
+    def set_session_timeout(self, long seconds):
+        SSL_CTX_set_timeout(self.ctx, seconds)
+
+    def has_certificate(self):
+        return SSL_CTX_get0_certificate(self.ctx) != NULL
+
+
+# ---- per connection ---------------------------------------------------------------------
+
+cdef SSL *tls_new(TlsContext context, int fd, bint server_side, void *owner) noexcept:
+    """An SSL object for a connected socket; NULL when OpenSSL cannot make one."""
+    cdef SSL *ssl = SSL_new(context.ctx)
+    if ssl == NULL:
+        ERR_clear_error()
+        return NULL
+    if SSL_set_fd(ssl, fd) != 1:
+        SSL_free(ssl)
+        ERR_clear_error()
+        return NULL
+    if server_side:
+        SSL_set_accept_state(ssl)
+    else:
+        SSL_set_connect_state(ssl)
+    SSL_set_ex_data(ssl, 0, owner)
+    return ssl
+
+
+cdef int tls_handshake(SSL *ssl) noexcept:
+    """One step of the handshake: HS_DONE, HS_WANT_READ, HS_WANT_WRITE or HS_FAILED."""
+    cdef int r = SSL_do_handshake(ssl)
+    cdef int err
+    if r == 1:
+        return HS_DONE
+    err = SSL_get_error(ssl, r)
+    if err == SSL_ERROR_WANT_READ:
+        return HS_WANT_READ
+    if err == SSL_ERROR_WANT_WRITE:
+        return HS_WANT_WRITE
+    return HS_FAILED
+
+
+cdef void tls_free(SSL **pssl, bint send_close_notify) noexcept:
+    """End a connection's TLS: send close_notify when the session is healthy (one
+    non-blocking try; a full socket just loses it, as nginx gives up too), then free."""
+    cdef SSL *ssl = pssl[0]
+    if ssl == NULL:
+        return
+    pssl[0] = NULL
+    SSL_set_ex_data(ssl, 0, NULL)
+    if send_close_notify and SSL_is_init_finished(ssl):
+        SSL_shutdown(ssl)
+    else:
+        SSL_set_quiet_shutdown(ssl, 1)
+    SSL_free(ssl)
+    ERR_clear_error()
+
+
+cdef int tls_read_into(SSL *ssl, Buf *b, size_t limit, size_t chunk, bint *readable,
+                       bint *read_wants_write) noexcept:
+    """read_into() over TLS: one SSL_read into b. RD_* results. Unlike a plain socket, a
+    short read does not mean the socket is drained (a read returns one record at most), so
+    only WANT_READ clears *readable. WANT_WRITE (the session must send before it can read
+    on) also clears it and sets *read_wants_write: the next writable event reads again."""
+    cdef int r, err
+    cdef size_t room
+    if buf_len(b) == 0:
+        buf_reset(b)
+    if buf_len(b) >= limit:
+        return RD_FULL
+    room = limit - buf_len(b)
+    if room > chunk:
+        room = chunk
+    if b.cap - b.end < room and buf_reserve(b, room) < 0:
+        return RD_ERROR
+    r = SSL_read(ssl, b.data + b.end, <int>room)
+    if r > 0:
+        b.end += r
+        return RD_DATA
+    err = SSL_get_error(ssl, r)
+    if err == SSL_ERROR_WANT_READ:
+        readable[0] = False
+        return RD_AGAIN
+    if err == SSL_ERROR_WANT_WRITE:
+        readable[0] = False
+        read_wants_write[0] = True
+        return RD_AGAIN
+    readable[0] = False
+    ERR_clear_error()
+    if err == SSL_ERROR_ZERO_RETURN:
+        return RD_EOF       # close_notify
+    if err == SSL_ERROR_SYSCALL and (errno == 0 or errno == ECONNRESET):
+        return RD_EOF if errno == 0 else RD_ERROR
+    return RD_ERROR
+
+
+cdef int tls_write_queued(SSL *ssl, Buf *wb, const char **win, size_t *win_len,
+                          const char **suf, size_t *suf_len, bint *wrote) noexcept:
+    """write_queued() over TLS: the same pieces in the same order, as TLS records. Small
+    pieces are first gathered into wb so that a response head and its body leave in one
+    record and one system call (the plain path gets that from writev)."""
+    cdef const char *p
+    cdef size_t n, take
+    cdef int r, err
+    while True:
+        if wb.end > wb.start and wb.end - wb.start < TLS_COALESCE and (win_len[0] or suf_len[0]):
+            take = TLS_COALESCE - (wb.end - wb.start)
+            if win_len[0]:
+                if take > win_len[0]:
+                    take = win_len[0]
+                if buf_append(wb, win[0], take) < 0:
+                    return -1
+                win[0] += take
+                win_len[0] -= take
+            elif suf_len[0]:
+                if take > suf_len[0]:
+                    take = suf_len[0]
+                if buf_append(wb, suf[0], take) < 0:
+                    return -1
+                suf[0] += take
+                suf_len[0] -= take
+            continue
+        if wb.end > wb.start:
+            p = wb.data + wb.start
+            n = wb.end - wb.start
+        elif win_len[0]:
+            p = win[0]
+            n = win_len[0]
+        elif suf_len[0]:
+            p = suf[0]
+            n = suf_len[0]
+        else:
+            buf_reset(wb)
+            return 1
+        if n > 0x40000000:
+            n = 0x40000000
+        r = SSL_write(ssl, p, <int>n)
+        if r <= 0:
+            err = SSL_get_error(ssl, r)
+            if err == SSL_ERROR_WANT_WRITE or err == SSL_ERROR_WANT_READ:
+                return 0
+            ERR_clear_error()
+            return -1
+        wrote[0] = True
+        n = <size_t>r
+        if wb.end > wb.start:
+            wb.start += n
+            if wb.start == wb.end:
+                buf_reset(wb)
+        elif win_len[0]:
+            win[0] += n
+            win_len[0] -= n
+        else:
+            suf[0] += n
+            suf_len[0] -= n
+
+
+cdef int tls_send_file_range(SSL *ssl, int fd, int64_t *offset, int64_t end, bint *wrote) noexcept:
+    """send_file_range() over TLS. With kTLS the kernel encrypts and SSL_sendfile sends the
+    pages; otherwise the file is read a record at a time and written as TLS records. A retry
+    after WANT_WRITE reads the same bytes again from the same offset."""
+    cdef char chunk[TLS_RECORD]
+    cdef ssize_t got
+    cdef int r, err
+    cdef int64_t left
+    if BIO_get_ktls_send(SSL_get_wbio(ssl)):
+        while offset[0] < end:
+            left = end - offset[0]
+            got = SSL_sendfile(ssl, fd, offset[0], <size_t>(left if left < 1048576 else 1048576), 0)
+            if got <= 0:
+                err = SSL_get_error(ssl, <int>got)
+                if err == SSL_ERROR_WANT_WRITE:
+                    return 0
+                ERR_clear_error()
+                return -1
+            offset[0] += got
+            wrote[0] = True
+        return 1
+    while offset[0] < end:
+        left = end - offset[0]
+        got = pread(fd, chunk, <size_t>(left if left < TLS_RECORD else TLS_RECORD), offset[0])
+        if got <= 0:
+            if got < 0 and errno == EINTR:
+                continue
+            return -1
+        r = SSL_write(ssl, chunk, <int>got)
+        if r <= 0:
+            err = SSL_get_error(ssl, r)
+            if err == SSL_ERROR_WANT_WRITE or err == SSL_ERROR_WANT_READ:
+                return 0
+            ERR_clear_error()
+            return -1
+        offset[0] += r
+        wrote[0] = True
+    return 1
+
+
+cdef ssize_t tls_write_some(SSL *ssl, const char *p, size_t n) noexcept:
+    """write() over TLS for one buffer: bytes written, 0 when the socket is full, -1 on
+    error."""
+    cdef int r, err
+    if n == 0:
+        return 0
+    r = SSL_write(ssl, p, <int>(n if n < 0x40000000 else 0x40000000))
+    if r > 0:
+        return r
+    err = SSL_get_error(ssl, r)
+    if err == SSL_ERROR_WANT_WRITE or err == SSL_ERROR_WANT_READ:
+        return 0
+    ERR_clear_error()
+    return -1
+
+
+cdef bint tls_uses_ktls(SSL *ssl) noexcept:
+    return BIO_get_ktls_send(SSL_get_wbio(ssl)) > 0
+
+
+def ktls_available():
+    """True when the kernel offers the "tls" upper-layer protocol (kTLS)."""
+    import builtins     # `open` is the C call here (system.pxi)
+    try:
+        with builtins.open("/proc/sys/net/ipv4/tcp_available_ulp") as f:
+            return "tls" in f.read().split()
+    except OSError:
+        return False
+
+
+def openssl_version():
+    return OpenSSL_version(0).decode()

@@ -456,6 +456,9 @@ def zones_of(cycle, zones):
                     stats = z.stats()
                 finally:
                     z.close()
+                if spec.scope != "cluster":     # the sync's words mean nothing here
+                    stats.pop("mode", None)
+                    stats.pop("live_nodes", None)
                 doc.update(stats)
                 doc["used"] = round(stats["entries"] / stats["capacity"], 4) if stats["capacity"] else 0
         out.append(doc)

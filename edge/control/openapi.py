@@ -250,3 +250,18 @@ DOCUMENT = {
 
 # format=text answers the `edge -T` text itself
 PATHS["/config"]["get"]["responses"]["200"]["content"]["text/plain"] = {"schema": _STR}
+
+# the names a list returns lead to the one-object reads (schemathesis follows them)
+PATHS["/upstreams"]["get"]["responses"]["200"]["links"] = {
+    "GetUpstream": {"operationId": "getUpstream",
+                    "parameters": {"name": "$response.body#/upstreams/0/name"}}}
+PATHS["/consumers"]["get"]["responses"]["200"]["links"] = {
+    "GetConsumer": {"operationId": "getConsumer",
+                    "parameters": {"name": "$response.body#/consumers/0/username"}}}
+for _path, _item in PATHS.items():
+    for _method, _op in _item.items():
+        _op["operationId"] = _method + "".join(
+            part.strip("{}").replace(".", "_").capitalize() for part in _path.split("/") if part)
+PATHS["/upstreams/{name}"]["get"]["operationId"] = "getUpstream"
+PATHS["/consumers/{name}"]["get"]["operationId"] = "getConsumer"
+PATHS["/openapi.json"]["get"]["operationId"] = "getOpenapi"

@@ -359,6 +359,51 @@ def test_token_file_and_admin_allow_refuse_what_they_must(edge, tmp_path):
     assert admin(port, "/status", headers=AUTH)[0] == 401
 
 
+def v6_admin(port, path="/status", headers=None):
+    import http.client
+    conn = http.client.HTTPConnection("::1", port, timeout=5)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def test_admin_allow_matches_ipv6_peers_and_refuses_garbage_from_outside_with_403(edge, tmp_path):
+    import socket
+    token_file = tmp_path / "admin.token"
+    token_file.write_text(TOKEN)
+    e = edge(ACCESS.replace("0.0.0.0:@PORT2@", "[::]:@PORT2@")
+             .replace("@ALLOW@", "admin_allow ::1/128;"), TOKENFILE=str(token_file))
+    port = e.ports["PORT2"]
+
+    def status():
+        try:
+            return v6_admin(port, headers=AUTH)[0] == 200
+        except OSError:
+            return False
+    wait_for(status, 10, "the admin listener on [::]", e)
+    assert v6_admin(port, headers={})[0] == 401           # allowed peer, no token
+    e.conf_path.write_text(e.conf_path.read_text().replace("admin_allow ::1/128;",
+                                                           "admin_allow 2001:db8::/32 127.0.0.1;"))
+    assert v6_admin(port, "/reload", AUTH)[0] == 405       # still allowed: GET on a POST
+    import http.client
+    conn = http.client.HTTPConnection("::1", port, timeout=5)
+    conn.request("POST", "/reload", headers=AUTH)
+    assert conn.getresponse().status == 200
+    conn.close()
+    code, body = v6_admin(port, headers=AUTH)
+    assert code == 403 and json.loads(body) == {"error": "forbidden"}
+    # even a request that is not HTTP gets its 403, then the connection closes
+    with socket.create_connection(("::1", port), timeout=5) as s:
+        s.sendall(b"garbage\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 403 ") and b"Connection: close" in data
+
+
 def test_access_config_errors_name_file_and_line(tmp_path):
     conf = tmp_path / "edge.conf"
 

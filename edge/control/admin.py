@@ -348,16 +348,15 @@ class AdminServer:
             except asyncio.TimeoutError:
                 return   # slow or idle: close without a word, as for a keep-alive timeout
             conn.busy = True
+            settings = self.settings
+            if conn.peer is not None and settings is not None and not settings.allows(conn.peer):
+                # admin_allow: whatever the request, 403 and the connection closed
+                await self._send(writer, error_response(403, "forbidden"), False)
+                return
             head = head.lstrip(b"\r\n")   # RFC 9112 2.2: ignore empty lines before a request
             try:
                 request = parse_head(head)
                 request.peer = conn.peer
-                settings = self.settings
-                if (conn.peer is not None and settings is not None
-                        and not settings.allows(conn.peer)):
-                    # admin_allow: answered at once, body unread, connection closed
-                    await self._send(writer, error_response(403, "forbidden"), False)
-                    return
                 length = content_length(request)
                 if length:
                     request.body = await asyncio.wait_for(reader.readexactly(length), READ_TIMEOUT)

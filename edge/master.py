@@ -1594,6 +1594,13 @@ class Master:
         elif op == "reload":
             # The admin API's POST /reload: an ordinary reload (folded with HUPs into
             # the reload task), answered with "reload-result" once it is done.
+            if self.stopping or self.noaccepting:
+                self._control_send({"op": "reload-result", "id": message.get("id"), "ok": False,
+                                    "unavailable": True,
+                                    "generation": self.published, "file": None, "line": None,
+                                    "error": "the master is stopping" if self.stopping else
+                                             "the master's workers were stopped (binary upgrade)"})
+                return
             self._reload_waiters.append(message.get("id"))
             self._reload_wanted.set()
         elif op == "reloaded":

@@ -236,6 +236,8 @@ class AdminAPI:
             return json_response(200, {"reloaded": True, "generation": result["generation"],
                                        "previous_generation": before},
                                  [("ETag", f'"{result["generation"]}"')])
+        if result.get("unavailable"):     # stopping, or handing over to a new binary
+            return api_error(503, result.get("error") or "the master cannot reload now")
         extra = {"generation": result.get("generation")}
         if result.get("file"):
             extra["file"] = result["file"]

@@ -217,7 +217,8 @@ PATHS = {
             "200": dict(_json(_ref("Reloaded"), "The new generation is in force."), headers=_ETAG),
             "422": _error("The files do not load; the previous generation keeps serving. "
                           "`file` and `line` say where."),
-            "503": _error("No master to ask."),
+            "503": _error("No master to ask, or it is stopping or handing over to a new "
+                          "binary."),
             "504": _error("The master did not answer in time.")}, **_DENIED)}},
     "/drain": {"post": {
         "summary": "Drain: readiness answers 503, requests are still served (`edge drain`).",

@@ -7,7 +7,9 @@ framing of edge.worker: a 4-byte length and a pickle). Messages:
 
     master -> control  {"op": "reload", "generation": N, "path": str, "parsed": ParsedConfig}
     master -> control  {"op": "reload-result", "id": I, "ok": bool, "generation": N,
-                        "error": str | None}       the answer to a "reload" request
+                        "error": str | None, "file": str | None, "line": int | None,
+                        ["unavailable": True]}     the answer to a "reload" request
+                                                   (unavailable: stopping, or upgrading)
     control -> master  {"op": "up", "generation": N, "pid": P}        services started
                        {"op": "reloaded", "generation": N, "ok": bool, "error": str | None}
                        {"op": "reload", "id": I}   the admin API asks for a reload (HUP)

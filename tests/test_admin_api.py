@@ -294,6 +294,28 @@ def test_post_reload_picks_up_a_changed_file_and_reports_a_broken_one(edge, tmp_
     assert hdrs["allow"] == "POST"
 
 
+def test_concurrent_reload_requests_fold_and_each_sees_a_reload_after_it(edge, tmp_path, ups):
+    e = start(edge, tmp_path, ups)
+    e.conf_path.write_text(e.conf_path.read_text().replace('"v0"', '"v1"'))
+    answers = []
+
+    def post():
+        answers.append(api(e, "/reload", "POST")[0])
+    threads = [threading.Thread(target=post) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(answers) == 6 and all(a["reloaded"] for a in answers)
+    generations = [a["generation"] for a in answers]
+    assert min(generations) >= 2
+    # folded: never more reloads than requests, and the last one is the one in force
+    st = api(e, "/status")[0]
+    assert st["generation"] == max(generations) <= 1 + len(answers)
+    assert get(e.port, "/").body == b"v1"
+    wait_generation(e, st["generation"])
+
+
 def test_drain_and_undrain_change_readiness_not_traffic(edge, tmp_path, ups):
     e = start(edge, tmp_path, ups)
     assert get(e.port, "/readyz").status == 200

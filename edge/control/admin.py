@@ -41,7 +41,7 @@ from email.utils import formatdate
 from http import HTTPStatus
 
 from edge import log
-from edge.control import api, metrics
+from edge.control import api, dashboard, metrics
 from edge.control.api import Response, json_response  # noqa: F401 (re-exported)
 
 MAX_HEAD = 8192
@@ -243,7 +243,8 @@ class AdminServer:
         self.connections = set()
         self.closing = False
         self.api = api.AdminAPI(ctx, cycle)
-        self.routes = self.api.routes + [api.Route("GET", "/metrics", self.get_metrics)]
+        self.routes = (self.api.routes + [api.Route("GET", "/metrics", self.get_metrics)]
+                       + dashboard.routes(self))
 
     # -- service ---------------------------------------------------------------------
 
@@ -379,7 +380,7 @@ class AdminServer:
     async def respond(self, request):
         settings = self.settings
         token = settings.token if settings is not None else None
-        if not authorized(request, token):
+        if not authorized(request, token) and not dashboard.public(request):
             return error_response(401, "unauthorized", [("WWW-Authenticate", 'Bearer realm="edge"')])
         route, found = api.find(self.routes, request)
         if route is None:

@@ -236,6 +236,11 @@ PATHS = {
                           **_DENIED)}},
 }
 
+# the dashboard's page and its numbers (edge/control/dashboard.py)
+from edge.control.dashboard import OPENAPI_PATHS, OPENAPI_SCHEMAS  # noqa: E402
+SCHEMAS.update(OPENAPI_SCHEMAS)
+PATHS.update(OPENAPI_PATHS)
+
 DOCUMENT = {
     "openapi": "3.1.0",
     "info": {"title": "edge admin API", "version": edge.__version__,
@@ -266,3 +271,4 @@ for _path, _item in PATHS.items():
 PATHS["/upstreams/{name}"]["get"]["operationId"] = "getUpstream"
 PATHS["/consumers/{name}"]["get"]["operationId"] = "getConsumer"
 PATHS["/openapi.json"]["get"]["operationId"] = "getOpenapi"
+PATHS["/"]["get"]["operationId"] = "getDashboard"

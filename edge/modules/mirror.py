@@ -76,6 +76,10 @@ def compile_done(runtime):
             if target is None or target.upstream is None:
                 raise ConfigError(f'mirror "{uri}" selects no location with "proxy_pass" '
                                   'in this server', node.file, node.line)
+            if target.upstream_tls is not None:
+                raise ConfigError(f'mirror "{uri}" selects a location that proxies to an https '
+                                  'upstream; mirroring to https upstreams is not supported',
+                                  node.file, node.line)
             targets.append(MirrorTarget(target, uri.encode("latin-1"), sample))
         location.mirrors = targets
         location.mirror_request_body = with_body

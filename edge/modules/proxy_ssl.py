@@ -146,7 +146,8 @@ def compile_location(conf, location, runtime):
     if verify and trusted_path is None:
         raise ConfigError('no "proxy_ssl_trusted_certificate" for "proxy_ssl_verify"',
                           *_where(conf, "proxy_ssl_verify"))
-    trusted = [_read(conf, "proxy_ssl_trusted_certificate", runtime)] if trusted_path else []
+    # read only for verification, as nginx does
+    trusted = [_read(conf, "proxy_ssl_trusted_certificate", runtime)] if verify else []
     cert_path = conf.get("proxy_ssl_certificate")
     key_path = conf.get("proxy_ssl_certificate_key")
     cert_key = None

@@ -579,3 +579,96 @@ def test_protocol_limit_is_applied(edge, tls_upstream):
     assert seen(get(e.port, "/"))["version"] == "TLSv1.2"
     e2 = start(edge, up, "proxy_ssl_protocols TLSv1.3;")
     assert seen(get(e2.port, "/"))["version"] == "TLSv1.3"
+
+
+# -- names, variables, health ----------------------------------------------------------------
+
+def test_proxy_host(edge, tls_upstream):
+    """$proxy_host is the proxy_pass host as nginx has it: the group's name, or host:port
+    for an address (the port only when it is not 443)."""
+    up = tls_upstream()
+    conf = """
+    http {
+        upstream backend { server @UP@; }
+        server {
+            listen 127.0.0.1:@PORT@;
+            proxy_set_header Host $proxy_host;
+            location /g { proxy_pass https://backend; }
+            location /a { proxy_pass https://@UP@; }
+        }
+    }
+    """
+    e = edge(conf, UP=up.addr)
+    assert seen(get(e.port, "/g"))["host"] == "backend"
+    assert seen(get(e.port, "/a"))["host"] == up.addr
+
+
+def test_proxy_pass_with_a_variable(edge, tls_upstream):
+    up = tls_upstream()
+    conf = """
+    http {
+        upstream backend { server @UP@; }
+        server {
+            listen 127.0.0.1:@PORT@;
+            location / { set $group backend; proxy_pass https://$group; }
+        }
+    }
+    """
+    e = edge(conf, UP=up.addr)
+    assert seen(get(e.port, "/var"))["path"] == "/var"
+
+
+def test_proxy_redirect_default_maps_the_https_url(edge, tls_upstream):
+    up = tls_upstream()
+    conf = """
+    http { server { listen 127.0.0.1:@PORT@;
+        location /app/ { proxy_pass https://@UP@/inner/; } } }
+    """
+    e = edge(conf, UP=up.addr)
+
+    def serve(raw, record):
+        raw.settimeout(10)
+        tls = up.ctx.wrap_socket(raw, server_side=True)
+        try:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = tls.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            tls.sendall(b"HTTP/1.1 302 Found\r\nLocation: https://%s/inner/next\r\n"
+                        b"Content-Length: 0\r\nConnection: close\r\n\r\n" % up.addr.encode())
+        except (ssl.SSLError, OSError):
+            pass
+        finally:
+            raw.close()
+
+    up._serve = serve
+    r = get(e.port, "/app/x")
+    assert r.status == 302
+    assert r.header("Location").endswith("/app/next"), r.header("Location")
+
+
+def test_failed_handshakes_count_toward_max_fails(edge, tls_upstream, certs):
+    """A peer whose certificate does not verify is marked down after max_fails failures:
+    the following requests are not tried on it at all."""
+    bad = tls_upstream(cert=trustme.CA().issue_cert(NAME))
+    good = tls_upstream()
+    conf = """
+    http {
+        upstream backend { server @BAD@ max_fails=1 fail_timeout=60s; server @GOOD@; }
+        server {
+            listen 127.0.0.1:@PORT@;
+            location / {
+                proxy_pass https://backend;
+                proxy_ssl_verify on;
+                proxy_ssl_trusted_certificate @CA@;
+                proxy_ssl_name upstream.test;
+            }
+        }
+    }
+    """
+    e = edge(conf, BAD=bad.addr, GOOD=good.addr, CA=str(certs["ca"]))
+    for i in range(10):
+        assert seen(get(e.port, f"/{i}"))["path"] == f"/{i}"
+    assert len(bad.conns) == 1

@@ -105,8 +105,17 @@ cdef bytes ssl_name_of(bytes name):
     return name
 
 
-cdef int upstream_tls_start(UpConn up) except -1:
+cdef int upstream_tls_start(UpConn up) noexcept:
     """The TCP connect is done: make the SSL object. -1 (g_up_tls_error set) on failure."""
+    global g_up_tls_error
+    try:
+        return up_tls_start_checked(up)
+    except Exception as e:
+        g_up_tls_error = "cannot start SSL to upstream (%s) while SSL handshaking to upstream" % e
+        return -1
+
+
+cdef int up_tls_start_checked(UpConn up) except -1:
     global g_up_tls_error
     cdef UpstreamTls t = up.tls
     cdef bytes name
@@ -140,9 +149,18 @@ cdef int upstream_tls_start(UpConn up) except -1:
     return 0
 
 
-cdef int upstream_tls_handshake(UpConn up) except -2:
+cdef int upstream_tls_handshake(UpConn up) noexcept:
     """One step of the handshake, then nginx's checks. 1 done, 0 waiting for the socket,
     -1 failed (g_up_tls_error set)."""
+    global g_up_tls_error
+    try:
+        return up_tls_handshake_checked(up)
+    except Exception as e:
+        g_up_tls_error = "SSL handshake to upstream failed (%s)" % e
+        return -1
+
+
+cdef int up_tls_handshake_checked(UpConn up) except -2:
     global g_up_tls_error
     cdef int r = tls_handshake(up.ssl)
     cdef long rc

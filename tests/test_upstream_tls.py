@@ -391,6 +391,11 @@ def test_sni_from_a_variable(edge, tls_upstream):
     up = tls_upstream()
     e = start(edge, up, "proxy_ssl_server_name on; proxy_ssl_name $http_x_name;")
     assert seen(get(e.port, "/", headers=[("X-Name", "a.test")]))["sni"] == "a.test"
+    # after a request body read whole first (proxy_request_buffering on), on a new
+    # connection (no keepalive): the header is still there to name it
+    with Conn(e.port) as c:
+        r = c.request("POST", "/", headers=[("X-Name", "b.test")], body=os.urandom(200000))
+    assert seen(r)["sni"] == "b.test"
 
 
 # -- client certificates ---------------------------------------------------------------------

@@ -184,6 +184,10 @@ def compile_location(conf, location, runtime):
         tls = UpstreamTls(context, verify, server_name, conf.get("proxy_ssl_name"), reuse)
         cache[key] = tls
     location.upstream_tls = tls
+    name = conf.get("proxy_ssl_name")
+    if name is not None and name.uses_head:
+        # evaluated when the connection is made, after a buffered body went through rb
+        location.phases.keep_head = True
 
 
 def _context(conf, protocols, ciphers, trusted, depth, cert_key, passwords, commands):

@@ -113,17 +113,12 @@ def _where(conf, *names):
     return node.file, node.line
 
 
-def _main_dir(conf):
-    root = conf
-    while root.parent is not None:
-        root = root.parent
-    return os.path.dirname(os.path.abspath(root.file)) if root.file else os.getcwd()
-
-
 def _read(conf, name, runtime):
-    """The bytes of the file a directive names, through data_files."""
+    """The bytes of the file a directive names, through data_files. A relative path is
+    taken from the main config file's directory (nginx's conf prefix)."""
     path = conf.get(name)
-    full = os.path.normpath(os.path.join(_main_dir(conf), path))
+    full = path if os.path.isabs(path) else \
+        os.path.join(getattr(runtime, "conf_dir", "") or os.getcwd(), path)
     data_files = runtime.data_files
     data = data_files.get(full)
     if data is None:

@@ -200,3 +200,9 @@ cdef int up_tls_handshake_checked(UpConn up) except -2:
                 % (name or b"").decode("latin-1", "replace")
             return -1
     return 1
+
+
+def upstream_tls_keeps_head(Location loc):
+    """proxy_ssl_name reads the request head when a connection is made, which may be after
+    a buffered body went through rb: keep the head apart (as log formats do)."""
+    loc.phases.keep_head = True

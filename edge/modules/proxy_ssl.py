@@ -13,7 +13,7 @@ config (edge -t, reload) with the directive's file:line.
 
 import os
 
-from edge._core.reactor import Template, TlsContext, UpstreamTls
+from edge._core.reactor import Template, TlsContext, UpstreamTls, upstream_tls_keeps_head
 from edge.config import HTTP, LOCATION, SERVER, ConfigError, Directive, types
 
 HSL = (HTTP, SERVER, LOCATION)
@@ -181,8 +181,7 @@ def compile_location(conf, location, runtime):
     location.upstream_tls = tls
     name = conf.get("proxy_ssl_name")
     if name is not None and name.uses_head:
-        # evaluated when the connection is made, after a buffered body went through rb
-        location.phases.keep_head = True
+        upstream_tls_keeps_head(location)
 
 
 def _context(conf, protocols, ciphers, trusted, depth, cert_key, passwords, commands):

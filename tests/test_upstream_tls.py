@@ -389,13 +389,29 @@ def test_sni_defaults_to_the_proxy_pass_host(edge, tls_upstream):
 
 def test_sni_from_a_variable(edge, tls_upstream):
     up = tls_upstream()
-    e = start(edge, up, "proxy_ssl_server_name on; proxy_ssl_name $http_x_name;")
+    e = start(edge, up, "proxy_ssl_server_name on; proxy_ssl_name $http_x_name; "
+                        "proxy_ssl_session_reuse off;")
     assert seen(get(e.port, "/", headers=[("X-Name", "a.test")]))["sni"] == "a.test"
     # after a request body read whole first (proxy_request_buffering on), on a new
     # connection (no keepalive): the header is still there to name it
     with Conn(e.port) as c:
         r = c.request("POST", "/", headers=[("X-Name", "b.test")], body=os.urandom(200000))
     assert seen(r)["sni"] == "b.test"
+
+
+@pytest.mark.edge_only
+def test_sessions_are_kept_per_name(edge, tls_upstream):
+    """With a variable proxy_ssl_name, a session is offered only to a connection for the
+    same name. nginx keeps one session per peer whatever the name, so its connection for
+    b.test resumes a.test's session (and the upstream sees a.test's name)."""
+    up = tls_upstream(mode="close")
+    e = start(edge, up, "proxy_ssl_server_name on; proxy_ssl_name $http_x_name;")
+    a = seen(get(e.port, "/", headers=[("X-Name", "a.test")]))
+    b = seen(get(e.port, "/", headers=[("X-Name", "b.test")]))
+    a2 = seen(get(e.port, "/", headers=[("X-Name", "a.test")]))
+    assert (a["sni"], a["reused"]) == ("a.test", False)
+    assert (b["sni"], b["reused"]) == ("b.test", False)
+    assert (a2["sni"], a2["reused"]) == ("a.test", True)
 
 
 # -- client certificates ---------------------------------------------------------------------

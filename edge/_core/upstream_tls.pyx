@@ -20,6 +20,9 @@
 
 cdef str g_up_tls_error = None      # why the last start or handshake failed (for the log)
 
+DEF SESSIONS_MAX = 4096     # kept sessions per UpstreamTls: a proxy_ssl_name taken from the
+                            # request could otherwise grow the table without bound
+
 
 cdef class SessionSlot:
     """The last session one peer gave us (owned reference), or NULL."""
@@ -141,6 +144,8 @@ cdef int up_tls_start_checked(UpConn up) except -1:
         key = (up.ups, up.peer, name)
         slot = t.sessions.get(key)
         if slot is None:
+            if len(t.sessions) >= SESSIONS_MAX:
+                del t.sessions[next(iter(t.sessions))]      # the oldest entry
             slot = SessionSlot()
             t.sessions[key] = slot
         up.tls_slot = slot

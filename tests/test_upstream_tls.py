@@ -124,6 +124,15 @@ class TlsUpstream:
                     buf += data
                 body, buf = buf[:length], buf[length:]
                 record["requests"] += 1
+                if "upgrade" in headers:
+                    # 101, then a byte echo over TLS until the client ends it
+                    tls.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                                b"Connection: Upgrade\r\n\r\n" + buf)
+                    while True:
+                        data = tls.recv(65536)
+                        if not data:
+                            return
+                        tls.sendall(data)
                 if self.mode == "drop_next" and record["requests"] > 1:
                     raw.close()     # no answer, no close_notify: as a server that died
                     return
@@ -693,3 +702,65 @@ def test_failed_handshakes_count_toward_max_fails(edge, tls_upstream, certs):
     for i in range(10):
         assert seen(get(e.port, f"/{i}"))["path"] == f"/{i}"
     assert len(bad.conns) == 1
+
+
+NGINX_UPGRADE = ('proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade; '
+                 'proxy_set_header Connection "upgrade";') if IMPL == "nginx" else ""
+
+
+def recv_exact(sock, n):
+    out = bytearray()
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        assert chunk, f"closed after {len(out)} of {n} bytes"
+        out += chunk
+    return bytes(out)
+
+
+def test_upgraded_connection_tunnels_over_tls(edge, tls_upstream):
+    """A WebSocket-style upgrade to an https upstream: after the 101 the bytes go both
+    ways through the TLS connection."""
+    up = tls_upstream()
+    e = start(edge, up, NGINX_UPGRADE)
+    with Conn(e.port) as c:
+        c.send(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        _, status, _, headers, raw = c.read_head()
+        assert status == 101, raw
+        for n in (1, 100, 1 << 20):
+            data = os.urandom(n)
+            c.sock.sendall(data)
+            got = bytes(c.buf[:n])
+            del c.buf[:len(got)]
+            assert got + recv_exact(c.sock, n - len(got)) == data
+
+
+@pytest.mark.edge_only
+def test_reload_rereads_the_files_and_a_bad_one_keeps_the_old(edge, tls_upstream, certs, tmp_path):
+    """The trusted CA file changes under a running edge: garbage fails the reload (exit 1,
+    file:line) and the old CA keeps verifying; another CA is applied by the next reload
+    (the upstream no longer verifies)."""
+    import sys
+    from support.edge import REPO
+    trusted = tmp_path / "trusted.pem"
+    trusted.write_bytes(certs["ca"].read_bytes())
+    up = tls_upstream()
+    e = start(edge, up, VERIFY.format(ca=trusted, name=NAME))
+    assert get(e.port, "/1").status == 200
+
+    def reload():
+        return subprocess.run([sys.executable, "-m", "edge", "-s", "reload", "-c", str(e.conf_path)],
+                              cwd=REPO, capture_output=True, text=True, timeout=30)
+
+    trusted.write_bytes(b"garbage\n")
+    r = reload()
+    assert r.returncode == 1
+    assert f"{e.conf_path}:{e.line_of('proxy_ssl_trusted_certificate')}" in r.stderr, r.stderr
+    assert get(e.port, "/2").status == 200
+
+    trusted.write_bytes(certs["other"].read_bytes())
+    assert reload().returncode == 0
+    for _ in range(200):
+        if get(e.port, "/3").status == 502:
+            break
+        time.sleep(0.05)
+    assert get(e.port, "/4").status == 502

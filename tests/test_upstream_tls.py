@@ -454,9 +454,11 @@ def test_encrypted_client_key_with_password_file(edge, tls_upstream, certs, tmp_
 
 # -- sessions --------------------------------------------------------------------------------
 
-def test_session_is_resumed_on_the_next_connection(edge, tls_upstream):
+@pytest.mark.parametrize("verify", [False, True])
+def test_session_is_resumed_on_the_next_connection(edge, tls_upstream, certs, verify):
+    """A resumed session passes verification too (its certificate comes with it)."""
     up = tls_upstream(mode="close")
-    e = start(edge, up)
+    e = start(edge, up, VERIFY.format(ca=certs["ca"], name=NAME) if verify else "")
     first = seen(get(e.port, "/1"))
     second = seen(get(e.port, "/2"))
     assert first["conn"] == 0 and second["conn"] == 1     # two TCP connections

@@ -60,16 +60,6 @@ cdef class UpstreamTls:
                                            | SSL_SESS_CACHE_NO_INTERNAL)
             SSL_CTX_sess_set_new_cb(context.ctx, <new_session_cb_t>upstream_new_session)
 
-    def sessions_held(self):
-        """How many peers have a session kept (for tests)."""
-        cdef SessionSlot s
-        cdef int n = 0
-        for s in self.sessions.values():
-            if s.sess != NULL:
-                n += 1
-        return n
-
-
 cdef int upstream_new_session(SSL *ssl, SSL_SESSION *sess) noexcept:
     """OpenSSL made or received a session on an upstream connection: keep it as its peer's
     latest. Returning 1 keeps the reference OpenSSL passed."""

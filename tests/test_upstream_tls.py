@@ -21,7 +21,6 @@ import time
 
 import pytest
 import trustme
-
 from support import IMPL, Conn, get
 
 NGINX_KEEPALIVE = 'proxy_http_version 1.1; proxy_set_header Connection "";' if IMPL == "nginx" else ""
@@ -151,7 +150,7 @@ class TlsUpstream:
                     try:
                         tls.unwrap()
                         record["after_notify"] = "close_notify"
-                    except socket.timeout:
+                    except TimeoutError:
                         record["after_notify"] = "timeout"
                     except (ssl.SSLError, OSError):
                         record["after_notify"] = "eof"
@@ -543,7 +542,7 @@ def config_test(edge, template, **subst):
     e._alloc_ports()
     e.conf_text = e.render()
     e.conf_path.write_text(e.conf_text)
-    r = subprocess.run(e.command() + ["-t"], capture_output=True, text=True, timeout=30)
+    r = subprocess.run([*e.command(), "-t"], capture_output=True, text=True, timeout=30, check=False)
     return e, r.returncode, r.stdout + r.stderr
 
 
@@ -569,14 +568,14 @@ def test_missing_trusted_certificate_file_fails_the_config_test(edge, tls_upstre
 
 def test_verify_without_trusted_certificate_fails(edge, tls_upstream):
     up = tls_upstream()
-    e, rc, out = config_test(edge, CONF, UP=up.addr, KEEPALIVE="", EXTRA="proxy_ssl_verify on;")
+    _, rc, out = config_test(edge, CONF, UP=up.addr, KEEPALIVE="", EXTRA="proxy_ssl_verify on;")
     assert rc != 0
     assert "proxy_ssl_trusted_certificate" in out
 
 
 def test_certificate_without_key_fails(edge, tls_upstream, certs):
     up = tls_upstream()
-    e, rc, out = config_test(edge, CONF, UP=up.addr, KEEPALIVE="",
+    _, rc, out = config_test(edge, CONF, UP=up.addr, KEEPALIVE="",
                              EXTRA=f"proxy_ssl_certificate {certs['client']};")
     assert rc != 0
     assert "proxy_ssl_certificate_key" in out
@@ -584,7 +583,7 @@ def test_certificate_without_key_fails(edge, tls_upstream, certs):
 
 def test_good_config_passes_the_config_test(edge, tls_upstream, certs):
     up = tls_upstream()
-    e, rc, out = config_test(edge, CONF, UP=up.addr, KEEPALIVE="",
+    _, rc, out = config_test(edge, CONF, UP=up.addr, KEEPALIVE="",
                              EXTRA=VERIFY.format(ca=certs["ca"], name=NAME)
                              + " proxy_ssl_protocols TLSv1.3; proxy_ssl_ciphers HIGH;"
                              + " proxy_ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256;")
@@ -726,7 +725,7 @@ def test_upgraded_connection_tunnels_over_tls(edge, tls_upstream):
     e = start(edge, up, NGINX_UPGRADE)
     with Conn(e.port) as c:
         c.send(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-        _, status, _, headers, raw = c.read_head()
+        _, status, _, _, raw = c.read_head()
         assert status == 101, raw
         for n in (1, 100, 1 << 20):
             data = os.urandom(n)
@@ -742,6 +741,7 @@ def test_reload_rereads_the_files_and_a_bad_one_keeps_the_old(edge, tls_upstream
     file:line) and the old CA keeps verifying; another CA is applied by the next reload
     (the upstream no longer verifies)."""
     import sys
+
     from support.edge import REPO
     trusted = tmp_path / "trusted.pem"
     trusted.write_bytes(certs["ca"].read_bytes())
@@ -751,7 +751,7 @@ def test_reload_rereads_the_files_and_a_bad_one_keeps_the_old(edge, tls_upstream
 
     def reload():
         return subprocess.run([sys.executable, "-m", "edge", "-s", "reload", "-c", str(e.conf_path)],
-                              cwd=REPO, capture_output=True, text=True, timeout=30)
+                              cwd=REPO, capture_output=True, text=True, timeout=30, check=False)
 
     trusted.write_bytes(b"garbage\n")
     r = reload()

@@ -13,7 +13,12 @@ config (edge -t, reload) with the directive's file:line.
 
 import os
 
-from edge._core.reactor import Template, TlsContext, UpstreamTls, upstream_tls_keeps_head
+from edge._core.reactor import (
+    Template,
+    TlsContext,
+    UpstreamTls,
+    upstream_tls_keeps_head,
+)
 from edge.config import HTTP, LOCATION, SERVER, ConfigError, Directive, types
 
 HSL = (HTTP, SERVER, LOCATION)

@@ -766,3 +766,40 @@ def test_reload_rereads_the_files_and_a_bad_one_keeps_the_old(edge, tls_upstream
             break
         time.sleep(0.05)
     assert get(e.port, "/4").status == 502
+
+
+def test_handshake_timeout_goes_to_the_next_peer(edge, blackhole, tls_upstream):
+    """A peer that never answers the ClientHello: proxy_connect_timeout ends the try, and
+    `timeout` (in the default proxy_next_upstream) sends the request to the next peer."""
+    good = tls_upstream()
+    conf = """
+    http {
+        upstream backend { server @BAD@ weight=100; server @GOOD@; }
+        server { listen 127.0.0.1:@PORT@;
+            location / { proxy_pass https://backend; proxy_connect_timeout 1s; } }
+    }
+    """
+    e = edge(conf, BAD=blackhole, GOOD=good.addr)
+    assert seen(get(e.port, "/t"))["path"] == "/t"
+    assert "while SSL handshaking to upstream" in e.error_log
+
+
+@pytest.mark.edge_only
+def test_plain_and_tls_locations_do_not_share_pooled_connections(edge, tls_upstream):
+    """Two locations proxy to the same group, one with https and one with http: a pooled
+    TLS connection is never handed to the plain location (which then fails against a TLS
+    peer, as it should). nginx's pool is per peer only: with upstream keep-alive on, its
+    plain location reuses the TLS connection and gets an answer (checked with nginx 1.22)."""
+    up = tls_upstream()
+    conf = """
+    http {
+        upstream backend { server @UP@; keepalive 4; }
+        server { listen 127.0.0.1:@PORT@;
+            location /tls { proxy_pass https://backend; }
+            location /plain { proxy_pass http://backend; proxy_next_upstream off; } }
+    }
+    """
+    e = edge(conf, UP=up.addr)
+    assert seen(get(e.port, "/tls"))["conn"] == 0
+    assert get(e.port, "/plain").status == 502
+    assert seen(get(e.port, "/tls"))["conn"] == 0     # the pooled TLS connection again

@@ -123,6 +123,7 @@ class TlsUpstream:
                     buf += data
                 body, buf = buf[:length], buf[length:]
                 record["requests"] += 1
+                record["last_body"] = len(body)
                 if "upgrade" in headers:
                     # 101, then a byte echo over TLS until the client ends it
                     tls.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
@@ -590,17 +591,72 @@ def test_good_config_passes_the_config_test(edge, tls_upstream, certs):
     assert rc == 0, out
 
 
+def test_mirror_to_https(edge, tls_upstream, certs):
+    """Copies go to an https upstream too, verified like the main traffic (the copy's
+    connection sends SNI and checks the name)."""
+    main = tls_upstream()
+    copies = tls_upstream()
+    conf = """
+    http {
+        upstream mirrors { server @COPIES@; }
+        client_max_body_size 10m;
+        server { listen 127.0.0.1:@PORT@;
+            proxy_ssl_verify on;
+            proxy_ssl_trusted_certificate @CA@;
+            proxy_ssl_name upstream.test;
+            proxy_ssl_server_name on;
+            location / { mirror /m; proxy_pass https://@MAIN@; }
+            location /m { internal; proxy_pass https://mirrors$request_uri; } }
+    }
+    """
+    e = edge(conf, MAIN=main.addr, COPIES=copies.addr, CA=str(certs["ca"]))
+    sizes = [5000, 300000, 2000000]     # in memory, then temp files (sent over TLS)
+    for i, size in enumerate(sizes):
+        with Conn(e.port) as c:
+            assert seen(c.request("POST", f"/p{i}", body=os.urandom(size)))["path"] == f"/p{i}"
+    for _ in range(200):
+        if sum(r["requests"] for r in copies.conns) >= 3:
+            break
+        time.sleep(0.05)
+    assert sum(r["requests"] for r in copies.conns) == 3
+    assert sorted(r.get("last_body") for r in copies.conns) == sizes
+    assert all(r["sni"] == NAME for r in copies.conns)
+
+
+def test_mirror_to_an_unverified_https_mirror_fails_the_copy_only(edge, tls_upstream, certs):
+    main = tls_upstream()
+    copies = tls_upstream(cert=trustme.CA().issue_cert(NAME))      # an unknown CA
+    conf = """
+    http {
+        server { listen 127.0.0.1:@PORT@;
+            proxy_ssl_verify on;
+            proxy_ssl_trusted_certificate @CA@;
+            proxy_ssl_name upstream.test;
+            location / { mirror /m; proxy_pass https://@MAIN@; }
+            location /m { internal; proxy_pass https://@COPIES@; } }
+    }
+    """
+    e = edge(conf, MAIN=main.addr, COPIES=copies.addr, CA=str(certs["ca"]))
+    assert seen(get(e.port, "/q"))["path"] == "/q"
+    for _ in range(200):
+        if copies.conns and "upstream SSL certificate verify error" in e.error_log:
+            break
+        time.sleep(0.05)
+    assert "upstream SSL certificate verify error" in e.error_log
+    assert all(r["requests"] == 0 for r in copies.conns)
+
+
 @pytest.mark.edge_only
-def test_mirror_to_https_is_refused(edge, tls_upstream):
+def test_mirror_with_a_variable_ssl_name_is_refused(edge, tls_upstream):
     up = tls_upstream()
     conf = """
     http { server { listen 127.0.0.1:@PORT@;
         location / { mirror /m; proxy_pass https://@UP@; }
-        location /m { internal; proxy_pass https://@UP@; } } }
+        location /m { internal; proxy_pass https://@UP@; proxy_ssl_name $host; } } }
     """
     e, rc, out = config_test(edge, conf, UP=up.addr)
     assert rc != 0
-    assert "https" in out and f"{e.conf_path}:{e.line_of('mirror /m')}" in out
+    assert "proxy_ssl_name" in out and f"{e.conf_path}:{e.line_of('mirror /m')}" in out
 
 
 def test_protocol_limit_is_applied(edge, tls_upstream):

@@ -101,66 +101,84 @@ cdef bytes ssl_name_of(bytes name):
 cdef int upstream_tls_start(UpConn up) noexcept:
     """The TCP connect is done: make the SSL object. -1 (g_up_tls_error set) on failure."""
     global g_up_tls_error
+    cdef bytes name
+    cdef UpstreamTls t = up.tls
     try:
-        return up_tls_start_checked(up)
+        if t.name is not None and up.client is not None:
+            name = template_bytes(t.name, up.client)
+        else:
+            name = up.ups.host_header
+        name = ssl_name_of(name)
+        up.tls_name = name
+        up.read_wants_write = False
+        if t.session_reuse:
+            up.tls_slot = session_slot(t, up.ups, up.peer, name)
+        up.ssl = tls_client_new(t, up.fd, <void *>up, name, up.tls_slot)
+        return 0 if up.ssl != NULL else -1
     except Exception as e:
         g_up_tls_error = "cannot start SSL to upstream (%s) while SSL handshaking to upstream" % e
         return -1
 
 
-cdef int up_tls_start_checked(UpConn up) except -1:
-    global g_up_tls_error
-    cdef UpstreamTls t = up.tls
-    cdef bytes name
-    cdef SessionSlot slot
-    up.ssl = tls_new(t.context, up.fd, False, <void *>up)
-    if up.ssl == NULL:
-        g_up_tls_error = "cannot create an SSL connection while SSL handshaking to upstream"
-        return -1
-    up.read_wants_write = False
-    if t.name is not None and up.client is not None:
-        name = template_bytes(t.name, up.client)
-    else:
-        name = up.ups.host_header
-    name = ssl_name_of(name)
-    up.tls_name = name
-    if t.server_name and name and not name_is_ip(name):
-        # RFC 6066: no literal addresses in SNI
-        if SSL_set_tlsext_host_name(up.ssl, name) != 1:
-            ERR_clear_error()
-            g_up_tls_error = 'SSL_set_tlsext_host_name("%s") failed' % name.decode("latin-1")
-            return -1
-    if t.session_reuse:
-        key = (up.ups, up.peer, name)
-        slot = t.sessions.get(key)
-        if slot is None:
-            if len(t.sessions) >= SESSIONS_MAX:
-                del t.sessions[next(iter(t.sessions))]      # the oldest entry
-            slot = SessionSlot()
-            t.sessions[key] = slot
-        up.tls_slot = slot
-        if slot.sess != NULL:
-            SSL_set_session(up.ssl, slot.sess)
-    return 0
-
-
 cdef int upstream_tls_handshake(UpConn up) noexcept:
     """One step of the handshake, then nginx's checks. 1 done, 0 waiting for the socket,
     -1 failed (g_up_tls_error set)."""
+    return tls_client_handshake(up.ssl, up.tls, up.tls_name)
+
+
+cdef SessionSlot session_slot(UpstreamTls t, Upstream ups, int peer, bytes name):
+    """Where the sessions of (group, peer, name) are kept."""
+    cdef SessionSlot slot
+    key = (ups, peer, name)
+    slot = t.sessions.get(key)
+    if slot is None:
+        if len(t.sessions) >= SESSIONS_MAX:
+            del t.sessions[next(iter(t.sessions))]      # the oldest entry
+        slot = SessionSlot()
+        t.sessions[key] = slot
+    return slot
+
+
+cdef SSL *tls_client_new(UpstreamTls t, int fd, void *owner, bytes name,
+                         object slot) except? NULL:
+    """An SSL object for a connected upstream socket: SNI (proxy_ssl_server_name) and the
+    peer's last session (`slot`, a SessionSlot or None). `owner` is the UpConn (its new
+    sessions are kept), or NULL (a mirror copy: it may resume a session, it keeps none).
+    NULL with g_up_tls_error set on failure."""
+    global g_up_tls_error
+    cdef SSL *ssl = tls_new(t.context, fd, False, owner)
+    if ssl == NULL:
+        g_up_tls_error = "cannot create an SSL connection while SSL handshaking to upstream"
+        return NULL
+    if t.server_name and name and not name_is_ip(name):
+        # RFC 6066: no literal addresses in SNI
+        if SSL_set_tlsext_host_name(ssl, name) != 1:
+            ERR_clear_error()
+            tls_free(&ssl, False)
+            g_up_tls_error = 'SSL_set_tlsext_host_name("%s") failed' % name.decode("latin-1")
+            return NULL
+    if slot is not None and (<SessionSlot>slot).sess != NULL:
+        SSL_set_session(ssl, (<SessionSlot>slot).sess)
+    return ssl
+
+
+cdef int tls_client_handshake(SSL *ssl, UpstreamTls t, bytes name) noexcept:
+    """One step of a client handshake, then nginx's checks. 1 done, 0 waiting for the
+    socket, -1 failed (g_up_tls_error set)."""
     global g_up_tls_error
     try:
-        return up_tls_handshake_checked(up)
+        return tls_client_handshake_checked(ssl, t, name)
     except Exception as e:
         g_up_tls_error = "SSL handshake to upstream failed (%s)" % e
         return -1
 
 
-cdef int up_tls_handshake_checked(UpConn up) except -2:
+cdef int tls_client_handshake_checked(SSL *ssl, UpstreamTls t, bytes name) except -2:
     global g_up_tls_error
-    cdef int r = tls_handshake(up.ssl)
+    cdef int r = tls_handshake(ssl)
     cdef long rc
     cdef X509 *cert
-    cdef bytes name, bare
+    cdef bytes bare
     cdef int err = errno
     if r == HS_WANT_READ or r == HS_WANT_WRITE:
         return 0
@@ -174,14 +192,13 @@ cdef int up_tls_handshake_checked(UpConn up) except -2:
         else:
             g_up_tls_error = "peer closed connection in SSL handshake while SSL handshaking to upstream"
         return -1
-    if up.tls.verify:
-        rc = SSL_get_verify_result(up.ssl)
+    if t.verify:
+        rc = SSL_get_verify_result(ssl)
         if rc != X509_V_OK:
             g_up_tls_error = "upstream SSL certificate verify error: (%d:%s) while SSL handshaking to upstream" \
                 % (rc, X509_verify_cert_error_string(rc).decode("latin-1", "replace"))
             return -1
-        name = up.tls_name
-        cert = SSL_get0_peer_certificate(up.ssl)
+        cert = SSL_get0_peer_certificate(ssl)
         ok = False
         if cert != NULL and name:
             if name_is_ip(name):
@@ -195,6 +212,18 @@ cdef int up_tls_handshake_checked(UpConn up) except -2:
                 % (name or b"").decode("latin-1", "replace")
             return -1
     return 1
+
+
+cdef bytes mirror_tls_name(UpstreamTls t, Upstream ups):
+    """The name a mirror copy's connection verifies and sends: a copy has no request to
+    evaluate variables against, so proxy_ssl_name is a literal there (checked at load)."""
+    if t.name is not None:
+        return ssl_name_of(t.name.literal)
+    return ssl_name_of(ups.host_header)
+
+
+def upstream_tls_name_is_literal(UpstreamTls t):
+    return t.name is None or t.name.is_literal
 
 
 def upstream_tls_keeps_head(Location loc):

@@ -226,7 +226,3 @@ def upstream_tls_name_is_literal(UpstreamTls t):
     return t.name is None or t.name.is_literal
 
 
-def upstream_tls_keeps_head(Location loc):
-    """proxy_ssl_name reads the request head when a connection is made, which may be after
-    a buffered body went through rb: keep the head apart (as log formats do)."""
-    loc.phases.keep_head = True

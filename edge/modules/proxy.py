@@ -2,7 +2,7 @@
 
 Bodies stream both ways; edge re-frames them itself."""
 
-from edge._core.reactor import DynamicUpstream, Redirects, Template, Upstream
+from edge._core.reactor import DynamicUpstream, Redirects, Template, Upstream, keep_request_head
 from edge.config import HTTP, LOCATION, SERVER, ConfigError, Directive, types
 from edge.modules.upstream import split_host_port
 
@@ -196,7 +196,7 @@ def compile_location(conf, location, runtime):
     if dynamic is not None and any(g.hash_key_uses_head for g in runtime.upstreams.values()):
         # the group is chosen per request; one of them hashes on the request head, which
         # its pick reads after the body went through rb
-        location.phases.keep_head = True
+        keep_request_head(location)
     method = conf.get("proxy_method")
     location.proxy_method = method.encode("latin-1") if method else None
     _response_headers(conf, location, authority, uri, dynamic is not None, scheme)

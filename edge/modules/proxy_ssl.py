@@ -17,7 +17,7 @@ from edge._core.reactor import (
     Template,
     TlsContext,
     UpstreamTls,
-    upstream_tls_keeps_head,
+    keep_request_head,
 )
 from edge.config import HTTP, LOCATION, SERVER, ConfigError, Directive, types
 
@@ -186,7 +186,7 @@ def compile_location(conf, location, runtime):
     location.upstream_tls = tls
     name = conf.get("proxy_ssl_name")
     if name is not None and name.uses_head:
-        upstream_tls_keeps_head(location)
+        keep_request_head(location)
 
 
 def _context(conf, protocols, ciphers, trusted, depth, cert_key, passwords, commands):

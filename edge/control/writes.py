@@ -178,7 +178,10 @@ def body_of(request):
         raise WriteError(400, "the body is not UTF-8", "body")
     if ctype in ("application/json", ""):
         try:
-            return "json", json.loads(text) if text.strip() else None
+            value = json.loads(text) if text.strip() else None
+            if value is None and text.strip():
+                raise WriteError(400, "must be a JSON object, not null", "body")
+            return "json", value
         except ValueError as e:
             if ctype == "":
                 return "text", text
@@ -387,6 +390,11 @@ class Writer:
                 field = field_of(file, line, message)
             where = f" in {file}:{line}" if file else ""
             raise WriteError(400, f"{message}{where}", field or "body", file=file, line=line)
+        except (ValueError, TypeError, OverflowError, UnicodeError, RecursionError) as e:
+            # `edge -t` would stop on it too; a ConfigError should have said where
+            log.error("error", f"admin API: the candidate configuration failed to load with "
+                               f"{e!r} (a ConfigError was expected)")
+            raise WriteError(400, f"the configuration does not load: {str(e)[:300]}", "body")
 
     # -- applying ------------------------------------------------------------------
 
@@ -394,10 +402,10 @@ class Writer:
         """Steps 1-5 (module docstring). `check(cycle)` may refuse the candidate
         (WriteError). Returns (generation, candidate cycle) once the reload is done."""
         async with self.lock:
-            self.check_if_match(request)
             candidate = self.test(changes, field_of)
             if check is not None:
                 check(candidate)
+            self.check_if_match(request)
             self.snapshot_base()
             for path, content in changes.items():
                 if content is None:
@@ -1046,6 +1054,11 @@ class WriteAPI:
         pre = f"{field}." if field != "body" else ""
         body = _object({} if body is None else body, field,
                        {"username", "custom_id", "groups", "credentials"})
+        for key in ("username", "custom_id"):
+            if key in body and not isinstance(body[key], str):
+                raise WriteError(400, "must be a string", f"{pre}{key}")
+        if "groups" in body and not isinstance(body["groups"], list):
+            raise WriteError(400, "must be a list of group names", f"{pre}groups")
         if body.get("username") not in (None, name):
             raise WriteError(400, "the body names another username than the path",
                              f"{pre}username")
@@ -1135,8 +1148,6 @@ class WriteAPI:
     @staticmethod
     def _named(value, field):
         """[(name, spec, field)] from a list of {"name": ...} or a {name: spec} map."""
-        if value is None:
-            return []
         if isinstance(value, dict):
             return [(k, v, f"{field}.{k}") for k, v in value.items()]
         if isinstance(value, list):
@@ -1160,7 +1171,7 @@ class WriteAPI:
             changes = {p: None for p in writer.managed_files() if p != writer.consumers_path}
             checks = []
             seen = set()
-            for name, spec, field in self._named(doc.get("upstreams"), "upstreams"):
+            for name, spec, field in self._named(doc.get("upstreams", []), "upstreams"):
                 check_name(name, field, "an upstream name")
                 if name in seen:
                     raise WriteError(400, f'upstream "{name}" twice', field)
@@ -1179,7 +1190,7 @@ class WriteAPI:
                 changes[path] = text.encode()
                 checks.append(self._include_check(path, "upstreams"))
             seen = set()
-            for name, spec, field in self._named(doc.get("routes"), "routes"):
+            for name, spec, field in self._named(doc.get("routes", []), "routes"):
                 check_name(name, field, "a route name")
                 if name in seen:
                     raise WriteError(400, f'route "{name}" twice', field)
@@ -1228,10 +1239,10 @@ class WriteAPI:
             gen, _ = await writer.apply(request, changes, "PUT /config", field_of, check)
             return self.answer(200, {"applied": True,
                                      "upstreams": sorted(n for n, *_ in
-                                                         self._named(doc.get("upstreams"),
+                                                         self._named(doc.get("upstreams", []),
                                                                      "upstreams")),
                                      "routes": sorted(n for n, *_ in
-                                                      self._named(doc.get("routes"), "routes"))},
+                                                      self._named(doc.get("routes", []), "routes"))},
                                gen)
         return await self.run(request, body)
 

@@ -7,14 +7,13 @@ import os
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
 from support import get
 from support.edge import REPO
 from support.load import Load
-from test_control import admin, try_status, wait_for
+from test_control import try_status, wait_for
 
 pytestmark = pytest.mark.edge_only      # edge's own admin API
 
@@ -340,14 +339,11 @@ def test_put_and_delete_consumers_hash_passwords_and_never_echo_secrets(edge, up
     assert (r.status, r.body) == (200, b"consumer=bob")
     stored = x.files()["consumers.yaml"]
     assert "bob-PASSWORD" not in stored and "password_hash: scrypt$" in stored.replace("'", "")
-    import base64
-    basic = base64.b64encode(b"bob:bob-PASSWORD").decode()
-    # basic_auth is not on /keyed/, the hash is checked by the loader: verify it
+    # the stored hash verifies the password given
     from edge.modules.consumers import verify_password
     import yaml
     entry = [c for c in yaml.safe_load(stored)["consumers"] if c["username"] == "bob"][0]
     assert verify_password(entry["credentials"]["basic_auth"][0]["password_hash"], "bob-PASSWORD")
-    del basic
     doc, _ = x.ok("GET", "/consumers")
     assert "SECRET" not in json.dumps(doc)
     x.ok("DELETE", "/consumers/bob")
@@ -461,9 +457,9 @@ def test_a_burst_of_200_writes_under_load_folds_reloads_and_ends_at_the_last(edg
     assert load.stats.failures == [], load.stats.summary()
     assert len(results) == 200 and all(code == 200 for code, _, _ in results), \
         [r for r in results if r[0] != 200][:3]
-    last = max(results, key=lambda r: (r[2]["generation"], r[1]))
     final_gen = try_status(x.admin_port)["generation"]
-    assert final_gen < 1 + 200, "the reloads were folded"
+    print("burst: 200 writes ->", final_gen - 1, "reloads")
+    assert final_gen - 1 <= 100, "the reloads were folded (8 writers: up to 8 writes a reload)"
     doc, _ = x.ok("GET", "/upstreams/pool")
     # the final state is the last write the server applied (the one answered last
     # with the highest generation)
@@ -472,7 +468,6 @@ def test_a_burst_of_200_writes_under_load_folds_reloads_and_ends_at_the_last(edg
     assert doc["peers"][0]["weight"] == weight
     applied_last = [w for code, w, d in results if d["generation"] == final_gen]
     assert weight in applied_last
-    del last
 
 
 # --------------------------------------------------------------------------- the CLI

@@ -535,7 +535,6 @@ class Writer:
 # --------------------------------------------------------------------------- endpoints
 
 _PEER_FIELDS = {"weight", "down", "drain", "max_fails", "fail_timeout", "backup"}
-_SERVER_FLAGS = ("backup", "down", "resolve")
 
 
 def _int_field(doc, key, field, lo, hi):
@@ -648,8 +647,6 @@ def _location_args(text, field):
     words = text.split(None, 1)
     if words[0] in ("=", "~", "~*", "^~") and len(words) == 2:
         return [words[0], words[1].strip()]
-    if words[0] == "@" or text.startswith("@"):
-        return [text.strip()]
     return [text.strip()]
 
 

@@ -165,6 +165,32 @@ def test_peer_writes_add_weight_drain_down_up_remove_under_load_fail_no_request(
     assert f"server {ups[0].addr} weight=2;" in out.stdout, out.stderr
 
 
+def test_drain_lets_the_request_in_flight_finish_and_sends_no_new_one(edge, ups):
+    x = start(edge, ups)
+    x.ok("PUT", f"/upstreams/pool/peers/{ups[1].addr}", {})
+    x.ok("PUT", f"/upstreams/pool/peers/{ups[1].addr}", {"down": True})
+    assert servers_seen(x, 5) == {"one"}
+    slow = {}
+
+    def request():
+        r = get(x.port, "/pool/slow/1.5", timeout=20)
+        slow.update(status=r.status, body=r.body, server=r.header("X-Upstream"))
+
+    t = threading.Thread(target=request)
+    t.start()
+    wait_for(lambda: any(r.path.endswith("/slow/1.5") for r in ups[0].requests), 10,
+             "the slow request at one", x.e)
+    x.ok("PUT", f"/upstreams/pool/peers/{ups[1].addr}", {"down": False})
+    doc, _ = x.ok("PUT", f"/upstreams/pool/peers/{ups[0].addr}", {"drain": True})
+    assert t.is_alive(), "the request was still in flight when the drain was in force"
+    assert servers_seen(x, 10) == {"two"}
+    t.join(20)
+    assert slow == {"status": 200, "body": b"slow ok\n", "server": "one"}
+    peer = [p for p in x.ok("GET", "/upstreams/pool")[0]["peers"] if p["peer"] == ups[0].addr][0]
+    assert peer["state"] == "down" and peer["down"] is True
+    assert "down" in x.files()["conf.d/_admin/upstream.pool.conf"].split(ups[0].addr)[1].split(";")[0]
+
+
 def test_peer_of_an_upstream_defined_in_the_main_file_is_409_and_unknown_404(edge, ups):
     x = start(edge, ups)
     code, _, doc = x.call("PUT", f"/upstreams/fixed/peers/{ups[0].addr}", {"weight": 2})

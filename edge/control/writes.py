@@ -288,7 +288,6 @@ class Writer:
         self.folder = Folder(ctx)
         self.epoch = 0              # writes made (bumped by each one)
         self.loaded_epoch = 0       # the writes the generation in force includes
-        self.last_summary = {}      # generation -> what made it
 
     # -- where ---------------------------------------------------------------------
 
@@ -425,6 +424,10 @@ class Writer:
         except asyncio.TimeoutError:
             raise WriteError(504, f"written, but the master did not answer within "
                                   f"{RELOAD_TIMEOUT:g}s")
+        finally:
+            # Whatever the outcome, no later reload answers for this write: it is no
+            # longer pending (else every If-Match would be 412 from now on).
+            self.loaded_epoch = max(self.loaded_epoch, epoch)
         if not result.get("ok"):
             if result.get("unavailable"):
                 raise WriteError(503, "written, but " + (result.get("error") or
@@ -434,12 +437,9 @@ class Writer:
                              generation=result.get("generation"), file=result.get("file"),
                              line=result.get("line"))
         generation = result["generation"]
-        if epoch > self.loaded_epoch:
-            self.loaded_epoch = epoch
         # The files the master read: known exactly only if no write came after this
         # reload was asked (else the next reload's snapshot covers them).
         if self.loaded_epoch == self.epoch:
-            self.last_summary[generation] = what
             try:
                 self.save_history(generation, what)
             except OSError as e:

@@ -96,7 +96,7 @@ class Edge:
         return r.status, r.body
 
 
-def start(edge, ups, conf=CONF):
+def start(edge, ups, conf=CONF, headers=None):
     e = edge.create(conf, UP1=ups[0], UP2=ups[1], UP3=ups[2], CONSUMERS="")
     d = e.conf_path.parent
     e.subst["CONSUMERS"] = str(d / "consumers.yaml")
@@ -106,7 +106,7 @@ def start(edge, ups, conf=CONF):
                                       "    key_auth:\n    - key: alice-key-SECRET\n")
     e.start()
     x = Edge(e)
-    wait_for(lambda: (lambda s: s is not None and s["ready"])(try_status(x.admin_port)),
+    wait_for(lambda: (lambda s: s is not None and s["ready"])(try_status(x.admin_port, headers)),
              10, "the admin listener", e)
     return x
 
@@ -275,6 +275,23 @@ def test_stale_if_match_is_412_and_a_current_one_passes(edge, ups):
     assert code == 412 and doc["field"] == "if-match" and hdrs["etag"] == '"2"', doc
     assert x.files() == before
     x.ok("DELETE", f"/upstreams/pool/peers/{ups[1].addr}", headers={"If-Match": '"2"'})
+
+
+def test_writes_need_the_token_like_every_request(edge, ups):
+    x = start(edge, ups, CONF.replace("admin_history 5;", "admin_history 5; admin_token s3cret-T;"),
+              {"Authorization": "Bearer s3cret-T"})
+    before = x.files()
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        for method, path, body in (("PUT", f"/upstreams/pool/peers/{ups[1].addr}", {}),
+                                   ("DELETE", "/consumers/alice", None),
+                                   ("PUT", "/config", {}),
+                                   ("POST", "/config/rollback?to=1", None)):
+            code, _, doc = x.call(method, path, body, headers=headers)
+            assert code == 401 and doc == {"error": "unauthorized"}, (method, path, code, doc)
+    assert x.files() == before
+    doc, _ = x.ok("PUT", f"/upstreams/pool/peers/{ups[1].addr}", {},
+                  headers={"Authorization": "Bearer s3cret-T"})
+    assert doc["generation"] == 2
 
 
 # --------------------------------------------------------------------------- upstreams

@@ -520,9 +520,13 @@ class Writer:
         except (OSError, ValueError):
             raise WriteError(404, f"generation {generation} is not in the history", "to")
         changes = {path: None for path in self.managed_files() if path != self.consumers_path}
-        for rel in meta["files"]:
-            with open(os.path.join(base, rel), "rb") as f:
-                content = f.read()
+        for rel in meta.get("files", []):
+            try:
+                with open(os.path.join(base, rel), "rb") as f:
+                    content = f.read()
+            except OSError as e:
+                raise WriteError(409, f"generation {generation} of the history is incomplete: "
+                                      f"{rel}: {e.strerror}", "to")
             if rel == CONSUMERS_COPY:
                 if self.consumers_path is None:
                     continue    # the config no longer names a consumers file
@@ -705,9 +709,13 @@ class WriteAPI:
         path = self.writer.upstream_path(name)
         node = _find_upstream_node(self.api.cycle, name)
         if os.path.exists(path):
-            from edge.config import parse_string
-            with open(path, encoding="utf-8") as f:
-                nodes = parse_string(f.read(), path).nodes
+            from edge.config import ConfigError, parse_string
+            try:
+                with open(path, encoding="utf-8") as f:
+                    nodes = parse_string(f.read(), path).nodes
+            except (OSError, UnicodeDecodeError, ConfigError) as e:
+                raise WriteError(409, f"the managed file {path} does not load ({e}): fix it "
+                                      f"or PUT /upstreams/{name} whole", field)
             for n in nodes:
                 if n.name == "upstream" and n.args[:1] == [name]:
                     return path, n

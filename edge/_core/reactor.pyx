@@ -307,9 +307,15 @@ cdef class Loop:
                 (<UpConn>h).close()
 
     cdef void log_error(self, str msg):
+        self.log_at("error", msg)
+
+    cdef void log_notice(self, str msg):
+        self.log_at("notice", msg)
+
+    cdef void log_at(self, str level, str msg):
         if self.log is not None:
             try:
-                self.log("error", msg)
+                self.log(level, msg)
             except Exception:
                 pass
 

@@ -326,3 +326,21 @@ def test_handshake_flood_cut_by_worker_connections(edge, cert, files):
     # nginx: "48 worker_connections are not enough"
     assert "worker_connections" in e.error_log, "no word about worker_connections being too few"
     assert https_get(e.port, "/", sni="a.test", ca=files.ca_pem).status == 200
+
+
+@pytest.mark.timeout(60)
+def test_idle_connections_do_not_lock_out_a_new_client(edge, cert, files):
+    """Connections that were accepted but never sent a byte hold no right to their slot:
+    when worker_connections are all taken, nginx closes the oldest of those idle ones
+    (ngx_drain_connections over its "reusable" connections) to serve a new client, so
+    the new client is served at its first attempt, long before the handshake timeout
+    (30 s here) would free a slot."""
+    e = edge(conf(cert, timeout="30s", events=f"events {{ worker_connections {FLOOD_WORKER_CONNECTIONS}; }}"))
+    idle = [raw(e.port, b"", timeout=60) for _ in range(2 * FLOOD_WORKER_CONNECTIONS)]
+    try:
+        time.sleep(0.5)   # not a timing assertion: lets the server accept the idle ones first
+        r = https_get(e.port, "/", sni="a.test", ca=files.ca_pem, timeout=20)
+        assert r.status == 200 and r.text == "ok"
+    finally:
+        for s in idle:
+            s.close()

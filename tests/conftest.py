@@ -34,8 +34,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from support import IMPL, Blackhole, EdgeError, EdgeProcess, Slammer, Upstream  # noqa: E402
-from support.upstream import Tarpit  # noqa: E402
 from support import tls as tls_support  # noqa: E402
+from support.upstream import Tarpit  # noqa: E402
 
 # the smuggling and framing suites: run over plain TCP and over TLS
 TLS_SUITES = {"test_smuggling", "test_framing", "test_parser_framing"}

@@ -14,13 +14,11 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
-
 from support import IMPL, get
 from support.edge import NGINX, REPO
-from support.tls import TlsFiles, nginx_compat, client_context, https_get, https_request, s_client, served_cert
+from support.tls import TlsFiles, client_context, https_get, https_request, nginx_compat, s_client, served_cert
 from support.waiting import wait_for
 
 NGINX_XFP = "proxy_set_header X-Forwarded-Proto $scheme;" if IMPL == "nginx" else ""
@@ -634,7 +632,7 @@ def test_certificate_reload_under_load(edge, files):
         for gen in (2, 3):
             replace_cert(files, live, files.server("a.test", label=f"gen{gen}"))
             e.send_signal(signal.SIGHUP)
-            wait_for(lambda: served_cert(e.port, sni="a.test").label == f"gen{gen}", 15, f"gen{gen} served")
+            wait_for(lambda g=gen: served_cert(e.port, sni="a.test").label == f"gen{g}", 15, f"gen{gen} served")
             load.wait_ok(50)
             assert load.labels[-1] == f"gen{gen}"
     assert load.failures == [], load.failures[:10]
@@ -675,3 +673,38 @@ def test_bad_certificate_on_reload_names_file_and_line(edge, files):
     e.send_signal(signal.SIGHUP)
     wait_for(lambda: f"{e.conf_path}:{line}" in e.error_log, 15, "file:line in the error log")
     assert served_cert(e.port, sni="a.test").label == "good3"
+
+
+# -- the TLS mode of the test support (EDGE_TEST_TLS, the "tls" transport) ----------------------
+
+def test_tls_mode_puts_every_listen_over_tls(edge):
+    """What the smuggling and framing suites rely on in their `tls` run: every listen
+    gets `ssl` and the test certificate, line numbers stay, and support.client.Conn
+    speaks TLS to those ports (and only to those)."""
+    from support import Conn
+    from support import tls as tls_support
+    template = """http {
+    server {
+        listen 127.0.0.1:@PORT@;
+        listen 127.0.0.1:@PORT2@;
+        location / { return 200 "$scheme $https"; }
+    }
+}
+"""
+    prev = tls_support.set_tls_mode(True)
+    try:
+        e = edge(template)
+    finally:
+        tls_support.set_tls_mode(prev)
+    assert e.line_of('return 200 "$scheme') == 6    # the template's line 5, after the added head line
+    for port in (e.port, e.ports["PORT2"]):
+        with Conn(port) as c:
+            assert c.tls
+            r = c.request("GET", "/")
+            assert r.status == 200 and r.body == b"https on"
+        with Conn(port, tls=client_context(verify=False)) as c:
+            assert c.tls and c.request("GET", "/").body == b"https on"
+    # not in TLS mode: a plain process, and a plain Conn
+    e2 = edge(template)
+    with Conn(e2.port) as c:
+        assert not c.tls and c.request("GET", "/").body == b"http "

@@ -21,10 +21,8 @@ import ssl
 import time
 
 import pytest
-
 from support import IMPL
 from support.tls import TlsConn, TlsFiles, client_context, https_get, nginx_compat
-from support.waiting import wait_for
 
 FLOOD_CONNECTIONS = 200
 FLOOD_WORKER_CONNECTIONS = 48

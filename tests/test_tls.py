@@ -18,7 +18,17 @@ import threading
 import pytest
 from support import IMPL, get
 from support.edge import NGINX, REPO
-from support.tls import TlsFiles, client_context, https_get, https_request, nginx_compat, s_client, served_cert
+from support.tls import (
+    PeerCert,
+    TlsConn,
+    TlsFiles,
+    client_context,
+    https_get,
+    https_request,
+    nginx_compat,
+    s_client,
+    served_cert,
+)
 from support.waiting import wait_for
 
 NGINX_XFP = "proxy_set_header X-Forwarded-Proto $scheme;" if IMPL == "nginx" else ""
@@ -258,6 +268,25 @@ def test_ssl_ecdh_curve(edge, certs, files):
     assert not s.ok, s.output
 
 
+@pytest.mark.parametrize("dhparam", [True, False])
+def test_ssl_dhparam(edge, certs, files, dhparam):
+    """DHE key exchange (TLS 1.2) only with ssl_dhparam: without it a client offering
+    only DHE ciphers gets no handshake, as in nginx."""
+    extra = "ssl_ciphers DHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256;"
+    if dhparam:
+        extra += f" ssl_dhparam {files.dhparam()};"
+    e = edge(one_server(certs["a-rsa"], 'return 200 "$ssl_cipher";', extra=extra))
+    s = s_client(e.port, servername="a.test", tls="1.2", cipher="DHE-RSA-AES128-GCM-SHA256")
+    if dhparam:
+        assert s.ok and s.cipher == "DHE-RSA-AES128-GCM-SHA256", s.output
+        assert "Server Temp Key: DH, 2048 bits" in s.output, s.output
+        assert s.body == b"DHE-RSA-AES128-GCM-SHA256"
+    else:
+        assert not s.ok, s.output
+    s = s_client(e.port, servername="a.test", tls="1.2", cipher="ECDHE-RSA-AES128-GCM-SHA256")
+    assert s.ok, s.output
+
+
 # -- ALPN -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("offered,selected", [
@@ -317,7 +346,9 @@ MTLS_BODY = 'return 200 "$ssl_client_verify|$ssl_client_s_dn|$ssl_client_fingerp
 
 @pytest.fixture(scope="module")
 def clients(files):
-    return {"trusted": files.client("alice"), "untrusted": files.client("mallory", untrusted=True)}
+    return {"trusted": files.client("alice"), "untrusted": files.client("mallory", untrusted=True),
+            "tricky": files.client('Doe, "J" <x>+y;z=\\ #1 ', label="tricky"),
+            "utf8": files.client("Zoë Ångström", label="utf8")}
 
 
 @pytest.fixture
@@ -345,6 +376,24 @@ def test_mtls_trusted_certificate(mtls_edge, files, clients, mode, port, tls):
     r = https_get(mtls_edge.ports[f"PORT{port}"], "/", sni="a.test", ca=files.ca_pem, cert=c,
                   min_version=tls, max_version=tls)
     assert r.status == 200 and r.text == f"SUCCESS|{c.subject_dn}|{c.fingerprint}", r.text
+
+
+# what nginx returns in $ssl_client_s_dn (OpenSSL's RFC 2253 printing: special characters
+# escaped with a backslash, bytes above 0x7f as \XX of their UTF-8)
+DN_CASES = {
+    "tricky": 'CN=Doe\\, \\"J\\" \\<x\\>\\+y\\;z=\\\\ #1\\ ,OU=tricky,O=edge tests',
+    "utf8": "CN=Zo\\C3\\AB \\C3\\85ngstr\\C3\\B6m,OU=utf8,O=edge tests",
+}
+
+
+@pytest.mark.parametrize("who", list(DN_CASES))
+def test_mtls_subject_dn_escaping(mtls_edge, files, clients, who):
+    c = clients[who]
+    r = https_get(mtls_edge.ports["PORT0"], "/", sni="a.test", ca=files.ca_pem, cert=c)
+    assert r.status == 200, r
+    verify, dn, fp = r.text.split("|")
+    assert (verify, fp) == ("SUCCESS", c.fingerprint)
+    assert dn == DN_CASES[who], dn
 
 
 @pytest.mark.parametrize("mode,port", [("on", 0), ("optional", 1), ("optional_no_ca", 2)])
@@ -662,6 +711,23 @@ def test_bad_certificate_on_reload_keeps_the_old_one(edge, files):
     assert load.failures == [], load.failures[:10]
     assert set(load.labels) == {"good1", "good2"}
     assert good_pem != live.cert.read_bytes()
+
+
+@pytest.mark.edge_only   # nginx's old workers close idle keep-alive connections at a reload
+def test_keepalive_tls_connection_survives_a_certificate_reload(edge, files):
+    """edge reloads in place: a TLS keep-alive connection made before the reload goes on
+    (on the certificate it started with) while new handshakes get the new one."""
+    live = files.server("a.test", label="ka1")
+    e = edge(one_server(live))
+    with TlsConn(e.port, sni="a.test", ca=files.ca_pem) as c:
+        assert c.request("GET", "/", host="a.test").body == b"ok"
+        replace_cert(files, live, files.server("a.test", label="ka2"))
+        e.send_signal(signal.SIGHUP)
+        wait_for(lambda: served_cert(e.port, sni="a.test").label == "ka2", 15, "ka2 served")
+        for _ in range(3):
+            r = c.request("GET", "/", host="a.test")
+            assert r.status == 200 and r.body == b"ok"
+        assert PeerCert.from_der(c.sock.getpeercert(binary_form=True)).label == "ka1"
 
 
 @pytest.mark.edge_only   # nginx's reload error does not name the config line

@@ -148,6 +148,13 @@ class TlsFiles:
                            not_before=now - datetime.timedelta(days=30),
                            not_after=now - datetime.timedelta(days=1))
 
+    def dhparam(self, name="ffdhe2048.pem") -> Path:
+        """DH parameters (RFC 7919's ffdhe2048 group, from `openssl genpkey -genparam`)."""
+        p = self.dir / name
+        subprocess.run([OPENSSL, "genpkey", "-genparam", "-algorithm", "DH", "-pkeyopt", "group:ffdhe2048",
+                        "-out", str(p)], check=True, capture_output=True)
+        return p
+
     def client(self, cn, untrusted=False, via_intermediate=False, label=None) -> CertFiles:
         """A client certificate with CN `cn` from the trusted CA (or the untrusted one).
         via_intermediate=N: issued below N intermediate CAs under that CA; the certificate
@@ -157,7 +164,7 @@ class TlsFiles:
         ca = self.other_ca if untrusted else self.ca
         for _ in range(int(via_intermediate)):
             ca = ca.create_child_ca()
-        leaf = ca.issue_cert(f"{cn}@clients.test", common_name=cn, organization_name="edge tests",
+        leaf = ca.issue_cert(f"{label}@clients.test", common_name=cn, organization_name="edge tests",
                              organization_unit_name=label)
         return self._write(label, leaf, (cn,), "ecdsa", chain=bool(via_intermediate))
 

@@ -339,6 +339,22 @@ http {{
     assert r.status == 200 and r.text == "|||http||", r.text
 
 
+@pytest.mark.parametrize("tls", ["1.2", "1.3"])
+def test_ssl_session_reused(edge, certs, files, tmp_path, tls):
+    """One worker, the default session settings (tickets): a session saved by one
+    handshake resumes on the next, and $ssl_session_reused says so ("r", else ".")."""
+    e = edge(one_server(certs["a-ec"], 'return 200 "$ssl_session_reused";'))
+    sess = tmp_path / "session.pem"
+    s1 = s_client(e.port, servername="a.test", tls=tls, sess_out=sess)
+    assert s1.ok and not s1.reused and s1.body == b".", s1.output
+    s2 = s_client(e.port, servername="a.test", tls=tls, sess_in=sess)
+    assert s2.ok and s2.reused and s2.body == b"r", s2.output
+    ctx = client_context(files.ca_pem, min_version=tls, max_version=tls)
+    r1 = https_get(e.port, "/", sni="a.test", ctx=ctx)
+    r2 = https_get(e.port, "/", sni="a.test", ctx=ctx, session=r1.session)
+    assert (r1.session_reused, r1.body, r2.session_reused, r2.body) == (False, b".", True, b"r")
+
+
 # -- mTLS -----------------------------------------------------------------------------------
 
 MTLS_BODY = 'return 200 "$ssl_client_verify|$ssl_client_s_dn|$ssl_client_fingerprint";'

@@ -44,7 +44,6 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -63,7 +62,12 @@ def nginx_compat(conf: str) -> str:
     return re.sub(r"(^\s*http\s*\{)", lambda m: m.group(1) + " ssl_protocols TLSv1.2 TLSv1.3;", conf, count=1,
                   flags=re.M)
 
-_KEY_TYPES = {"ecdsa": trustme.KeyType.ECDSA, "rsa": trustme.KeyType.RSA}
+
+def _trustme():
+    """trustme, imported when certificates are first made (conftest imports this module
+    for every test run)."""
+    import trustme
+    return trustme
 
 
 # -- certificates -------------------------------------------------------------------------
@@ -103,6 +107,7 @@ class TlsFiles:
     from them, written under `directory`."""
 
     def __init__(self, directory):
+        trustme = _trustme()
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ca = trustme.CA(organization_name="edge tests", organization_unit_name="test CA")
@@ -137,8 +142,9 @@ class TlsFiles:
         self._count += 1
         label = label or f"server{self._count}-{key}"
         ca = self.rsa_ca if key == "rsa" else self.ca
+        key_type = {"ecdsa": _trustme().KeyType.ECDSA, "rsa": _trustme().KeyType.RSA}[key]
         leaf = ca.issue_cert(*names, common_name=names[0], organization_name="edge tests",
-                             organization_unit_name=label, key_type=_KEY_TYPES[key],
+                             organization_unit_name=label, key_type=key_type,
                              not_before=not_before, not_after=not_after)
         return self._write(label, leaf, names, key, password)
 
@@ -281,7 +287,8 @@ def https_request(port, method="GET", target="/", host=None, *, headers=(), body
                   ctx=None, session=None, addr="127.0.0.1", timeout=10.0, **ctx_kw) -> HttpsResponse:
     """One request on a new TLS connection (http.client over our own SSLSocket, so SNI,
     the Host header and the address are independent). `host` defaults to `sni` or
-    "localhost"."""
+    "localhost". To resume, pass `session` (an earlier response's) with the same `ctx`
+    it was made with (Python's ssl insists)."""
     s = tls_connect(port, host=addr, sni=sni, ctx=ctx, session=session, timeout=timeout, **ctx_kw)
     try:
         # what was negotiated, before http.client closes the socket
@@ -289,11 +296,12 @@ def https_request(port, method="GET", target="/", host=None, *, headers=(), body
                 PeerCert.from_der(s.getpeercert(binary_form=True)))
         conn = http.client.HTTPConnection(addr, port, timeout=timeout)
         conn.sock = s
+        conn.close = lambda: None     # the socket is closed below, after the session is read
         hdrs = {"Host": host or sni or "localhost", "Connection": "close", **dict(headers)}
         conn.request(method, target, body=body, headers=hdrs)
         r = conn.getresponse()
         data = r.read()
-        # a TLS 1.3 session (ticket) arrives after the handshake: read it now
+        # a TLS 1.3 session (ticket) arrives after the handshake, with the response
         return HttpsResponse(r.status, r.reason, list(r.getheaders()), data, *nego, s.session, s.session_reused)
     finally:
         s.close()

@@ -17,8 +17,9 @@ Certificates (`TlsFiles`):
   leaves directly) and `<label>.key` (PKCS#8, encrypted when `password` is given).
   Every certificate carries its label as its subject's organizational unit, so a
   client can tell which one it was served (`PeerCert.label`).
-- `client(cn, ca=None)` issues a client certificate (an e-mail identity; trustme marks
-  every leaf for both serverAuth and clientAuth).
+- `client(cn, untrusted=False, via_intermediate=0)` issues a client certificate from the
+  trusted CA (or the untrusted one; or below N intermediate CAs, the file then holding
+  the chain); trustme marks every leaf for both serverAuth and clientAuth.
 - `rsa_ca`: a CA with an RSA key, for the RSA leaves (so that a client that accepts only
   RSA signatures can verify the whole chain of an RSA certificate); both CAs are in
   `ca_pem`, the bundle the clients trust.

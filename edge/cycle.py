@@ -13,7 +13,7 @@ from edge._core.reactor import Location, Plan
 from edge.config import ConfigError, build, parse_file
 from edge.modules import (access_log, admin, auth, buffering, consumers, core, cors, health, http_core,
                           headers, ip_rules, limits, metrics, mirror, proxy, realip, redis,
-                          request_id, retries, return_, rewrite, upstream, variables)
+                          request_id, retries, return_, rewrite, ssl_session, upstream, variables)
 
 # The single list of features. A new module is a file in edge/modules/ added here.
 # Within a phase, handlers run in this order: the access phase runs the IP rules, then
@@ -21,7 +21,7 @@ from edge.modules import (access_log, admin, auth, buffering, consumers, core, c
 # limits (so a limit can be keyed on $consumer).
 MODULES = [core, http_core, variables, realip, upstream, proxy, buffering, retries, mirror, return_,
            health, metrics, access_log, request_id, rewrite, headers, ip_rules, cors, consumers,
-           auth, limits, admin, redis]
+           auth, limits, admin, redis, ssl_session]
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,11 @@ class Cycle:
 
     def prepare_zones(self):
         """In the master, before this config is served: make or keep the files of its
-        limit zones (see modules/limits.py). Returns {zone name: state kept}."""
-        return limits.prepare(self.limit_zones)
+        limit zones (see modules/limits.py), and its TLS session caches and ticket keys
+        (modules/ssl_session.py). Returns {limit zone name: state kept}."""
+        kept = limits.prepare(self.limit_zones)
+        ssl_session.prepare(self.runtime)
+        return kept
 
     def build_runtime(self):
         """The compiled data plane. Built (and validated) at load time in the master, so

@@ -13,6 +13,10 @@ from setuptools import Extension, setup
 
 DEBUG = os.environ.get("EDGE_DEBUG") == "1"
 
+if not os.path.exists("/usr/include/openssl/ssl.h") and not os.environ.get("EDGE_OPENSSL_INCLUDE"):
+    raise SystemExit("edge: building the compiled core needs OpenSSL's headers: install libssl-dev "
+                     "(Debian/Ubuntu) or openssl-devel (RHEL), or run ./scripts/install")
+
 # -O2 as a floor; SSE4.2 is chosen at run time by the parser (__builtin_cpu_supports),
 # so one binary runs on every x86-64 and still uses the vector scan where it can.
 compile_args = ["-O0", "-g"] if DEBUG else ["-O3"]
@@ -32,7 +36,8 @@ extensions = [
     Extension(
         "edge._core.reactor",
         ["edge/_core/reactor.pyx", "edge/_core/http_parser.c"],
-        include_dirs=["edge/_core"],
+        include_dirs=["edge/_core"] + ([os.environ["EDGE_OPENSSL_INCLUDE"]]
+                                       if os.environ.get("EDGE_OPENSSL_INCLUDE") else []),
         # OpenSSL: the same libssl and libcrypto that Python's own ssl module links
         libraries=["ssl", "crypto"],
         extra_compile_args=compile_args + ["-Wno-unused-function"],

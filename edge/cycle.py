@@ -6,6 +6,7 @@ run. It opens no socket. A failure raises `ConfigError` naming file:line, so a c
 already serves keeps its running generation.
 """
 
+import os
 import socket
 from dataclasses import dataclass
 
@@ -13,15 +14,16 @@ from edge._core.reactor import Location, Plan
 from edge.config import ConfigError, build, parse_file
 from edge.modules import (access_log, admin, auth, buffering, consumers, core, cors, health, http_core,
                           headers, ip_rules, limits, metrics, mirror, proxy, realip, redis,
-                          request_id, retries, return_, rewrite, ssl_session, upstream, variables)
+                          request_id, retries, return_, rewrite, ssl, ssl_session, upstream,
+                          variables)
 
 # The single list of features. A new module is a file in edge/modules/ added here.
 # Within a phase, handlers run in this order: the access phase runs the IP rules, then
 # the CORS preflight (a preflight carries no credentials), then authentication, then the
 # limits (so a limit can be keyed on $consumer).
-MODULES = [core, http_core, variables, realip, upstream, proxy, buffering, retries, mirror, return_,
+MODULES = [core, http_core, ssl, ssl_session, variables, realip, upstream, proxy, buffering, retries, mirror, return_,
            health, metrics, access_log, request_id, rewrite, headers, ip_rules, cors, consumers,
-           auth, limits, admin, redis, ssl_session]
+           auth, limits, admin, redis]
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class ListenSpec:
     backlog: int
     reuseport: bool
     proxy_protocol: bool
+    ssl: bool = False
 
 
 class Runtime:
@@ -105,6 +108,7 @@ def from_parsed(path, parsed):
     variables.declare(parsed.nodes)     # before any template is parsed
     root = build(parsed, all_directives())
     runtime = Runtime()
+    runtime.conf_dir = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
     data_files = getattr(parsed, "data_files", None)
     if data_files is None:          # a ParsedConfig pickled before data_files existed
         data_files = parsed.data_files = {}
@@ -136,10 +140,15 @@ def _compile_http(http, runtime, listens):
         _compile_locations(server_conf, server, runtime)
         for listen, node in _listens_of(server_conf):
             spec = ListenSpec(listen.key, listen.host, listen.port, listen.family,
-                              listen.backlog, listen.reuseport, listen.proxy_protocol)
+                              listen.backlog, listen.reuseport, listen.proxy_protocol, listen.ssl)
             known = listens.get(spec.key)
             if known is not None and known.proxy_protocol != spec.proxy_protocol:
                 raise ConfigError(f'conflicting parameters for "{spec.key}"', node.file, node.line)
+            if known is not None and known.ssl != spec.ssl:
+                # nginx makes the whole address TLS when one of its listens says ssl; edge
+                # asks for the same word on each, so that no server is served TLS by surprise
+                raise ConfigError(f'"ssl" must be set on every listen of "{spec.key}" or on none',
+                                  node.file, node.line)
             listens.setdefault(spec.key, spec)
             binding = runtime.plan.binding(spec.key)
             fresh = not binding.servers
@@ -148,6 +157,7 @@ def _compile_http(http, runtime, listens):
             except ValueError as e:
                 raise ConfigError(str(e), node.file, node.line)
             binding.proxy_protocol = spec.proxy_protocol
+            binding.ssl = spec.ssl
             if fresh or listen.default_server:     # proxy_protocol must be set first
                 http_core.configure_binding(binding, server_conf)
 

@@ -616,6 +616,8 @@ cdef bint append_fact(Segment *s, Client c, Buf *out) noexcept:
     elif v == VAR_REQUEST_ID:
         ensure_request_id(c)
         buf_append(out, c.request_id, c.request_id_len)
+    elif v >= VAR_SSL_PROTOCOL:
+        return append_tls_variable(v, c, out)
     elif v >= VAR_CONSUMER:
         return append_consumer_variable(s, c, out)
     elif v == VAR_ROUTE:

@@ -308,7 +308,10 @@ cdef int spool_drain(Client c) noexcept:
     while True:
         if s.file_read < s.file_write:
             before = s.file_read
-            r = send_file_range(c.fd, s.fd, &s.file_read, s.file_write, &wrote)
+            if c.ssl != NULL:
+                r = tls_send_file_range(c.ssl, s.fd, &s.file_read, s.file_write, &wrote)
+            else:
+                r = send_file_range(c.fd, s.fd, &s.file_read, s.file_write, &wrote)
             c.out_written += s.file_read - before
             if r < 0:
                 return -1
@@ -327,7 +330,12 @@ cdef int spool_drain(Client c) noexcept:
             s.active = False
             c.output_caught_up()
             return 1
-        w = write(c.fd, s.mem.data + s.mem.start, buf_len(&s.mem))
+        if c.ssl != NULL:
+            w = tls_write_some(c.ssl, s.mem.data + s.mem.start, buf_len(&s.mem))
+            if w == 0:
+                break
+        else:
+            w = write(c.fd, s.mem.data + s.mem.start, buf_len(&s.mem))
         if w > 0:
             s.mem.start += <size_t>w
             c.out_written += w

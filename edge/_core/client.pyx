@@ -39,6 +39,7 @@ cdef enum ClientState:
     CS_PP_HEADER = 6    # waiting for the PROXY protocol header
     CS_DELAY = 7        # limit_req without nodelay: the request waits for its turn
     CS_BODY = 8         # reading the whole request body before a peer (buffering.pyx)
+    CS_HANDSHAKE = 9    # a TLS listener: the handshake, before any request (tls.pyx)
     CS_FREE = 4
 
 cdef enum BodyKind:
@@ -369,6 +370,11 @@ cdef class Client(Handle):
         buf_reset(&self.wb)
         self.has_pp = False
         self.remote_replaced = False
+        self.ssl = NULL
+        self.plain_on_tls = False
+        self.tls_read_wants_write = False
+        self.sni_len = 0
+        self.sni[0] = 0
         self.take_peer(sa)
         if binding.proxy_protocol:
             if binding.pp_trusted is not None and not binding.pp_trusted.trusted(self.peer_family, self.peer_addr):
@@ -380,6 +386,9 @@ cdef class Client(Handle):
             timer_arm(self, binding.t_pp, g_now)
             return 0
         self.reset_request()
+        if binding.ssl:
+            client_tls_begin(self)
+            return 0
         timer_arm(self, binding.t_header, g_now)
         return 0
 
@@ -423,15 +432,35 @@ cdef class Client(Handle):
         cdef ProxyHeader h
         cdef int r, rd
         while True:
+            if self.binding.ssl:
+                # TLS follows the header and OpenSSL reads the socket itself: the header is
+                # looked at in place and only its own bytes are taken from the socket
+                rd = pp_peek(self.fd, &self.rb, PP_READ_LIMIT)
+                if rd == RD_AGAIN:
+                    self.readable = False
+                    return
+                if rd != RD_DATA:
+                    self.close()
+                    return
             r = pp_parse(self.rb.data + self.rb.start, buf_len(&self.rb), &h)
             if r > 0:
-                self.rb.start += <size_t>r
+                if self.binding.ssl:
+                    if pp_consume(self.fd, r) < 0:
+                        self.close()
+                        return
+                    buf_reset(&self.rb)
+                else:
+                    self.rb.start += <size_t>r
                 if h.family:
                     self.has_pp = True
                     self.pp_family = h.family
                     memcpy(self.pp_addr, h.src, 16)
                     self.set_address(h.family, h.src, h.src_port, self.pp_text,
                                      &self.pp_text_len, self.pp_port, &self.pp_port_len)
+                if self.binding.ssl:
+                    client_tls_begin(self)
+                    client_tls_step(self)
+                    return
                 self.state = CS_HEAD
                 timer_arm(self, self.binding.t_header, g_now)
                 self.serve_heads()
@@ -440,6 +469,12 @@ cdef class Client(Handle):
                 if g_log_info:
                     log_connection("info", self, "broken header while reading PROXY protocol", 0)
                 self.close()
+                return
+            if self.binding.ssl:
+                if buf_len(&self.rb) >= PP_READ_LIMIT:
+                    self.close()
+                    return
+                self.readable = False       # peeked: the next bytes raise a new event
                 return
             if not self.readable:
                 return
@@ -698,6 +733,8 @@ cdef class Client(Handle):
         release_request_body(self)
         release_spool(self)
         g_loop.unregister(self)
+        if self.ssl != NULL:
+            tls_free(&self.ssl, self.state != CS_HANDSHAKE and not self.aborted)
         close(self.fd)
         self.fd = -1
         self.state = CS_FREE
@@ -716,6 +753,9 @@ cdef class Client(Handle):
             self.peer_closed = True
         if events & (EPOLLOUT | EPOLLHUP | EPOLLERR):
             self.writable = True
+            if self.tls_read_wants_write:
+                self.tls_read_wants_write = False
+                self.readable = True
         if (events & (EPOLLHUP | EPOLLERR)) and self.state == CS_PROXY:
             # reset by the client while the upstream works for it: stop both
             self.close()
@@ -767,6 +807,8 @@ cdef class Client(Handle):
             self.serve_heads()
         elif self.state == CS_PP_HEADER:
             self.read_proxy_header()
+        elif self.state == CS_HANDSHAKE:
+            client_tls_step(self)
 
     cdef void on_timeout(self):
         if self.state == CS_DELAY:
@@ -783,6 +825,10 @@ cdef class Client(Handle):
                 self.close()    # idle keep-alive connection
         elif self.state == CS_BODY:
             self.send_error(408, "client timed out while reading client request body")  # client_body_timeout
+        elif self.state == CS_HANDSHAKE:
+            if g_log_info:
+                log_connection("info", self, "client timed out in SSL handshake", 0)
+            self.close()        # ssl_handshake_timeout
         elif self.state == CS_PROXY:
             if self.output_pending() or spool_pending(self):
                 self.close()    # send_timeout: the client stopped reading
@@ -805,8 +851,13 @@ cdef class Client(Handle):
         """Write queued output. 1: all sent; 0: the socket is full; -1: error."""
         cdef bint wrote = False
         cdef int64_t before = self.pending_len()
-        cdef int r = write_queued(self.fd, &self.wb, &self.win, &self.win_len,
-                                  &self.suf, &self.suf_len, &wrote)
+        cdef int r
+        if self.ssl != NULL:
+            r = tls_write_queued(self.ssl, &self.wb, &self.win, &self.win_len,
+                                 &self.suf, &self.suf_len, &wrote)
+        else:
+            r = write_queued(self.fd, &self.wb, &self.win, &self.win_len,
+                             &self.suf, &self.suf_len, &wrote)
         self.out_written += before - self.pending_len()
         if r == 0:
             self.writable = False
@@ -846,7 +897,7 @@ cdef class Client(Handle):
         self.keepalive = False
         if not self.parsed:
             self.keep_raw_line()
-        self.begin_head(status)
+        self.begin_head(wire_status(status))
         buf_append_bytes(&self.wb, head)
         self.append_date()
         self.append_connection()
@@ -863,6 +914,9 @@ cdef class Client(Handle):
         if flush_result < 0:
             self.close()
             return
+        if self.ssl != NULL:
+            SSL_shutdown(self.ssl)      # close_notify before the TCP half-close
+            ERR_clear_error()
         shutdown(self.fd, SHUT_WR)
         self.state = CS_LINGER
         timer_arm(self, t_linger, g_now)
@@ -872,7 +926,10 @@ cdef class Client(Handle):
         cdef char scratch[4096]
         cdef ssize_t r
         while True:
-            r = read(self.fd, scratch, 4096)
+            if self.ssl != NULL:
+                r = tls_read_discard(self.ssl, scratch, 4096)
+            else:
+                r = read(self.fd, scratch, 4096)
             if r > 0:
                 continue
             if r < 0 and errno == EINTR:
@@ -887,12 +944,19 @@ cdef class Client(Handle):
     cdef bint input_waiting(self) noexcept:
         """Bytes from the client wait in the kernel (read state may be stale)."""
         cdef char probe
+        if self.ssl != NULL and SSL_pending(self.ssl) > 0:
+            return True
         return recv(self.fd, &probe, 1, MSG_PEEK | MSG_DONTWAIT) > 0
 
     cdef int read_more(self, size_t limit) noexcept:
         """Read once into rb, holding at most `limit` bytes. RD_* result."""
-        cdef int r = read_into(self.fd, &self.rb, limit, READ_CHUNK, &self.readable,
-                               self.peer_closed)
+        cdef int r
+        if self.ssl != NULL:
+            r = tls_read_into(self.ssl, &self.rb, limit, READ_CHUNK, &self.readable,
+                              &self.tls_read_wants_write)
+        else:
+            r = read_into(self.fd, &self.rb, limit, READ_CHUNK, &self.readable,
+                          self.peer_closed)
         if r == RD_EOF:
             self.peer_closed = True
         return r
@@ -1202,6 +1266,8 @@ cdef class Client(Handle):
         # routing
         self.server = self.binding.find_server(self.host, self.host_len)
         self.routed = True
+        if self.binding.ssl and client_tls_refuses(self):
+            return
         self.cap_base = NULL
         self.rewritten = False
         self.rw_break = False

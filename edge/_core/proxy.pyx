@@ -1013,7 +1013,7 @@ cdef bint append_variable(Segment *s, Client c, Buf *out) noexcept:
                 buf_append_str(out, ", ")
         buf_append(out, c.remote, c.remote_len)
     elif v == VAR_SCHEME:
-        buf_append_str(out, "http")
+        buf_append_str(out, "https" if c.ssl != NULL else "http")
     elif v == VAR_REQUEST_URI:
         if not c.parsed:
             return False

@@ -596,7 +596,9 @@ cdef class ListenBinding:
     cdef public size_t max_headers
     cdef public RealIP pp_trusted           # PROXY headers accepted only from these
     cdef public int64_t proxy_protocol_timeout_ms
-    cdef TimerList t_header, t_pp
+    cdef public bint ssl                    # `listen ... ssl`: every connection starts with TLS
+    cdef public int64_t ssl_handshake_timeout_ms
+    cdef TimerList t_header, t_pp, t_handshake
 
     def __init__(self, str key):
         self.key = key
@@ -609,6 +611,8 @@ cdef class ListenBinding:
         self.max_headers = 100
         self.pp_trusted = None
         self.proxy_protocol_timeout_ms = 30000
+        self.ssl = False
+        self.ssl_handshake_timeout_ms = 60000
         host, _, port = key.rpartition(":")
         self.server_port = port.encode()
         self.server_addr = host.strip("[]").encode()
@@ -628,6 +632,7 @@ cdef class ListenBinding:
     def finalize(self):
         self.t_header = timer_list(self.client_header_timeout_ms)
         self.t_pp = timer_list(self.proxy_protocol_timeout_ms)
+        self.t_handshake = timer_list(self.ssl_handshake_timeout_ms)
 
     cdef Server find_server(self, const char *host, size_t n):
         """nginx's order: exact name, longest leading wildcard, longest trailing

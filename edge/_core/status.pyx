@@ -24,7 +24,25 @@ cdef bytes status_reason(int status):
     return r if r is not None else b"Unknown"
 
 
+# nginx's internal codes for TLS refusals: answered as 400 with their own page text
+TLS_ERROR_TEXTS = {
+    495: b"The SSL certificate error",
+    496: b"No required SSL certificate was sent",
+    497: b"The plain HTTP request was sent to HTTPS port",
+}
+
+
+cdef inline int wire_status(int status) noexcept:
+    """The status that goes on the wire and in the log for one of nginx's internal codes."""
+    return 400 if 495 <= status <= 497 else status
+
+
 cdef bytes error_page_body(int status):
+    text = TLS_ERROR_TEXTS.get(status)
+    if text is not None:
+        return (b"<html>\r\n<head><title>400 %s</title></head>\r\n<body>\r\n"
+                b"<center><h1>400 Bad Request</h1></center>\r\n<center>%s</center>\r\n"
+                b"<hr><center>edge</center>\r\n</body>\r\n</html>\r\n" % (text, text))
     reason = status_reason(status)
     return (b"<html>\r\n<head><title>%d %s</title></head>\r\n<body>\r\n<center><h1>%d %s</h1></center>\r\n"
             b"<hr><center>edge</center>\r\n</body>\r\n</html>\r\n" % (status, reason, status, reason))
@@ -40,7 +58,7 @@ cdef bytes error_head(int status):
     if h is None:
         body = error_page_body(status)
         h = (b"HTTP/1.1 %d %s\r\nServer: edge\r\nContent-Type: text/html\r\nContent-Length: %d\r\n"
-             % (status, status_reason(status), len(body)))
+             % (wire_status(status), status_reason(wire_status(status)), len(body)))
         _error_heads[status] = h
         _error_bodies[status] = body
     return h

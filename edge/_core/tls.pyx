@@ -573,3 +573,222 @@ def ktls_available():
 
 def openssl_version():
     return OpenSSL_version(0).decode()
+
+
+# ---- the client side of a TLS listener (client.pyx calls these) --------------------------
+
+cdef int pp_peek(int fd, Buf *b, size_t limit) noexcept:
+    """What the socket holds, looked at without taking it (MSG_PEEK), into b from its
+    start. RD_DATA, RD_AGAIN, RD_EOF or RD_ERROR."""
+    cdef ssize_t r
+    buf_reset(b)
+    if b.cap < limit and buf_reserve(b, limit) < 0:
+        return RD_ERROR
+    while True:
+        r = recv(fd, b.data, limit, MSG_PEEK)
+        if r > 0:
+            b.end = <size_t>r
+            return RD_DATA
+        if r == 0:
+            return RD_EOF
+        if errno == EINTR:
+            continue
+        return RD_AGAIN if errno == EAGAIN else RD_ERROR
+
+
+cdef int pp_consume(int fd, int n) noexcept:
+    """Take exactly n bytes that pp_peek saw (they are in the socket already)."""
+    cdef char scratch[512]
+    cdef ssize_t r
+    cdef int want
+    while n > 0:
+        want = n if n < 512 else 512
+        r = read(fd, scratch, want)
+        if r <= 0:
+            if r < 0 and errno == EINTR:
+                continue
+            return -1
+        n -= <int>r
+    return 0
+
+
+cdef void client_tls_begin(Client c) noexcept:
+    """A connection on a TLS listener waits for its handshake (ssl_handshake_timeout)."""
+    c.state = CS_HANDSHAKE
+    timer_arm(c, c.binding.t_handshake, g_now)
+
+
+cdef void client_tls_step(Client c):
+    """CS_HANDSHAKE. The first byte tells a TLS record (0x16) or an SSLv2-style hello (high
+    bit set) from plain HTTP, as nginx tells them; plain HTTP is read as a request and
+    answered with nginx's 400. Then the handshake runs until it is done."""
+    cdef unsigned char first
+    cdef ssize_t r
+    cdef int hs
+    cdef Server default
+    if c.ssl == NULL:
+        while True:
+            r = recv(c.fd, &first, 1, MSG_PEEK)
+            if r >= 0 or errno != EINTR:
+                break
+        if r < 0:
+            if errno == EAGAIN:
+                c.readable = False
+                return
+            c.close()
+            return
+        if r == 0:
+            c.close()
+            return
+        if not (first & 0x80 or first == 0x16):
+            c.plain_on_tls = True
+            c.state = CS_HEAD
+            timer_arm(c, c.binding.t_header, g_now)
+            c.serve_heads()
+            return
+        default = c.binding.default
+        if default is None or default.tls is None:
+            c.close()
+            return
+        c.ssl = tls_new(<TlsContext>default.tls, c.fd, True, <void *>c)
+        if c.ssl == NULL:
+            c.close()
+            return
+    hs = tls_handshake(c.ssl)
+    if hs == HS_DONE:
+        c.state = CS_HEAD
+        timer_arm(c, c.binding.t_header, g_now)
+        c.readable = True
+        c.serve_heads()
+    elif hs == HS_FAILED:
+        if g_log_info:
+            log_connection("info", c, openssl_error_text("SSL_do_handshake() failed: ").encode(), 0)
+        else:
+            ERR_clear_error()
+        c.close()
+    elif hs == HS_WANT_READ:
+        c.readable = False
+
+
+cdef bint verify_error_optional(long code) noexcept:
+    """Verification failures that `ssl_verify_client optional_no_ca` lets through: the
+    certificate is fine but its issuer is not trusted here (nginx's list)."""
+    return (code == X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT
+            or code == X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN
+            or code == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT
+            or code == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY
+            or code == X509_V_ERR_CERT_UNTRUSTED
+            or code == X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE)
+
+
+cdef bint client_tls_refuses(Client c):
+    """After routing, as nginx's ngx_http_process_request: plain HTTP on a TLS port gets
+    400 "The plain HTTP request was sent to HTTPS port"; the server's ssl_verify_client
+    gets 400 "The SSL certificate error" or "No required SSL certificate was sent"."""
+    cdef TlsContext tls
+    cdef long code
+    if c.plain_on_tls:
+        c.send_error(497, "client sent plain HTTP request to HTTPS port")
+        return True
+    if c.ssl == NULL or c.server is None or c.server.tls is None:
+        return False
+    tls = <TlsContext>c.server.tls
+    if tls.verify_client == VERIFY_OFF:
+        return False
+    code = SSL_get_verify_result(c.ssl)
+    if code != X509_V_OK and not (tls.verify_client == VERIFY_OPTIONAL_NO_CA
+                                  and verify_error_optional(code)):
+        c.send_error(495, ("client SSL certificate verify error: (%d:%s)"
+                           % (code, X509_verify_cert_error_string(code).decode())).encode())
+        return True
+    if tls.verify_client == VERIFY_ON and SSL_get0_peer_certificate(c.ssl) == NULL:
+        c.send_error(496, "client sent no required SSL certificate")
+        return True
+    return False
+
+
+cdef ssize_t tls_read_discard(SSL *ssl, char *buf, size_t n) noexcept:
+    """read() for a lingering close over TLS: >0 bytes, -1 with errno EAGAIN when the
+    session waits for the socket, 0 at the end or on any error."""
+    cdef int r = SSL_read(ssl, buf, <int>n)
+    cdef int err
+    if r > 0:
+        return r
+    err = SSL_get_error(ssl, r)
+    if err == SSL_ERROR_WANT_READ or err == SSL_ERROR_WANT_WRITE:
+        (&errno)[0] = EAGAIN
+        return -1
+    ERR_clear_error()
+    return 0
+
+
+# ---- $ssl_* variables ---------------------------------------------------------------------
+
+cdef bint append_tls_variable(int v, Client c, Buf *out) noexcept:
+    """$ssl_protocol, $ssl_cipher, $ssl_server_name, $ssl_session_reused,
+    $ssl_client_verify, $ssl_client_s_dn, $ssl_client_fingerprint, $https: nginx's
+    values. False (not found) on a plain connection, as nginx."""
+    cdef const char *p
+    cdef X509 *cert
+    cdef long code
+    cdef unsigned char md[64]
+    cdef unsigned int mdlen = 0
+    cdef unsigned int i
+    cdef BIO *bio
+    cdef char *data
+    cdef long n
+    cdef SSL *ssl = c.ssl
+    if v == VAR_HTTPS:
+        if ssl != NULL:
+            buf_append_str(out, "on")
+        return True
+    if ssl == NULL:
+        return False
+    if v == VAR_SSL_PROTOCOL:
+        buf_append_str(out, SSL_get_version(ssl))
+    elif v == VAR_SSL_CIPHER:
+        p = SSL_CIPHER_get_name(SSL_get_current_cipher(ssl))
+        if p == NULL:
+            return False
+        buf_append_str(out, p)
+    elif v == VAR_SSL_SERVER_NAME:
+        if c.sni_len == 0:
+            return False
+        buf_append(out, c.sni, c.sni_len)
+    elif v == VAR_SSL_SESSION_REUSED:
+        buf_append_str(out, "r" if SSL_session_reused(ssl) else ".")
+    elif v == VAR_SSL_CLIENT_VERIFY:
+        cert = SSL_get0_peer_certificate(ssl)
+        if cert == NULL:
+            buf_append_str(out, "NONE")
+        else:
+            code = SSL_get_verify_result(ssl)
+            if code == X509_V_OK:
+                buf_append_str(out, "SUCCESS")
+            else:
+                buf_append_str(out, "FAILED:")
+                buf_append_str(out, X509_verify_cert_error_string(code))
+    elif v == VAR_SSL_CLIENT_S_DN:
+        cert = SSL_get0_peer_certificate(ssl)
+        if cert == NULL:
+            return False
+        bio = BIO_new(BIO_s_mem())
+        if bio == NULL:
+            return False
+        X509_NAME_print_ex(bio, X509_get_subject_name(cert), 0, XN_FLAG_RFC2253)
+        n = BIO_get_mem_data(bio, &data)
+        if n > 0:
+            buf_append(out, data, <size_t>n)
+        BIO_free(bio)
+    elif v == VAR_SSL_CLIENT_FINGERPRINT:
+        cert = SSL_get0_peer_certificate(ssl)
+        if cert == NULL or X509_digest(cert, EVP_sha1(), md, &mdlen) != 1:
+            return False
+        for i in range(mdlen):
+            buf_append(out, &HEX_LOWER[md[i] >> 4], 1)
+            buf_append(out, &HEX_LOWER[md[i] & 15], 1)
+    else:
+        return False
+    return True
+
+

@@ -57,6 +57,15 @@ cdef enum VarId:
     VAR_CONSUMER_GROUPS
     VAR_CREDENTIAL_IDENTIFIER
     VAR_CONSUMER_ANONYMOUS
+    # TLS (tls.pyx); after the consumer ids, which append_fact tells apart by range
+    VAR_SSL_PROTOCOL
+    VAR_SSL_CIPHER
+    VAR_SSL_SERVER_NAME
+    VAR_SSL_SESSION_REUSED
+    VAR_SSL_CLIENT_VERIFY
+    VAR_SSL_CLIENT_S_DN
+    VAR_SSL_CLIENT_FINGERPRINT
+    VAR_HTTPS
 
 # name -> id; `$http_*` and `$1`..`$9` are handled by prefix.
 VARIABLES = {
@@ -109,6 +118,14 @@ VARIABLES = {
     "consumer_groups": VAR_CONSUMER_GROUPS,
     "credential_identifier": VAR_CREDENTIAL_IDENTIFIER,
     "consumer_anonymous": VAR_CONSUMER_ANONYMOUS,
+    "ssl_protocol": VAR_SSL_PROTOCOL,
+    "ssl_cipher": VAR_SSL_CIPHER,
+    "ssl_server_name": VAR_SSL_SERVER_NAME,
+    "ssl_session_reused": VAR_SSL_SESSION_REUSED,
+    "ssl_client_verify": VAR_SSL_CLIENT_VERIFY,
+    "ssl_client_s_dn": VAR_SSL_CLIENT_S_DN,
+    "ssl_client_fingerprint": VAR_SSL_CLIENT_FINGERPRINT,
+    "https": VAR_HTTPS,
 }
 
 # Variables whose value is known only once the response is done; they read the request

@@ -9,7 +9,8 @@ from edge.config import HTTP, LOCATION, SERVER, ConfigError, Directive, types
 class Listen:
     """One parsed `listen` directive."""
 
-    def __init__(self, host, port, family, default_server, reuseport, backlog, proxy_protocol):
+    def __init__(self, host, port, family, default_server, reuseport, backlog, proxy_protocol,
+                 ssl=False):
         self.host = host
         self.port = port
         self.family = family
@@ -17,6 +18,7 @@ class Listen:
         self.reuseport = reuseport
         self.backlog = backlog
         self.proxy_protocol = proxy_protocol
+        self.ssl = ssl
 
     @property
     def key(self):
@@ -53,7 +55,7 @@ def _listen(node):
                 host = socket.gethostbyname(host)
             except OSError:
                 raise ConfigError(f'host not found in "{address}" of the "listen" directive')
-    default_server = reuseport = proxy_protocol = False
+    default_server = reuseport = proxy_protocol = ssl = False
     backlog = 511
     for option in node.args[1:]:
         if option in ("default_server", "default"):
@@ -62,11 +64,13 @@ def _listen(node):
             reuseport = True
         elif option == "proxy_protocol":
             proxy_protocol = True
+        elif option == "ssl":
+            ssl = True
         elif option.startswith("backlog=") and option[8:].isdigit():
             backlog = int(option[8:])
         else:
             raise ConfigError(f'invalid parameter "{option}"')
-    return Listen(host, port, family, default_server, reuseport, backlog, proxy_protocol)
+    return Listen(host, port, family, default_server, reuseport, backlog, proxy_protocol, ssl)
 
 
 def _location(node):
@@ -105,8 +109,8 @@ def _max_headers(node):
 DIRECTIVES = [
     Directive("server", (HTTP,), (0, 0), multi=True, block=SERVER, syntax="server { ... }",
               doc="A virtual server: its listen addresses, names and locations."),
-    Directive("listen", (SERVER,), (1, 5), parse=_listen, multi=True,
-              syntax="listen address[:port] | port [default_server] [reuseport] [backlog=N] [proxy_protocol];",
+    Directive("listen", (SERVER,), (1, 6), parse=_listen, multi=True,
+              syntax="listen address[:port] | port [default_server] [ssl] [reuseport] [backlog=N] [proxy_protocol];",
               doc="An address and port to accept connections on. `default_server` makes this "
                   "server answer requests whose Host matches no server_name on that address. "
                   "Every listen is SO_REUSEPORT with one socket per worker."),
@@ -169,6 +173,8 @@ def configure_binding(binding, server_conf):
     binding.large_header_buffer_size = size
     binding.max_headers = server_conf.get("max_request_headers")
     binding.proxy_protocol_timeout_ms = int(server_conf.get("proxy_protocol_timeout") * 1000)
+    from edge.modules import ssl
+    ssl.configure_binding(binding, server_conf)
     if binding.proxy_protocol:
         from edge.modules import realip
         binding.pp_trusted = realip.trusted_proxies(server_conf)

@@ -99,36 +99,19 @@ DIRECTIVES = [
 ]
 
 
-def _config_dir(conf):
-    while conf.parent is not None:
-        conf = conf.parent
-    return os.path.dirname(os.path.abspath(conf.file)) if conf.file else os.getcwd()
-
-
 def _ticket_keys(conf, runtime):
-    """The bytes of the ssl_session_ticket_key files in force, checked."""
-    paths = conf.get("ssl_session_ticket_key") or []
+    """The bytes of the ssl_session_ticket_key files in force, checked (read by the master,
+    relative to the main config file's directory, as ssl_certificate)."""
+    from edge.modules.ssl import _read
     nodes = conf.nodes_in_force("ssl_session_ticket_key")
-    data_files = getattr(runtime, "data_files", None)
-    if data_files is None:
-        data_files = {}
-    out = []
-    for path, node in zip(paths, nodes):
-        full = os.path.join(_config_dir(conf), path)
-        data = data_files.get(full)
-        if data is None:
-            try:
-                with open(full, "rb") as f:
-                    data = f.read()
-            except OSError as e:
-                raise ConfigError(f'open() "{full}" failed ({e.errno}: {e.strerror})',
-                                  node.file, node.line)
-            data_files[full] = data
-        if len(data) not in (48, 80):
-            raise ConfigError(f'"{full}" must be 48 or 80 bytes', node.file, node.line)
-        out.append(data)
-    if len(out) > 8:
+    if len(nodes) > 8:
         raise ConfigError("at most 8 ssl_session_ticket_key files", nodes[8].file, nodes[8].line)
+    out = []
+    for node in nodes:
+        data = _read(node, runtime)
+        if len(data) not in (48, 80):
+            raise ConfigError(f'"{node.args[0]}" must be 48 or 80 bytes', node.file, node.line)
+        out.append(data)
     return out
 
 

@@ -54,13 +54,13 @@ def client_context(ca, version=None):
     return ctx
 
 
-def fetch(port, ctx, session=None):
+def fetch(port, ctx, session=None, name="localhost"):
     """One request on a new TLS connection: (worker pid, reused, the session to resume
     with next). The whole response is read, so a TLS 1.3 ticket sent after the handshake
     has arrived."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        with ctx.wrap_socket(raw, server_hostname=name, session=session) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % name.encode())
             data = b""
             while True:
                 try:
@@ -138,6 +138,108 @@ def test_no_cache_and_no_tickets_never_resume(edge, ca, certs, version):
     for _ in range(6):
         _, reused, _ = fetch(e.port, ctx, session)
         assert not reused
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("how", ["cache", "tickets"])
+def test_resumption_across_workers_after_a_reload(edge, ca, certs, version, how):
+    """After an in-place reload each worker builds its own contexts: sessions still cross
+    workers because the cache and the ticket keys are in shared memory (OpenSSL's own
+    ticket keys are made per context, so they would differ from worker to worker)."""
+    e = edge(CONF % SETTINGS[how], **certs)
+    rewrite_config(e, e.template + "\n# reloaded\n")
+    reload_and_wait(e)
+    resume_across_workers(e.port, client_context(ca, version))
+
+
+@pytest.mark.edge_only
+@pytest.mark.parametrize("version", VERSIONS)
+def test_tickets_survive_a_reload(edge, ca, certs, version):
+    """The shared ticket keys outlive a reload (nginx 1.22 makes new ones)."""
+    e = edge(CONF % "ssl_session_cache off;", **certs)
+    ctx = client_context(ca, version)
+    _, _, session = fetch(e.port, ctx)
+    rewrite_config(e, e.template + "\n# reloaded\n")
+    reload_and_wait(e)
+    _, reused, _ = fetch(e.port, ctx, session)
+    assert reused
+
+
+SNI_CONF = """
+worker_processes 1;
+http {
+    ssl_protocols TLSv1.2 TLSv1.3;
+    %s
+    server {
+        listen 127.0.0.1:@PORT@ ssl;
+        server_name localhost;
+        ssl_certificate @CERT@;
+        ssl_certificate_key @KEY@;
+        location / { return 200 "$pid $ssl_session_reused"; }
+    }
+    server {
+        listen 127.0.0.1:@PORT@ ssl;
+        server_name other.test;
+        ssl_certificate @CERT2@;
+        ssl_certificate_key @KEY2@;
+        location / { return 200 "$pid $ssl_session_reused"; }
+    }
+}
+"""
+
+
+def other_cert(ca, tmp_path):
+    other = ca.issue_cert("other.test")
+    other.cert_chain_pems[0].write_to_path(str(tmp_path / "other.pem"))
+    other.private_key_pem.write_to_path(str(tmp_path / "other.key"))
+    return {"CERT2": str(tmp_path / "other.pem"), "KEY2": str(tmp_path / "other.key")}
+
+
+SETTINGS = {"cache": "ssl_session_cache shared:SSL:1m; ssl_session_tickets off;",
+            "tickets": "ssl_session_cache off;"}
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("how", ["cache", "tickets"])
+def test_servers_chosen_by_sni_resume(edge, ca, certs, tmp_path, version, how):
+    """Every server of a listen resumes its sessions, the default one and those SNI
+    picks. As in nginx, OpenSSL ties a session to the context the connection started
+    with (the listen's default server), so a session offered under another name of the
+    same listen resumes too; the request is then checked as any other (client
+    certificate rules included)."""
+    e = edge(SNI_CONF % SETTINGS[how], **other_cert(ca, tmp_path), **certs)
+    ctx = client_context(ca, version)
+    ctx.check_hostname = False      # a session is offered to the other name on purpose
+    for name in ("localhost", "other.test"):
+        _, _, session = fetch(e.port, ctx, name=name)
+        _, reused, _ = fetch(e.port, ctx, session, name=name)
+        assert reused, name
+    _, _, session = fetch(e.port, ctx, name="other.test")
+    _, reused, _ = fetch(e.port, ctx, session, name="localhost")
+    assert reused
+
+
+TWO_LISTENS = SNI_CONF.replace("listen 127.0.0.1:@PORT@ ssl;\n        server_name other.test;",
+                               "listen 127.0.0.1:@PORT2@ ssl;\n        server_name other.test;")
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("how", ["cache", "tickets"])
+def test_sessions_do_not_cross_to_a_server_with_other_certificates(edge, ca, certs, tmp_path,
+                                                                   version, how):
+    """A session made with one server does not resume on a listen whose server has other
+    certificates, though the cache zone and the ticket keys are shared: the session id
+    context is made of the server's certificates (and client CAs), as nginx makes it."""
+    e = edge(TWO_LISTENS % SETTINGS[how], **other_cert(ca, tmp_path), **certs)
+    port2 = e.ports["PORT2"]
+    ctx = client_context(ca, version)
+    ctx.check_hostname = False
+    _, _, session = fetch(e.port, ctx)
+    assert fetch(e.port, ctx, session)[1] is True
+    _, _, session = fetch(e.port, ctx)
+    assert fetch(port2, ctx, session, name="other.test")[1] is False
+    _, _, session = fetch(port2, ctx, name="other.test")
+    assert fetch(port2, ctx, session, name="other.test")[1] is True
 
 
 def test_builtin_cache_is_per_worker(edge, ca, certs):
@@ -433,15 +535,11 @@ def test_shared_cache_survives_a_reload_and_is_made_anew_when_resized(edge, ca, 
     e = edge(conf % "1m", **certs)
     ctx = client_context(ca, ssl.TLSVersion.TLSv1_2)
     _, _, session = fetch(e.port, ctx)
-    e.template = conf % "1m" + "\n# reloaded\n"
-    e.conf_text = e.render()
-    e.conf_path.write_text(e.conf_text)
+    rewrite_config(e, conf % "1m" + "\n# reloaded\n")
     reload_and_wait(e)
     _, reused, _ = fetch(e.port, ctx, session)
     assert reused
-    e.template = conf % "2m"
-    e.conf_text = e.render()
-    e.conf_path.write_text(e.conf_text)
+    rewrite_config(e, conf % "2m")
     reload_and_wait(e)
     _, reused, _ = fetch(e.port, ctx, session)
     assert not reused
@@ -450,11 +548,22 @@ def test_shared_cache_survives_a_reload_and_is_made_anew_when_resized(edge, ca, 
     assert reused
 
 
+def rewrite_config(e, template):
+    e.template = template
+    e.conf_text = e.render()
+    e.conf_path.write_text(e.conf_text)
+
+
 def reload_and_wait(e):
+    """HUP, then wait until the new configuration serves (edge logs it; nginx's old
+    workers are gone once new ones took over)."""
     import signal
-    before = e.error_log.count("is in force")
+    from support.edge import children_of
+    marker = "is in force" if IMPL == "edge" else "reconfiguring"
+    before = e.error_log.count(marker)
+    old = set(children_of(e.pid)) if IMPL != "edge" else set()
     e.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 10
-    while e.error_log.count("is in force") <= before:
+    while e.error_log.count(marker) <= before or (old and old & set(children_of(e.pid))):
         assert time.monotonic() < deadline, e.report()
         time.sleep(0.05)

@@ -55,7 +55,7 @@ cdef extern from "<errno.h>" nogil:
 DEF SC_MAGIC = 0x65646765_7373636e      # "edgesscn"
 DEF TK_MAGIC = 0x65646765_746b6579      # "edgetkey"
 DEF SC_HEADER_SIZE = 4096
-DEF SC_BUCKET = 8
+DEF SC_BUCKET = 16
 DEF SC_MAX_DER = 4096                   # larger sessions are not cached (as nginx)
 DEF SC_MAX_ID = 32
 DEF SC_LOCK_TRIES = 2000
@@ -135,7 +135,7 @@ cdef inline uint64_t session_hash(const unsigned char *id, size_t n) noexcept no
     cdef size_t i
     for i in range(n):
         h = (h ^ id[i]) * 1099511628211ULL
-    return h | 1            # never 0: 0 marks a free index entry
+    return h if h != 0 else 1   # never 0: 0 marks a free index entry
 
 
 # ---- the session cache zone --------------------------------------------------------------

@@ -82,7 +82,7 @@ DIRECTIVES = [
     Directive("ssl_session_cache", HS, (1, 2), parse=_cache, default=SessionCache("none", -1, None),
               syntax="ssl_session_cache off | none | [builtin[:size]] [shared:name:size];",
               doc="Server-side session cache. `shared:NAME:SIZE`: in shared memory, one for "
-                  "every worker (about 3,000 sessions per MiB, the oldest evicted first); "
+                  "every worker (about 4,000 sessions per MiB, the oldest evicted first); "
                   "`builtin[:N]`: OpenSSL's cache in each worker, which does not cross "
                   "workers; `none`: sessions may be offered but none is kept; `off`: no "
                   "session reuse by id."),

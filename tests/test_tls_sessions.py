@@ -290,7 +290,7 @@ def test_full_shared_cache_evicts_the_oldest(edge, ca, certs):
         zone = SessionCacheZone.open(f"{e.pid_path}.state.ssl.cache.SMALL")
         stats = zone.stats()
         zone.close()
-        assert stats["evicted"] >= 300 and stats["hits"] >= 2, stats
+        assert stats["stored"] >= 402 and stats["evicted"] >= 250 and stats["hits"] >= 2, stats
 
 
 # ---- ticket key files --------------------------------------------------------------------

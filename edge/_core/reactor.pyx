@@ -239,10 +239,15 @@ cdef class Loop:
                 return
             if self.nclients >= self.max_clients:
                 # worker_connections reached: refuse cleanly rather than leave the client
-                # hanging in the listen queue (a best-effort write; the socket is new)
-                write(fd, WORKER_FULL_RESPONSE, strlen(WORKER_FULL_RESPONSE))
-                close(fd)
-                log_refused(lst, &sa, 503, strlen(WORKER_FULL_RESPONSE))
+                # hanging in the listen queue (a best-effort write; the socket is new). A
+                # TLS client could not read a plain answer: it is closed, as nginx does.
+                if lst.binding.ssl:
+                    close(fd)
+                    log_refused(lst, &sa, 503, 0)
+                else:
+                    write(fd, WORKER_FULL_RESPONSE, strlen(WORKER_FULL_RESPONSE))
+                    close(fd)
+                    log_refused(lst, &sa, 503, strlen(WORKER_FULL_RESPONSE))
                 if not self.full_logged:
                     self.full_logged = True
                     self.log_error("%d worker_connections are not enough" % self.max_clients)
@@ -308,9 +313,15 @@ cdef class Loop:
                 (<UpConn>h).close()
 
     cdef void log_error(self, str msg):
+        self.log_at("error", msg)
+
+    cdef void log_notice(self, str msg):
+        self.log_at("notice", msg)
+
+    cdef void log_at(self, str level, str msg):
         if self.log is not None:
             try:
-                self.log("error", msg)
+                self.log(level, msg)
             except Exception:
                 pass
 

@@ -656,18 +656,37 @@ cdef void client_tls_step(Client c):
             return
     hs = tls_handshake(c.ssl)
     if hs == HS_DONE:
+        if not g_ktls_logged and (<TlsContext>c.binding.default.tls).ktls_asked:
+            report_ktls(c.ssl)
         c.state = CS_HEAD
         timer_arm(c, c.binding.t_header, g_now)
         c.readable = True
         c.serve_heads()
     elif hs == HS_FAILED:
         if g_log_info:
-            log_connection("info", c, openssl_error_text("SSL_do_handshake() failed: ").encode(), 0)
-        else:
-            ERR_clear_error()
+            if ERR_peek_error() == 0:
+                log_connection("info", c, "peer closed connection in SSL handshake", 0)
+            else:
+                log_connection("info", c, openssl_error_text("SSL_do_handshake() failed: ").encode(), 0)
+        ERR_clear_error()
         c.close()
     elif hs == HS_WANT_READ:
         c.readable = False
+
+
+cdef void report_ktls(SSL *ssl):
+    """Once per worker, when `ssl_conf_command Options KTLS` asked for kernel TLS: say
+    whether the kernel took the record layer (docs/tls.md)."""
+    global g_ktls_logged
+    g_ktls_logged = True
+    if g_loop is None:
+        return
+    if tls_uses_ktls(ssl):
+        g_loop.log_notice("kTLS in use: the kernel encrypts what this worker sends")
+    else:
+        g_loop.log_notice("kTLS asked for but not in use (no \"tls\" upper-layer protocol in "
+                          "this kernel, or a cipher it cannot offload): records are encrypted "
+                          "in user space")
 
 
 cdef bint verify_error_optional(long code) noexcept:

@@ -242,6 +242,20 @@ def test_sessions_do_not_cross_to_a_server_with_other_certificates(edge, ca, cer
     assert fetch(port2, ctx, session, name="other.test")[1] is True
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+def test_the_default_servers_cache_serves_every_server_of_a_listen(edge, ca, certs, tmp_path, version):
+    """OpenSSL looks a session up before SNI has chosen the server and stores it after;
+    as nginx, edge uses the listen's default server's cache for both, so a server with a
+    cache of its own still resumes (through the default server's)."""
+    conf = SNI_CONF.replace("server_name other.test;", "server_name other.test;\n        "
+                            "ssl_session_cache shared:OTHER:1m;")
+    e = edge(conf % "ssl_session_cache shared:SSL:1m; ssl_session_tickets off;",
+             **other_cert(ca, tmp_path), **certs)
+    ctx = client_context(ca, version)
+    _, _, session = fetch(e.port, ctx, name="other.test")
+    assert fetch(e.port, ctx, session, name="other.test")[1] is True
+
+
 def test_builtin_cache_is_per_worker(edge, ca, certs):
     """`builtin` is OpenSSL's cache inside each worker (nginx warns of the same): a
     session id resumes on the worker that made it and on no other."""

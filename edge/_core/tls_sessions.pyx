@@ -39,8 +39,8 @@
 # all decrypt), copied into the context's settings; they never rotate (as in nginx).
 #
 # Each server context carries its settings (SessConf) as SSL_CTX ex_data, freed with the
-# context. The callbacks find them through the connection's current context (the server
-# that SNI chose).
+# context. The callbacks use those of the listen's default server, whichever server SNI
+# chose (see conf_of), as nginx uses OpenSSL's session_ctx.
 
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
@@ -693,10 +693,24 @@ cdef int sess_conf_index() except -2:
     return g_sess_conf_index
 
 
-cdef inline SessConf *conf_of(SSL *ssl) noexcept:
+cdef SessConf *conf_of(SSL *ssl) noexcept:
+    """The resumption settings that govern a connection: those of the context it started
+    with, its listen's default server (OpenSSL's session_ctx, which nginx uses too), even
+    after SNI moved it to another server's certificates. OpenSSL looks sessions up before
+    the SNI callback runs and stores them after, so one set of settings must serve both."""
+    cdef void *owner
+    cdef Client c
+    cdef SSL_CTX *ctx = NULL
     if g_sess_conf_index < 0:
         return NULL
-    return <SessConf *>SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), g_sess_conf_index)
+    owner = SSL_get_ex_data(ssl, 0)
+    if owner != NULL:
+        c = <Client>owner
+        if c.binding is not None and c.binding.default is not None and c.binding.default.tls is not None:
+            ctx = (<TlsContext>c.binding.default.tls).ctx
+    if ctx == NULL:
+        ctx = SSL_get_SSL_CTX(ssl)
+    return <SessConf *>SSL_CTX_get_ex_data(ctx, g_sess_conf_index)
 
 
 cdef SessCacheHeader *cache_of(SessConf *sc) noexcept:

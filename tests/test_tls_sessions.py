@@ -582,3 +582,29 @@ def reload_and_wait(e):
     while e.error_log.count(marker) <= before or (old and old & set(children_of(e.pid))):
         assert time.monotonic() < deadline, e.report()
         time.sleep(0.05)
+
+
+@pytest.mark.edge_only
+def test_metrics_count_session_cache_hits_and_ticket_keys(edge, ca, certs):
+    import urllib.request
+    conf = CONF.replace("http {", "http {\n    admin_listen 127.0.0.1:@PORT2@;")
+    e = edge(conf % "ssl_session_cache shared:SSL:1m;", **certs)
+    ctx = client_context(ca, ssl.TLSVersion.TLSv1_2)
+    ctx.options |= ssl.OP_NO_TICKET         # resume by session id: through the cache
+    _, _, session = fetch(e.port, ctx)
+    assert fetch(e.port, ctx, session)[1] is True
+    deadline = time.monotonic() + 10
+    while True:     # the control process may still be starting its listener
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{e.ports['PORT2']}/metrics", timeout=5) as r:
+                text = r.read().decode()
+            break
+        except OSError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    assert int(samples['edge_ssl_session_cache_events_total{zone="SSL",event="stored"}']) >= 1
+    assert int(samples['edge_ssl_session_cache_events_total{zone="SSL",event="hit"}']) >= 1
+    assert int(samples['edge_ssl_session_cache_bytes{zone="SSL"}']) > 0
+    assert int(samples["edge_ssl_session_ticket_keys"]) == 1
+    assert "edge_ssl_session_ticket_key_rotations_total" in samples

@@ -78,6 +78,36 @@ class TicketRotation:
             due = zone.due()
         return min(POLL, max(0.05, due))
 
+    def ssl_session_metrics(self):
+        """For /metrics: the counters of the shared session caches of the config in force,
+        and the ticket keys; None when the config has neither."""
+        from edge._core.reactor import SessionCacheZone, session_cache_path
+        state = getattr(self.cycle.runtime, "ssl_sessions", None) if self.cycle is not None else None
+        if not state:
+            return None
+        caches = {}
+        for name in state["zones"]:
+            path = session_cache_path(name)
+            if path is None:
+                continue
+            try:
+                zone = SessionCacheZone.open(path)
+            except (OSError, ValueError):
+                continue
+            try:
+                caches[name] = zone.stats()
+            finally:
+                zone.close()
+        out = {"caches": caches, "ticket_keys": None, "ticket_rotations": 0}
+        if state["shared_tickets"]:
+            zone = self._open()
+            if zone is not None:
+                out["ticket_keys"] = len(zone.names())
+                out["ticket_rotations"] = zone.rotations
+        if not caches and out["ticket_keys"] is None:
+            return None
+        return out
+
     async def _loop(self):
         while True:
             try:

@@ -256,6 +256,22 @@ def test_the_default_servers_cache_serves_every_server_of_a_listen(edge, ca, cer
     assert fetch(e.port, ctx, session, name="other.test")[1] is True
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+def test_the_default_servers_tickets_setting_governs_its_listen(edge, ca, certs, tmp_path, version):
+    """OpenSSL reads a ticket before SNI has chosen the server: with tickets off on the
+    listen's default server, a server SNI picks gets no ticket resumption even with
+    tickets on (nginx behaves alike); with the setting moved, it does."""
+    conf = SNI_CONF.replace("server_name localhost;", "server_name localhost;\n        "
+                            "ssl_session_tickets %s;")
+    ctx = client_context(ca, version)
+    e = edge(conf % ("ssl_session_cache off;", "off"), **other_cert(ca, tmp_path), **certs)
+    _, _, session = fetch(e.port, ctx, name="other.test")
+    assert fetch(e.port, ctx, session, name="other.test")[1] is False
+    e = restart(e, edge, conf % ("ssl_session_cache off;", "on"), **other_cert(ca, tmp_path), **certs)
+    _, _, session = fetch(e.port, ctx, name="other.test")
+    assert fetch(e.port, ctx, session, name="other.test")[1] is True
+
+
 def test_builtin_cache_is_per_worker(edge, ca, certs):
     """`builtin` is OpenSSL's cache inside each worker (nginx warns of the same): a
     session id resumes on the worker that made it and on no other."""

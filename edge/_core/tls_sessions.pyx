@@ -935,6 +935,7 @@ def session_id_context(TlsContext tls):
     cdef X509 *cert
     cdef void *names
     cdef int i
+    cdef X509 *current = SSL_CTX_get0_certificate(ctx)
     parts = [b"edge"]
     if SSL_CTX_set_current_cert(ctx, SSL_CERT_SET_FIRST) == 1:
         while True:
@@ -943,6 +944,11 @@ def session_id_context(TlsContext tls):
                 parts.append((<char *>md)[:mdlen])
             if SSL_CTX_set_current_cert(ctx, SSL_CERT_SET_NEXT) != 1:
                 break
+        # leave the context's current certificate where it was
+        if SSL_CTX_set_current_cert(ctx, SSL_CERT_SET_FIRST) == 1:
+            while SSL_CTX_get0_certificate(ctx) != current:
+                if SSL_CTX_set_current_cert(ctx, SSL_CERT_SET_NEXT) != 1:
+                    break
     ERR_clear_error()
     names = SSL_CTX_get_client_CA_list(ctx)
     if names != NULL:
@@ -1006,10 +1012,13 @@ def install_session_resumption(TlsContext tls, str cache, long builtin_size, str
             SSL_CTX_sess_set_new_cb(ctx, <sess_new_cb_t>sess_new_cb)
             SSL_CTX_sess_set_get_cb(ctx, <sess_get_cb_t>sess_get_cb)
             SSL_CTX_sess_set_remove_cb(ctx, <sess_remove_cb_t>sess_remove_cb)
-    if not tickets:
+    # The ticket callback goes on every server context, tickets on or off: when this
+    # server is a listen's default, its callback and keys serve the tickets of the other
+    # servers of the listen too (OpenSSL's session_ctx), and those may have them on.
+    if tickets:
+        SSL_CTX_clear_options(ctx, SSL_OP_NO_TICKET)
+    else:
         SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET)
-        return
-    SSL_CTX_clear_options(ctx, SSL_OP_NO_TICKET)
     for i, data in enumerate(ticket_keys):
         name, hmac_key, aes_key = parse_ticket_key(data)
         memcpy(sc.keys[i].name, <const char *>name, 16)

@@ -118,8 +118,9 @@ VERSIONS = [pytest.param(ssl.TLSVersion.TLSv1_2, id="tls1.2"),
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_shared_cache_resumes_across_workers(edge, ca, certs, version):
-    e = edge(CONF % "ssl_session_cache shared:SSL:1m; ssl_session_tickets off;", **certs)
+@pytest.mark.parametrize("cache", ["shared:SSL:1m", "builtin:1000 shared:SSL:1m"])
+def test_shared_cache_resumes_across_workers(edge, ca, certs, version, cache):
+    e = edge(CONF % f"ssl_session_cache {cache}; ssl_session_tickets off;", **certs)
     resume_across_workers(e.port, client_context(ca, version))
 
 

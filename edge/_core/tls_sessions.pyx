@@ -349,6 +349,7 @@ cdef dict g_cache_maps = {}         # zone name -> MappedFile (this process)
 cdef object g_ticket_map = None     # MappedFile of the ticket key zone (this process)
 cdef TicketZone *g_tickets = NULL
 cdef int g_tickets_state = 0        # 0 not mapped yet, 1 mapped, -1 could not be mapped
+cdef int64_t g_tickets_failed_at = 0    # when mapping last failed (tried again a second later)
 
 
 def set_ssl_zone_prefix(str prefix):
@@ -753,11 +754,13 @@ def _inode(str path):
 cdef TicketZone *shared_tickets() noexcept:
     global g_tickets, g_tickets_state, g_ticket_map
     cdef MappedFile m
+    global g_tickets_failed_at
     if g_tickets_state == 1:
         return g_tickets
-    if g_tickets_state < 0:
+    if g_tickets_state < 0 and wall_seconds() <= g_tickets_failed_at:
         return NULL
     g_tickets_state = -1
+    g_tickets_failed_at = wall_seconds()
     try:
         path = ticket_keys_path()
         if path is None:
@@ -860,8 +863,8 @@ cdef int ticket_cb(SSL *ssl, unsigned char *key_name, unsigned char *iv, EVP_CIP
                    EVP_MAC_CTX *hctx, int enc) noexcept:
     """Encrypt a ticket with the current key, or find the key a ticket names and decrypt
     with it: HMAC-SHA256, AES-256-CBC for 80-byte keys and AES-128-CBC for 48-byte keys, as
-    nginx. 1: done; 2: decrypted with an older key, send a fresh ticket; 0: unknown key
-    (a full handshake); -1: error."""
+    nginx. 1: done; 2: decrypted with an older key, send a fresh ticket; 0: no ticket
+    (encryption) or a full handshake (decryption: an unknown key, or any failure)."""
     cdef SessConf *sc = conf_of(ssl)
     cdef TicketZone *z
     cdef TicketKey keys[TK_MAX]
@@ -869,19 +872,21 @@ cdef int ticket_cb(SSL *ssl, unsigned char *key_name, unsigned char *iv, EVP_CIP
     cdef int n, i, r
     cdef const EVP_CIPHER *cipher
     cdef OSSL_PARAM params[2]
+    # no key to use: no ticket is issued (0 on encryption), or a full handshake (0 on
+    # decryption); a failure never ends the connection
     if sc == NULL:
-        return -1
+        return 0
     if sc.nkeys > 0:
         n = sc.nkeys
         memcpy(keys, sc.keys, n * sizeof(TicketKey))
     else:
         z = shared_tickets()
         if z == NULL:
-            return -1 if enc else 0
+            return 0
         n = tk_snapshot(z, keys)
     if n == 0:
-        return -1 if enc else 0
-    r = -1
+        return 0
+    r = 0
     if enc:
         k = &keys[0]
         cipher = EVP_aes_128_cbc() if k.size == 48 else EVP_aes_256_cbc()
@@ -903,11 +908,9 @@ cdef int ticket_cb(SSL *ssl, unsigned char *key_name, unsigned char *iv, EVP_CIP
                 if EVP_MAC_init(hctx, k.hmac, 16 if k.size == 48 else 32, params) == 1 \
                         and EVP_DecryptInit_ex(ectx, cipher, NULL, k.aes, iv) == 1:
                     r = 1 if i == 0 else 2
-                else:
-                    r = -1
                 break
     OPENSSL_cleanse(keys, n * sizeof(TicketKey))
-    if r < 0:
+    if r == 0:
         ERR_clear_error()
     return r
 

@@ -625,3 +625,17 @@ def test_metrics_count_session_cache_hits_and_ticket_keys(edge, ca, certs):
     assert int(samples['edge_ssl_session_cache_bytes{zone="SSL"}']) > 0
     assert int(samples["edge_ssl_session_ticket_keys"]) == 1
     assert "edge_ssl_session_ticket_key_rotations_total" in samples
+
+
+@pytest.mark.edge_only
+@pytest.mark.parametrize("version", VERSIONS)
+def test_handshakes_go_on_without_ticket_keys(edge, ca, certs, version):
+    """If the workers cannot reach the ticket keys (here the zone file is gone before the
+    first handshake), handshakes complete without tickets, and the error log says why."""
+    e = edge(CONF.replace("worker_processes 2;", "worker_processes 1;") % "ssl_session_cache off;", **certs)
+    os.unlink(f"{e.pid_path}.state.ssl.tickets")
+    ctx = client_context(ca, version)
+    _, reused, session = fetch(e.port, ctx)
+    assert not session.has_ticket
+    assert fetch(e.port, ctx, session)[1] is False
+    assert "cannot map the shared ticket keys" in e.error_log

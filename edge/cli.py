@@ -13,6 +13,8 @@
     edge consumers hash-password
                                hash a password for the consumers file (stdin or a
                                prompt); edge/modules/consumers.py
+    edge admin status|routes|upstreams|consumers [--json]
+                               the running edge over its admin API (edge/admin_cli.py)
 
 Messages go to stderr in nginx's form (``edge: [emerg] ...``); only ``-T``'s dump and
 ``status`` write to stdout. Exit status: 0 on success, 1 on any error; ``status`` exits
@@ -55,7 +57,8 @@ def build_parser():
         epilog=f"Without -c, the config is {DEFAULT_CONF} if it exists, else {SYSTEM_CONF}. "
                "The access logs: edge logs query \"SQL\" and edge logs tail "
                "(edge logs -h). Password hashes for the consumers file: "
-               "edge consumers hash-password.",
+               "edge consumers hash-password. The admin API: edge admin "
+               "status|routes|upstreams|consumers [--json].",
     )
     parser.add_argument("command", nargs="?", choices=["status", "drain", "undrain"],
                         help="status: show whether the master in the pid file runs, its "
@@ -87,6 +90,11 @@ def main(argv=None):
         # Its own parser (query/tail and their options); it needs no compiled code.
         from edge import logs
         return logs.main(argv[1:])
+    if argv[:1] == ["admin"] or (argv[:1] == ["-c"] and argv[2:3] == ["admin"]):
+        # edge [-c FILE] admin status|routes|upstreams|consumers: over the admin API
+        from edge import admin_cli
+        i = argv.index("admin")
+        return admin_cli.main(argv[:i] + argv[i + 1:])
     if argv[:1] == ["consumers"]:
         # hash-password: the standard library only, no compiled code.
         from edge.modules import consumers
@@ -197,12 +205,9 @@ def test_config(conf, dump=False, quiet=False):
         print(f"edge: the configuration file {conf} syntax is ok", file=sys.stderr)
         print(f"edge: configuration file {conf} test is successful", file=sys.stderr)
     if dump:
-        out = sys.stdout
-        for path, text in cycle.files:
-            out.write(f"# configuration file {path}:\n")
-            out.write(text)
-            out.write("\n" if text.endswith("\n") else "\n\n")
-        out.flush()
+        from edge.control.api import dump_text   # GET /config prints the same text
+        sys.stdout.write(dump_text(cycle.files))
+        sys.stdout.flush()
     return 0
 
 

@@ -612,6 +612,9 @@ class Master:
         self.published = 0                # the generation readiness reports as in force
         self._generation_counter = 0
         self._reload_wanted = None
+        self._reload_waiters = []         # ids of the control process's reload requests
+        self.last_reload_error = None     # why the last reload failed (file:line), or None
+        self.last_reload_error_at = (None, None)   # its (file, line) when a ConfigError
         self._done = None
         self._stop_timer = None
         self._poll_timer = None
@@ -1021,15 +1024,28 @@ class Master:
         while True:
             await self._reload_wanted.wait()
             self._reload_wanted.clear()
+            # The admin API's requests made before this reload starts are answered by
+            # it; those made while it runs wait for the next one (their files may have
+            # changed after this one read them).
+            waiters, self._reload_waiters = self._reload_waiters, []
             if self.stopping:
                 return
             self.notifier.reloading()
+            self.last_reload_error = None
+            self.last_reload_error_at = (None, None)
             try:
                 ok = await self.reload()
-            except Exception:
+            except Exception as e:
                 # A bug here must not end the task: later HUPs would then do nothing.
                 log.error("alert", "reload failed: " + traceback.format_exc().rstrip())
+                self.last_reload_error = f"reload failed: {e!r}"
                 ok = False
+            for request_id in waiters:
+                self._control_send({"op": "reload-result", "id": request_id, "ok": ok,
+                                    "generation": self.published,
+                                    "error": None if ok else self.last_reload_error,
+                                    "file": self.last_reload_error_at[0],
+                                    "line": self.last_reload_error_at[1]})
             self.reloads += 1
             if self.shared is not None:             # edge_config_reloads_total{result}
                 if ok:
@@ -1056,10 +1072,13 @@ class Master:
             cycle.prepare_zones()      # before any worker compiles it: they map the zones
         except ConfigError as e:
             log.error("emerg", f"{e}; the previous configuration keeps serving")
+            self.last_reload_error = str(e)
+            self.last_reload_error_at = (getattr(e, "file", None), getattr(e, "line", None))
             self._reload_failed()
             return False
-        except Exception:
+        except Exception as e:
             log.error("alert", "reload failed: " + traceback.format_exc().rstrip())
+            self.last_reload_error = f"reload failed: {e!r}"
             self._reload_failed()
             return False
 
@@ -1071,6 +1090,7 @@ class Master:
             self._switch_pid_file(cycle.pid_path)
         except StartupError as e:
             log.error("emerg", f"{e}; the previous configuration keeps serving")
+            self.last_reload_error = str(e)
             self.listeners.trim(before)  # drop what was bound for the new cycle
             self._reload_failed()
             return False
@@ -1572,6 +1592,18 @@ class Master:
         if op == "up":
             log.error("info", f"control process {c.pid} runs generation "
                               f"{message.get('generation')}")
+        elif op == "reload":
+            # The admin API's POST /reload: an ordinary reload (folded with HUPs into
+            # the reload task), answered with "reload-result" once it is done.
+            if self.stopping or self.noaccepting:
+                self._control_send({"op": "reload-result", "id": message.get("id"), "ok": False,
+                                    "unavailable": True,
+                                    "generation": self.published, "file": None, "line": None,
+                                    "error": "the master is stopping" if self.stopping else
+                                             "the master's workers were stopped (binary upgrade)"})
+                return
+            self._reload_waiters.append(message.get("id"))
+            self._reload_wanted.set()
         elif op == "reloaded":
             if not message.get("ok"):
                 # The workers serve the new config; only the control plane lags.

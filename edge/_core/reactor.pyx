@@ -397,6 +397,8 @@ cdef class Loop:
             else:
                 writing += 1
         w = &g_zone.workers[g_worker]
+        for u in self.plan.upstreams:
+            (<Upstream>u).publish_conns()
         w.active = self.nclients
         w.reading = reading
         w.writing = writing

@@ -365,6 +365,51 @@ cdef class Upstream:
                 self.fail_status[code >> 6] |= (<uint64_t>1) << (code & 63)
                 self.any_fail_status = True
 
+    def peers_info(self):
+        """The peers as configured, for the admin API: one dict per peer that has an
+        address now ({"peer", "server", "weight", "max_fails", "fail_timeout", "backup",
+        "down"}), and one per `resolve` name ({"resolve": "host:port", ...}) whose
+        addresses the control process knows (shared zone)."""
+        cdef int i, s
+        cdef Peer *p
+        out = []
+        resolve_first = {}
+        for s in range(self.nsources):
+            resolve_first[self.sources[s].first] = s
+        for i in range(self.npeers):
+            p = &self.peers[i]
+            entry = {"peer": self.peer_names[i], "server": self.server_texts[p.server],
+                     "weight": p.weight, "max_fails": p.max_fails,
+                     "fail_timeout": p.fail_timeout_ms / 1000.0,
+                     "backup": bool(p.backup), "down": bool(p.down)}
+            if i in resolve_first:
+                host, port = self.resolve_names[resolve_first[i]]
+                entry["resolve"] = (host, port)
+                out.append(entry)
+            elif not p.absent:
+                out.append(entry)
+        return out
+
+    @property
+    def method_name(self):
+        return {LB_ROUND_ROBIN: "round_robin", LB_LEAST_CONN: "least_conn", LB_HASH: "hash",
+                LB_CHASH: "hash_consistent", LB_RANDOM: "random", LB_RANDOM_TWO: "random_two",
+                LB_EWMA: "ewma"}.get(self.method, "?")
+
+    cdef void publish_conns(self) noexcept:
+        """Once a second (Loop.publish_gauges): this worker's connections in progress
+        per peer, into its row of the peer's series (R_PEER_ACTIVE), for the admin API."""
+        cdef int i
+        cdef int64_t *row
+        if self.peer_series == NULL:
+            return
+        for i in range(self.npeers):
+            if self.peer_series[i] < 0:
+                continue
+            row = my_row(self.peer_series[i])
+            if row != NULL:
+                row[R_PEER_ACTIVE] = self.peers[i].conns
+
     @property
     def hash_key_uses_head(self):
         """The hash key reads the request head (which must then outlive body reads)."""

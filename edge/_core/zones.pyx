@@ -85,6 +85,7 @@ DEF R_SENT = 14
 DEF R_PEER_FAILURES = 0
 DEF R_PEER_DOWN_UNTIL = 1
 DEF R_PEER_HEALTH = 2               # in the control process's row: the health check's verdict
+DEF R_PEER_ACTIVE = 3               # connections in progress (a gauge, published once a second)
 DEF R_SINK_DROPPED = 0
 DEF R_SINK_CONTROL_DROPPED = 1      # in the control process's row: lost after the ring
 
@@ -470,6 +471,18 @@ cdef class Zones:
     property series_overflow:
         def __get__(self): return self.z.header.series_overflow
 
+    property series_used:
+        """Series slots taken (of series_cap)."""
+        def __get__(self):
+            cdef int64_t i, n = 0
+            for i in range(self.series_cap):
+                if edge_load64(&self.z.series[i].state) != 0:
+                    n += 1
+            return n
+
+    property size:
+        def __get__(self): return self.z.size
+
     cdef list _labels(self, SeriesEntry *e):
         return [part.decode("utf-8", "replace")
                 for part in e.labels[:e.labels_len].split(b"\0")[:-1]]
@@ -501,6 +514,7 @@ cdef class Zones:
                 row = zone_row(&self.z, w, i)
                 if e.kind == SK_PEER:
                     sums[R_PEER_FAILURES] += row[R_PEER_FAILURES]
+                    sums[R_PEER_ACTIVE] += row[R_PEER_ACTIVE]
                     if row[R_PEER_DOWN_UNTIL] > down_until:
                         down_until = row[R_PEER_DOWN_UNTIL]
                     continue
@@ -532,6 +546,7 @@ cdef class Zones:
                 health = zone_row(&self.z, self.workers_cap, i)[R_PEER_HEALTH]
                 peers.append({"upstream": labels[0], "peer": labels[1],
                               "failures": sums[R_PEER_FAILURES], "health": health,
+                              "active": sums[R_PEER_ACTIVE],
                               "up": down_until <= now and not (health and health % 2 == 0)})
             elif e.kind == SK_LIMIT:
                 limits.append({"zone": labels[0], "decision": labels[1], "count": sums[0]})

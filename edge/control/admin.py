@@ -13,11 +13,15 @@ HTTP/1.1 and refuses anything else with a clear status and a closed connection:
 - keep-alive as HTTP/1.1 says (HTTP/1.0 with `Connection: keep-alive`); pipelined
   requests are answered in order; HEAD is GET without the body;
 - unknown path 404, known path with another method 405 with `Allow`;
-- with `admin_token`, every request (known path or not, so that nothing is learnt
-  without it) needs `Authorization: Bearer TOKEN`, compared in constant time: else 401;
+- with `admin_allow`, a TCP peer outside its networks gets 403 to every request (its
+  head is read, so that it hears why, and the connection is closed);
+- with a token (`admin_token` or `admin_token_file`), every request (known path or not,
+  so that nothing is learnt without it) needs `Authorization: Bearer TOKEN`, compared in
+  constant time: else 401;
 - at most MAX_CONNECTIONS at once; more are closed at accept.
 
-Error bodies are JSON: `{"error": "..."}`.
+The endpoints are edge/control/api.py's route table (plus /metrics, here). Error bodies
+are JSON: `{"error": "..."}`, with `"field"` when one part of the request is at fault.
 
 The socket is bound with SO_REUSEADDR and SO_REUSEPORT, so that during a binary upgrade
 the old and the new master's control processes can hold the same address. A unix
@@ -26,8 +30,9 @@ and removed at stop only if it is still the one this process bound.
 """
 
 import asyncio
+import dataclasses
 import hmac
-import json
+import inspect
 import os
 import re
 import socket
@@ -36,7 +41,8 @@ from email.utils import formatdate
 from http import HTTPStatus
 
 from edge import log
-from edge.control import metrics, status
+from edge.control import api, metrics
+from edge.control.api import Response, json_response  # noqa: F401 (re-exported)
 
 MAX_HEAD = 8192
 MAX_BODY = 1 << 20
@@ -64,6 +70,9 @@ class Request:
         self.method = method
         self.target = target
         self.path, _, self.query = target.partition("?")
+        self.params = {}                # path parameters of the matched route
+        self.args = {}                  # query arguments, {name: last value}
+        self.peer = None                # the TCP peer's address text, None on a unix socket
         self.version = version          # (1, 0) or (1, 1)
         self.headers = headers          # [(lower-case name, value)]
         self.body = b""
@@ -83,21 +92,8 @@ class Request:
         return "keep-alive" in connection
 
 
-class Response:
-    def __init__(self, status, body=b"", content_type="application/json", headers=()):
-        self.status = status
-        self.body = body
-        self.content_type = content_type
-        self.headers = list(headers)
-
-
-def json_response(status, document, headers=()):
-    body = (json.dumps(document, indent=None, separators=(",", ":")) + "\n").encode()
-    return Response(status, body, "application/json", headers)
-
-
 def error_response(status, message, headers=()):
-    return json_response(status, {"error": message}, headers)
+    return api.api_error(status, message, None, headers)
 
 
 def parse_head(head):
@@ -234,6 +230,7 @@ class _Connection:
         self.writer = writer
         self.busy = False
         self.task = asyncio.current_task()
+        self.peer = None
 
 
 class AdminServer:
@@ -245,10 +242,8 @@ class AdminServer:
         self.listener = None
         self.connections = set()
         self.closing = False
-        self.routes = {
-            "/status": {"GET": self.get_status},
-            "/metrics": {"GET": self.get_metrics},
-        }
+        self.api = api.AdminAPI(ctx, cycle)
+        self.routes = self.api.routes + [api.Route("GET", "/metrics", self.get_metrics)]
 
     # -- service ---------------------------------------------------------------------
 
@@ -257,6 +252,7 @@ class AdminServer:
             await self._listen(self.settings.address)
 
     async def reload(self, cycle):
+        self.api.cycle = cycle
         new = cycle.admin
         old = self.settings
         if new is None:
@@ -270,7 +266,7 @@ class AdminServer:
             if self.listener is not None and old is not None:
                 # The old address keeps serving; the new token applies at once (it
                 # may have been changed because the old one leaked).
-                self.settings = type(new)(old.address, new.token)
+                self.settings = dataclasses.replace(new, address=old.address)
                 return
         self.settings = new
 
@@ -326,6 +322,8 @@ class AdminServer:
             return
         conn = _Connection(writer)
         self.connections.add(conn)
+        peer = writer.get_extra_info("peername")
+        conn.peer = peer[0] if isinstance(peer, tuple) and peer else None
         try:
             await self._requests(conn, reader, writer)
         except (asyncio.CancelledError, ConnectionError, asyncio.TimeoutError):
@@ -350,9 +348,15 @@ class AdminServer:
             except asyncio.TimeoutError:
                 return   # slow or idle: close without a word, as for a keep-alive timeout
             conn.busy = True
+            settings = self.settings
+            if conn.peer is not None and settings is not None and not settings.allows(conn.peer):
+                # admin_allow: whatever the request, 403 and the connection closed
+                await self._send(writer, error_response(403, "forbidden"), False)
+                return
             head = head.lstrip(b"\r\n")   # RFC 9112 2.2: ignore empty lines before a request
             try:
                 request = parse_head(head)
+                request.peer = conn.peer
                 length = content_length(request)
                 if length:
                     request.body = await asyncio.wait_for(reader.readexactly(length), READ_TIMEOUT)
@@ -377,22 +381,24 @@ class AdminServer:
         token = settings.token if settings is not None else None
         if not authorized(request, token):
             return error_response(401, "unauthorized", [("WWW-Authenticate", 'Bearer realm="edge"')])
-        methods = self.routes.get(request.path)
-        if methods is None:
-            return error_response(404, "not found")
-        method = "GET" if request.method == "HEAD" and "GET" in methods else request.method
-        handler = methods.get(method)
-        if handler is None:
-            allow = ", ".join(sorted(set(methods) | ({"HEAD"} if "GET" in methods else set())))
-            return error_response(405, "method not allowed", [("Allow", allow)])
+        route, found = api.find(self.routes, request)
+        if route is None:
+            if not found:
+                return error_response(404, "not found")
+            return error_response(405, "method not allowed", [("Allow", ", ".join(sorted(found)))])
+        request.params = found
+        args = api.parse_args(request.query)
+        if args is None:
+            return api.api_error(400, "the query string is not valid UTF-8 form data", "query")
+        request.args = args
         try:
-            return handler(request)
+            response = route.handler(request)
+            if inspect.isawaitable(response):
+                response = await response
+            return response
         except Exception as e:
             log.error("alert", f"admin listener: {request.method} {request.path} failed: {e!r}")
             return error_response(500, "internal error")
-
-    def get_status(self, request):
-        return json_response(200, status.document(self.ctx))
 
     def _peers_in_force(self):
         service = self.ctx.upstreams() if hasattr(self.ctx, "upstreams") else None

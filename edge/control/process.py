@@ -6,8 +6,16 @@ through shared memory, and to the master over its control channel (the socketpai
 framing of edge.worker: a 4-byte length and a pickle). Messages:
 
     master -> control  {"op": "reload", "generation": N, "path": str, "parsed": ParsedConfig}
+    master -> control  {"op": "reload-result", "id": I, "ok": bool, "generation": N,
+                        "error": str | None, "file": str | None, "line": int | None,
+                        ["unavailable": True]}     the answer to a "reload" request
+                                                   (unavailable: stopping, or upgrading)
     control -> master  {"op": "up", "generation": N, "pid": P}        services started
                        {"op": "reloaded", "generation": N, "ok": bool, "error": str | None}
+                       {"op": "reload", "id": I}   the admin API asks for a reload (HUP)
+
+A "reload-result" goes through the same queue as the "reload" messages, so when the
+admin API hears that generation N is in force, this process already runs N too.
 
 A reload compiles the master's ParsedConfig (the text the master tested) and hands the
 new cycle to every service; a service that fails is logged and keeps its old settings.
@@ -48,10 +56,14 @@ class ControlProcess:
         self.channel = channel
         self.reader = edge.worker.FrameReader()
         self.ctx = service_registry.Context(shared, zones, generation)
+        self.ctx.cycle = cycle
         self.loop = None
         self.stop_mode = None
         self.stopped = None
         self.reloads = asyncio.Queue()
+        self.reload_requests = {}       # id -> future of the admin API's reload requests
+        self.next_request = 0
+        self.ctx.request_reload = self.request_reload
 
     async def main(self):
         self.loop = asyncio.get_running_loop()
@@ -139,7 +151,7 @@ class ControlProcess:
                 self.request_stop("fast")
                 return
             for message in self.reader.feed(data):
-                if message.get("op") == "reload":
+                if message.get("op") in ("reload", "reload-result"):
                     self.reloads.put_nowait(message)
                 else:
                     log.error("warn", f"control process: unknown control message "
@@ -149,6 +161,11 @@ class ControlProcess:
         """Reloads one at a time, in the order the master sent them."""
         while True:
             message = await self.reloads.get()
+            if message.get("op") == "reload-result":
+                future = self.reload_requests.pop(message.get("id"), None)
+                if future is not None and not future.done():
+                    future.set_result(message)
+                continue
             generation = message["generation"]
             try:
                 new = cycle_module.from_parsed(message["path"], message["parsed"])
@@ -167,23 +184,42 @@ class ControlProcess:
                     log.error("alert", f"control process: {type(service).__name__} failed "
                                        f"to reload: " + traceback.format_exc().rstrip())
             self.cycle = new
+            self.ctx.cycle = new
             self.ctx.generation = generation
             self.send({"op": "reloaded", "generation": generation, "ok": not errors,
                        "error": "; ".join(errors) or None})
+
+    async def request_reload(self, timeout):
+        """Ask the master for an ordinary reload and wait for its outcome: the
+        "reload-result" message ({"ok", "generation", "error"}). RuntimeError when there
+        is no master to ask; asyncio.TimeoutError after `timeout` seconds."""
+        if self.channel is None:
+            raise RuntimeError("no master to ask")
+        self.next_request += 1
+        request_id = self.next_request
+        future = self.loop.create_future()
+        self.reload_requests[request_id] = future
+        try:
+            if not self.send({"op": "reload", "id": request_id}):
+                raise RuntimeError("the master's channel is closed")
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self.reload_requests.pop(request_id, None)
 
     def send(self, message):
         """A message to the master. Small, and the master reads its channels at once;
         a blocking write with a time limit keeps the order of messages simple."""
         if self.channel is None:
-            return
+            return False
         data = self.framing.encode(message)
         try:
             self.channel.settimeout(2.0)
             self.channel.sendall(data)
         except OSError:
-            pass   # the master is gone or stuck; it will hear of us another way
+            return False   # the master is gone or stuck; it will hear of us another way
         finally:
             self.channel.setblocking(False)
+        return True
 
     def _on_loop_error(self, loop, context):
         exc = context.get("exception")

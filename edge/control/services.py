@@ -34,6 +34,12 @@ class Context:
         self.pid = os.getpid()
         self.started = time.monotonic()
         self.services = []
+        self.cycle = None           # the Cycle in force here (set by the process)
+
+    async def request_reload(self, timeout):
+        """Ask the master for a reload (replaced by the control process's own when it
+        has a channel to the master)."""
+        raise RuntimeError("no master to ask")
 
     def dropped(self):
         """Log records the services dropped, summed by sink."""

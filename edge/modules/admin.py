@@ -5,11 +5,20 @@ or a unix socket (`unix:/run/edge/admin.sock`). The admin listener is not a data
 `listen`: the workers never see it; the control process binds it (edge/control/admin.py).
 
 An address outside the loopback range exposes the node's internals to the network, so
-it is refused unless `admin_token` is set too; every request must then carry
-`Authorization: Bearer TOKEN`. A unix socket is guarded by its file permissions.
+it is refused unless a token is set too (`admin_token`, or better `admin_token_file`, whose
+file the master reads with the config, like the consumers file, so the token never
+appears in the config text that `edge -T` and `GET /config` show); every request must
+then carry `Authorization: Bearer TOKEN`. A unix socket is guarded by its file
+permissions.
+
+`admin_allow CIDR ...;` (repeatable) names the TCP peers the admin listener answers;
+any other peer gets 403 before its request is read further. Without it every peer that
+can connect may try (a loopback listener only hears this host; a token guards the
+others). It does not apply to a unix socket (no peer address). docs/admin.md.
 """
 
 import ipaddress
+import os
 import socket
 from dataclasses import dataclass
 
@@ -35,6 +44,20 @@ class AdminAddress:
 class AdminSettings:
     address: AdminAddress
     token: str | None
+    allow: tuple | None = None      # ip_network objects, or None: every peer
+    token_file: str | None = None   # where the token came from, for messages
+
+    def allows(self, host):
+        """Whether a TCP peer at `host` (a text address) may use the listener."""
+        if self.allow is None:
+            return True
+        try:
+            ip = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip.version == net.version and ip in net for net in self.allow)
 
 
 def _port(text, address):
@@ -79,33 +102,100 @@ def _admin_listen(node):
     return AdminAddress(f"{host}:{port}", socket.AF_INET, host, port)
 
 
+def _valid_token(token):
+    # The token travels in a header: visible ASCII, no whitespace or control characters.
+    return bool(token) and all(0x21 <= ord(c) < 0x7F for c in token)
+
+
 def _token(node):
     token = node.args[0]
-    # The token travels in a header: no whitespace or control characters.
-    if not token or any(c.isspace() or ord(c) < 0x21 or ord(c) == 0x7F for c in token):
+    if not _valid_token(token):
         raise ConfigError('invalid token in the "admin_token" directive')
     return token
+
+
+def _allow(node):
+    nets = []
+    for arg in node.args:
+        if arg == "all":
+            nets += [ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")]
+            continue
+        try:
+            nets.append(ipaddress.ip_network(arg, strict=False))
+        except ValueError:
+            raise ConfigError(f'invalid address or CIDR "{arg}" in the "admin_allow" directive')
+    return nets
+
+
+def _read_token_file(node, runtime):
+    """The token of `admin_token_file`: the file's bytes are read by the master (and kept
+    in ParsedConfig.data_files, so every process of a generation uses the same token),
+    stripped of surrounding whitespace."""
+    path = node.args[0]
+    if not os.path.isabs(path):
+        path = os.path.join(getattr(runtime, "conf_dir", "") or os.getcwd(), path)
+    data = runtime.data_files.get(path)
+    if data is None:
+        try:
+            with open(path, "rb") as f:
+                data = f.read(4097)
+        except OSError as e:
+            raise ConfigError(f'cannot read "{node.args[0]}" of the "admin_token_file" '
+                              f'directive: {e.strerror}', node.file, node.line) from None
+        runtime.data_files[path] = data
+    try:
+        token = data.decode("ascii").strip()
+    except UnicodeDecodeError:
+        token = ""
+    if len(data) > 4096 or not _valid_token(token):
+        raise ConfigError(f'"{node.args[0]}" of the "admin_token_file" directive must hold '
+                          f'one token of visible ASCII characters', node.file, node.line)
+    return path, token
 
 
 DIRECTIVES = [
     Directive("admin_listen", (HTTP,), (1, 1), parse=_admin_listen,
               syntax="admin_listen address:port | unix:path;",
-              doc="Where the control process serves the admin endpoints (`/status`, "
-                  "`/metrics`). A loopback address or a unix socket; any other address "
-                  "needs `admin_token`. Without it no admin socket is opened."),
+              doc="Where the control process serves the admin API (docs/admin.md), "
+                  "`/status` and `/metrics`. A loopback address or a unix socket; any "
+                  "other address needs `admin_token` or `admin_token_file`. Without it no "
+                  "admin socket is opened."),
     Directive("admin_token", (HTTP,), (1, 1), parse=_token,
               syntax="admin_token token;",
               doc="A secret every admin request must present as `Authorization: Bearer "
                   "token` (else 401). Required when `admin_listen` is not a loopback "
-                  "address or a unix socket."),
+                  "address or a unix socket. Prefer `admin_token_file`: this one shows in "
+                  "`edge -T` and `GET /config`."),
+    Directive("admin_token_file", (HTTP,), (1, 1),
+              syntax="admin_token_file path;",
+              doc="As `admin_token`, the token read from a file (surrounding whitespace "
+                  "removed) when the config is loaded; a reload reads it again. Relative "
+                  "to the config's directory."),
+    Directive("admin_allow", (HTTP,), (1, None), parse=_allow, multi=True,
+              syntax="admin_allow address | CIDR | all ...;",
+              doc="The TCP peers (IPv4 and IPv6 addresses or CIDRs) the admin listener "
+                  "answers; others get 403. Repeatable. Default: every peer (a "
+                  "non-loopback listener needs a token). Not applied to a unix socket."),
 ]
 
 
 def compile_http(http, runtime):
     address = http.local("admin_listen")
     token = http.local("admin_token")
+    token_file = None
+    file_node = http.node("admin_token_file")
+    if file_node is not None:
+        if token is not None:
+            raise ConfigError('"admin_token" and "admin_token_file" are exclusive: set one',
+                              file_node.file, file_node.line)
+        token_file, token = _read_token_file(file_node, runtime)
+    allow = http.local("admin_allow")
+    if allow is not None:
+        allow = tuple(net for nets in allow for net in nets)
     if address is not None and token is None and not address.loopback:
         node = http.node("admin_listen")
         raise ConfigError(f'"admin_listen {address.key}" is not a loopback address; '
-                          f'set "admin_token" to expose it', node.file, node.line)
-    runtime.admin = AdminSettings(address, token) if address is not None else None
+                          f'set "admin_token" or "admin_token_file" to expose it',
+                          node.file, node.line)
+    runtime.admin = (AdminSettings(address, token, allow, token_file)
+                     if address is not None else None)

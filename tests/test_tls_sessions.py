@@ -639,3 +639,29 @@ def test_handshakes_go_on_without_ticket_keys(edge, ca, certs, version):
     assert not session.has_ticket
     assert fetch(e.port, ctx, session)[1] is False
     assert "cannot map the shared ticket keys" in e.error_log
+
+
+@pytest.mark.edge_only
+@pytest.mark.timeout(90)
+def test_sessions_survive_a_binary_upgrade(edge, ca, certs):
+    """`edge -s upgrade`: the new master finds the ticket keys and the session cache of
+    the old one (the same files, same name and size) and keeps them."""
+    from test_reload import run_edge
+    from test_upgrade import pid_in, stop_master
+    e = edge(CONF % "ssl_session_cache shared:SSL:1m;", **certs)
+    by_ticket = client_context(ca, ssl.TLSVersion.TLSv1_3)
+    by_id = client_context(ca, ssl.TLSVersion.TLSv1_2)
+    by_id.options |= ssl.OP_NO_TICKET
+    _, _, ticket_session = fetch(e.port, by_ticket)
+    _, _, id_session = fetch(e.port, by_id)
+    old = e.pid
+    try:
+        r = run_edge("-s", "upgrade", "-c", e.conf_path, timeout=60)
+        assert r.returncode == 0, r.stderr + "\n" + e.report()
+        assert pid_in(e.pid_path) != old
+        assert fetch(e.port, by_ticket, ticket_session)[1] is True
+        assert fetch(e.port, by_id, id_session)[1] is True
+    finally:
+        stop_master(pid_in(e.pid_path))
+    import glob
+    assert glob.glob(f"{e.pid_path}.state.ssl.*") == [], "the last master removes its zones"

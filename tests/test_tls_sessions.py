@@ -665,3 +665,22 @@ def test_sessions_survive_a_binary_upgrade(edge, ca, certs):
         stop_master(pid_in(e.pid_path))
     import glob
     assert glob.glob(f"{e.pid_path}.state.ssl.*") == [], "the last master removes its zones"
+
+
+@pytest.mark.edge_only
+def test_a_reload_keeps_the_ticket_keys_and_takes_the_new_timeout(edge, ca, certs):
+    """The rotation period and the grace of retired keys follow ssl_session_timeout (the
+    longest of the servers using the shared keys) from the config in force."""
+    conf = CONF % "ssl_session_cache off; ssl_session_timeout %s;"
+    e = edge(conf % "10m", **certs)
+    zone = ticket_zone(e)
+    try:
+        assert (zone.interval, zone.grace) == (600, 600)
+        names = zone.names()
+        rewrite_config(e, (conf % "1h").replace("server_name localhost;", "server_name localhost;\n"
+                                                  "        ssl_session_timeout 2h;"))
+        reload_and_wait(e)
+        assert (zone.interval, zone.grace) == (7200, 7200)
+        assert zone.names() == names
+    finally:
+        zone.close()

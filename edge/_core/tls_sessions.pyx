@@ -119,7 +119,6 @@ cdef struct SessConf:
     char cache_name[64]         # ssl_session_cache shared:NAME, "" without one
     SessCacheHeader *cache      # mapped on first use in this process
     int cache_state             # 0 not mapped yet, 1 mapped, -1 could not be mapped
-    int tickets_shared          # tickets with the shared, rotated keys
     int nkeys                   # ticket keys from ssl_session_ticket_key files
     TicketKey keys[TK_MAX]
 
@@ -1028,20 +1027,7 @@ def install_session_resumption(TlsContext tls, str cache, long builtin_size, str
         memcpy(sc.keys[i].hmac, <const char *>hmac_key, len(hmac_key))
         memcpy(sc.keys[i].aes, <const char *>aes_key, len(aes_key))
         sc.keys[i].size = len(data)
-    sc.nkeys = len(ticket_keys)
-    sc.tickets_shared = sc.nkeys == 0
+    sc.nkeys = len(ticket_keys)     # none: the shared, rotated keys
     if SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, <ticket_cb_t>ticket_cb) != 1:
         raise ValueError(openssl_error_text("SSL_CTX_set_tlsext_ticket_key_evp_cb() failed: "))
 
-
-def session_resumption_settings(TlsContext tls):
-    """What install_session_resumption left on a context (for the tests and `edge -T`
-    style checks): cache mode bits, shared cache name, tickets, file keys."""
-    cdef SessConf *sc = NULL
-    if g_sess_conf_index >= 0:
-        sc = <SessConf *>SSL_CTX_get_ex_data(tls.ctx, g_sess_conf_index)
-    return {"timeout": SSL_CTX_get_timeout(tls.ctx),
-            "no_ticket": bool(SSL_CTX_get_options(tls.ctx) & SSL_OP_NO_TICKET),
-            "shared_cache": (<bytes>sc.cache_name).decode() if sc != NULL and sc.cache_name[0] else None,
-            "ticket_keys": sc.nkeys if sc != NULL else 0,
-            "shared_tickets": bool(sc.tickets_shared) if sc != NULL else False}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from edge._core.reactor import Location, Plan
 from edge.config import ConfigError, build, parse_file
 from edge.modules import (access_log, admin, auth, buffering, consumers, core, cors, health, http_core,
-                          headers, ip_rules, limits, metrics, mirror, proxy, realip, redis,
+                          headers, ip_rules, limits, metrics, mirror, proxy, proxy_ssl, realip, redis,
                           request_id, retries, return_, rewrite, ssl, ssl_session, upstream,
                           variables)
 
@@ -21,7 +21,8 @@ from edge.modules import (access_log, admin, auth, buffering, consumers, core, c
 # Within a phase, handlers run in this order: the access phase runs the IP rules, then
 # the CORS preflight (a preflight carries no credentials), then authentication, then the
 # limits (so a limit can be keyed on $consumer).
-MODULES = [core, http_core, ssl, ssl_session, variables, realip, upstream, proxy, buffering, retries, mirror, return_,
+MODULES = [core, http_core, ssl, ssl_session, variables, realip, upstream, proxy, proxy_ssl, buffering,
+           retries, mirror, return_,
            health, metrics, access_log, request_id, rewrite, headers, ip_rules, cors, consumers,
            auth, limits, admin, redis]
 

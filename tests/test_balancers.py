@@ -287,6 +287,26 @@ def test_hash_key_read_after_a_buffered_body(edge, peers):
             assert r.header("X-Upstream") == by_get[k], f"key {k}"
 
 
+def test_hash_key_read_after_a_buffered_body_with_a_variable_group(edge, peers):
+    """The same with `proxy_pass http://$var`: the group is chosen per request, and the
+    location keeps the head because one of the groups hashes on it (this config once
+    made `edge -t` fail with a traceback)."""
+    ps = peers(3)
+    e = edge("http {\n" + group([(p, "") for p in ps], "hash $http_x_key consistent;") + """
+        map $uri $dest { default g; }
+        server { listen 127.0.0.1:@PORT@; location / { proxy_pass http://$dest; } }
+    }""")
+    body = b"x" * 300_000
+    with Conn(e.port, timeout=20) as c:
+        seen = {}
+        for k in KEYS[:20]:
+            for _ in range(2):
+                r = c.request("POST", "/echo", headers=[("X-Key", k)], body=body)
+                assert r.status == 200, r
+                assert r.json()["body_len"] == len(body)
+                assert seen.setdefault(k, r.header("X-Upstream")) == r.header("X-Upstream"), k
+
+
 @pytest.mark.edge_only      # needs both programs at once
 @pytest.mark.skipif(shutil.which(NGINX) is None and not __import__("os").path.exists(NGINX),
                     reason="nginx is not installed")

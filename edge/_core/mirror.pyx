@@ -25,6 +25,7 @@ cdef enum MirrorState:
     MS_SENDING = 1
     MS_READING = 2
     MS_CLOSED = 3
+    MS_HANDSHAKE = 4    # an https mirror: the TLS handshake (upstream_tls.pyx)
 
 cdef object g_mirror_queue = deque()
 cdef int g_mirror_conns = 0
@@ -177,16 +178,39 @@ cdef class MirrorConn(Handle):
     cdef int peer
     cdef int state
     cdef int64_t sent               # bytes of head + body sent so far
+    cdef SSL *ssl                   # an https mirror's TLS, else NULL
+    cdef bytes tls_name
 
     cdef void on_events(self, uint32_t events):
         cdef int err = 0
         cdef socklen_t elen = sizeof(int)
+        cdef UpstreamTls tls
         if self.state == MS_CONNECTING:
             if not (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)):
                 return
             getsockopt(self.fd, SOL_SOCKET, SO_ERROR, &err, &elen)
             if err != 0 or (events & EPOLLERR):
                 self.end(MR_FAILED, True)
+                return
+            tls = self.copy.target.loc.upstream_tls
+            if tls is not None:
+                self.state = MS_HANDSHAKE
+                self.tls_name = mirror_tls_name(tls, self.copy.target.loc.upstream)
+                self.ssl = tls_client_new(tls, self.fd, NULL, self.tls_name,
+                                          session_slot(tls, self.copy.target.loc.upstream,
+                                                       self.peer, self.tls_name)
+                                          if tls.session_reuse else None)
+                if self.ssl == NULL:
+                    self.tls_failed()
+                    return
+            else:
+                self.state = MS_SENDING
+        if self.state == MS_HANDSHAKE:
+            err = tls_client_handshake(self.ssl, self.copy.target.loc.upstream_tls, self.tls_name)
+            if err == 0:
+                return
+            if err < 0:
+                self.tls_failed()
                 return
             self.state = MS_SENDING
         if self.state == MS_SENDING:
@@ -210,7 +234,11 @@ cdef class MirrorConn(Handle):
                 n = head_len + copy.body_size - self.sent
                 if copy.body_fd >= 0:
                     off = <off_t>(self.sent - head_len)
-                    w = sendfile(self.fd, copy.body_fd, &off, <size_t>(n if n < SENDFILE_CHUNK else SENDFILE_CHUNK))
+                    if self.ssl != NULL:
+                        w = self.tls_send_file(copy.body_fd, <int64_t>off,
+                                               <int64_t>off + (n if n < SENDFILE_CHUNK else SENDFILE_CHUNK))
+                    else:
+                        w = sendfile(self.fd, copy.body_fd, &off, <size_t>(n if n < SENDFILE_CHUNK else SENDFILE_CHUNK))
                     if self.wrote(w):
                         continue
                     return
@@ -219,9 +247,42 @@ cdef class MirrorConn(Handle):
                 self.state = MS_READING
                 timer_arm(self, loc.t_read, g_now)
                 return
-            w = write(self.fd, p, <size_t>n)
+            w = self.write_some(p, <size_t>n)
             if not self.wrote(w):
                 return
+
+    cdef ssize_t tls_send_file(self, int fd, int64_t start, int64_t end) noexcept:
+        """sendfile() over TLS: bytes sent, or -1 (errno EAGAIN when the socket is full)."""
+        cdef int64_t off = start
+        cdef bint progress = False
+        cdef int r = tls_send_file_range(self.ssl, fd, &off, end, &progress)
+        if off > start:
+            return <ssize_t>(off - start)
+        (&errno)[0] = EAGAIN if r == 0 else ECONNRESET
+        return -1
+
+    cdef void tls_failed(self):
+        try:
+            g_log_fn("error", "%s, mirror: %s, upstream: %s (%s)" % (
+                g_up_tls_error, self.copy.target.uri.decode("latin-1"),
+                self.copy.target.loc.upstream.name,
+                self.copy.target.loc.upstream.peer_names[self.peer]))
+        except Exception:
+            pass
+        self.end(MR_FAILED, True)
+
+    cdef ssize_t write_some(self, const char *p, size_t n) noexcept:
+        """write() or, for an https mirror, one TLS write (-1 with EAGAIN when full)."""
+        cdef ssize_t w
+        if self.ssl == NULL:
+            return write(self.fd, p, n)
+        w = tls_write_some(self.ssl, p, n)
+        if w == 0:
+            (&errno)[0] = EAGAIN
+            return -1
+        if w < 0:
+            (&errno)[0] = ECONNRESET
+        return w
 
     cdef bint wrote(self, ssize_t w):
         """Account for a write; False when sending must stop (full socket, or failure)."""
@@ -242,7 +303,10 @@ cdef class MirrorConn(Handle):
         cdef char scratch[MIRROR_READ_CHUNK]
         cdef ssize_t r
         while True:
-            r = read(self.fd, scratch, MIRROR_READ_CHUNK)
+            if self.ssl != NULL:
+                r = tls_read_discard(self.ssl, scratch, MIRROR_READ_CHUNK)
+            else:
+                r = read(self.fd, scratch, MIRROR_READ_CHUNK)
             if r > 0:
                 timer_arm(self, self.copy.target.loc.t_read, g_now)
                 continue
@@ -265,11 +329,13 @@ cdef class MirrorConn(Handle):
         cdef MirrorCopy next_copy
         if self.state == MS_CLOSED:
             return
-        if peer_failed and self.state == MS_CONNECTING:
+        if peer_failed and (self.state == MS_CONNECTING or self.state == MS_HANDSHAKE):
             copy.target.loc.upstream.peer_failed(self.peer, g_now)
         self.state = MS_CLOSED
         timer_stop(self)
         g_loop.unregister(self)
+        if self.ssl != NULL:
+            tls_free(&self.ssl, result == MR_SENT)
         close(self.fd)
         self.fd = -1
         copy.target.count(result)

@@ -177,3 +177,11 @@ cdef void handler_failed(str name, object e) noexcept:
         g_log_fn("error", "%s handler failed: %r" % (name, e))
     except Exception:
         pass
+
+
+def keep_request_head(Location loc):
+    """A module found, at compile time, that something reads the request head after a
+    buffered body may have gone through rb (a hash key of a group chosen per request, a
+    proxy_ssl_name with variables): the location keeps a copy of the head, as log formats
+    that read it do."""
+    loc.phases.keep_head = True

@@ -13,6 +13,7 @@ cdef enum UpState:
     US_ACTIVE = 1
     US_IDLE = 2
     US_CLOSED = 3
+    US_HANDSHAKE = 4        # connected; the TLS handshake runs (upstream_tls.pyx)
 
 cdef enum RespKind:
     RESP_NONE = 0
@@ -27,6 +28,7 @@ cdef enum Failure:
     FAIL_IO = 3
     FAIL_BAD_RESPONSE = 4
     FAIL_HEAD_TOO_BIG = 5       # the response head outgrew proxy_buffer_size
+    FAIL_TLS = 6                # the TLS handshake or the certificate checks failed
 
 
 cdef class UpConn(Handle):
@@ -67,6 +69,12 @@ cdef class UpConn(Handle):
     cdef bint buffering         # this response may be read ahead of a slow client
     cdef bint counted           # this try counts in its peer's conns (least_conn)
     cdef bint request_sent      # bytes of this try's request reached the socket
+    # TLS to the upstream (upstream_tls.pyx): NULL / None for a plain connection
+    cdef SSL *ssl
+    cdef UpstreamTls tls        # the settings it was made with (pooled per settings)
+    cdef object tls_slot        # SessionSlot: where its peer's sessions are kept
+    cdef bytes tls_name         # the name verified (proxy_ssl_name)
+    cdef bint read_wants_write  # a TLS read waits for writability
 
     # ---- life cycle -------------------------------------------------------------------
 
@@ -87,6 +95,8 @@ cdef class UpConn(Handle):
             except ValueError:
                 pass
         g_loop.unregister(self)
+        if self.ssl != NULL:
+            tls_free(&self.ssl, True)       # close_notify when the session is healthy
         close(self.fd)
         self.fd = -1
         self.state = US_CLOSED
@@ -150,6 +160,9 @@ cdef class UpConn(Handle):
             self.peer_closed = True
         if events & (EPOLLOUT | EPOLLHUP | EPOLLERR):
             self.writable = True
+            if self.ssl != NULL and self.read_wants_write:
+                self.read_wants_write = False
+                self.readable = True
         if self.state == US_CONNECTING:
             if not (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)):
                 return
@@ -157,11 +170,37 @@ cdef class UpConn(Handle):
             if err != 0 or (events & EPOLLERR):
                 self.fail(FAIL_CONNECT)
                 return
-            self.state = US_ACTIVE
-            self.connected_us = g_now_us
-            if not self.ups.any_fail_status:
-                self.ups.peer_ok(self.peer)     # else once the response status is known
+            if self.tls is not None:
+                if upstream_tls_start(self) < 0:
+                    self.fail(FAIL_TLS)
+                    return
+                self.state = US_HANDSHAKE
+            else:
+                self.state = US_ACTIVE
+                self.connected_us = g_now_us
+                if not self.ups.any_fail_status:
+                    self.ups.peer_ok(self.peer)     # else once the response status is known
+        if self.state == US_HANDSHAKE:
+            if not self.tls_handshake_step():
+                return
         self.drive()
+
+    cdef bint tls_handshake_step(self):
+        """Drive the upstream TLS handshake; True once it is done and checked."""
+        cdef int r = upstream_tls_handshake(self)
+        if r == 0:
+            return False
+        if r < 0:
+            self.fail(FAIL_TLS)
+            return False
+        self.state = US_ACTIVE
+        self.connected_us = g_now_us        # $upstream_connect_time includes the handshake
+        # bytes that came with the handshake's last flight wait in the socket: read on
+        self.readable = True
+        self.writable = True
+        if not self.ups.any_fail_status:
+            self.ups.peer_ok(self.peer)
+        return True
 
     cdef void on_timeout(self):
         if self.state == US_ACTIVE and self.resp_kind == RESP_TUNNEL and self.head_done \
@@ -204,10 +243,17 @@ cdef class UpConn(Handle):
         cdef int r
         if not self.writable and self.request_pending():
             return 0
-        r = write_queued(self.fd, &self.wb, &self.win, &self.win_len,
-                         &self.suf, &self.suf_len, &self.wrote)
-        if r == 1 and self.file_fd >= 0 and self.file_off < self.file_end:
-            r = send_file_range(self.fd, self.file_fd, &self.file_off, self.file_end, &self.wrote)
+        if self.ssl != NULL:
+            r = tls_write_queued(self.ssl, &self.wb, &self.win, &self.win_len,
+                                 &self.suf, &self.suf_len, &self.wrote)
+            if r == 1 and self.file_fd >= 0 and self.file_off < self.file_end:
+                r = tls_send_file_range(self.ssl, self.file_fd, &self.file_off, self.file_end,
+                                        &self.wrote)
+        else:
+            r = write_queued(self.fd, &self.wb, &self.win, &self.win_len,
+                             &self.suf, &self.suf_len, &self.wrote)
+            if r == 1 and self.file_fd >= 0 and self.file_off < self.file_end:
+                r = send_file_range(self.fd, self.file_fd, &self.file_off, self.file_end, &self.wrote)
         if self.wrote:
             self.request_sent = True
         if r == 0:
@@ -314,8 +360,13 @@ cdef class UpConn(Handle):
     cdef int read_some(self) noexcept:
         # a response head must fit in UP_HEAD_MAX; body bytes are read only once the
         # previous ones were sent, so the same bound holds for them
-        cdef int r = read_into(self.fd, &self.rb, UP_HEAD_MAX, UP_HEAD_MAX, &self.readable,
-                               self.peer_closed)
+        cdef int r
+        if self.ssl != NULL:
+            r = tls_read_into(self.ssl, &self.rb, UP_HEAD_MAX, UP_HEAD_MAX, &self.readable,
+                              &self.read_wants_write)
+        else:
+            r = read_into(self.fd, &self.rb, UP_HEAD_MAX, UP_HEAD_MAX, &self.readable,
+                          self.peer_closed)
         if r == RD_DATA:
             self.got_bytes = True
         return r
@@ -685,7 +736,8 @@ cdef class UpConn(Handle):
         self.end_try()
         if (ups.keepalive > 0 and self.upstream_keepalive and c.body_done
                 and buf_len(&self.rb) == 0 and self.nrequests < ups.keepalive_requests
-                and not g_loop.quitting):
+                and not g_loop.quitting
+                and (self.ssl == NULL or not SSL_has_pending(self.ssl))):
             self.state = US_IDLE
             buf_reset(&self.rb)
             buf_reset(&self.wb)
@@ -725,8 +777,12 @@ cdef class UpConn(Handle):
             return
         if why == FAIL_CONNECT:
             what = "connect() failed while connecting to upstream"
+        elif why == FAIL_TLS:
+            what = g_up_tls_error or "SSL handshake to upstream failed"
         elif why == FAIL_TIMEOUT:
             what = ("upstream timed out while connecting to upstream" if self.state == US_CONNECTING
+                    else "upstream timed out while SSL handshaking to upstream"
+                    if self.state == US_HANDSHAKE
                     else "upstream timed out while reading response header from upstream"
                     if not self.head_done else "upstream timed out while reading upstream")
         elif why == FAIL_BAD_RESPONSE:
@@ -758,8 +814,10 @@ cdef class UpConn(Handle):
             self.log_failure(why)
             self.ups.peer_failed(self.peer, g_now)      # counts toward max_fails
         status = 504 if why == FAIL_TIMEOUT else 502
-        cdef bint was_connecting = self.state == US_CONNECTING
+        cdef bint was_connecting = self.state == US_CONNECTING or self.state == US_HANDSHAKE
         cdef bint request_sent = self.request_sent
+        if self.ssl != NULL:
+            tls_free(&self.ssl, False)      # a failed connection gets no close_notify
         if not retry_same_peer:
             self.record_try(c, status if not self.head_done else self.status)
         self.client = None
@@ -785,9 +843,10 @@ cdef UpConn upstream_connection(Upstream ups, int peer, Client c):
     cdef int fd
     cdef int one = 1
     cdef Peer *p = &ups.peers[peer]
+    cdef UpstreamTls tls = c.loc.upstream_tls
     for i in range(len(ups.idle) - 1, -1, -1):
         up = <UpConn>ups.idle[i]
-        if up.peer == peer:
+        if up.peer == peer and up.tls is tls:
             del ups.idle[i]
             timer_stop(up)
             up.state = US_ACTIVE
@@ -816,6 +875,7 @@ cdef UpConn upstream_connection(Upstream ups, int peer, Client c):
     up.writable = False
     up.peer_closed = False
     up.file_fd = -1
+    up.tls = tls
     buf_init(&up.rb, READ_CHUNK)
     buf_init(&up.wb, 2048)
     if connect(fd, <sockaddr *>&p.addr, p.addrlen) < 0 and errno != EINPROGRESS:

@@ -65,6 +65,7 @@ cdef class Location:
     cdef TimerList t_connect, t_read, t_send, t_tunnel
     cdef public bytes upgrade_protocols     # lowercase names, NUL separated; empty: none
     cdef public int64_t proxy_tunnel_timeout_ms
+    cdef public UpstreamTls upstream_tls    # proxy_pass https:// (upstream_tls.pyx), or None
 
     # buffering (buffering.pyx): request bodies read whole before a peer is picked,
     # responses read ahead of a slow client into memory, then a temp file

@@ -2,7 +2,7 @@
 nginx's syntax. The location that `URI` selects proxies the copies to its own upstream.
 The main request never waits for a copy (edge/_core/mirror.pyx); docs/traffic.md."""
 
-from edge._core.reactor import InternalOnly, MirrorTarget
+from edge._core.reactor import InternalOnly, MirrorTarget, upstream_tls_name_is_literal
 from edge.config import HTTP, LOCATION, SERVER, ConfigError, Directive, types
 
 HSL = (HTTP, SERVER, LOCATION)
@@ -76,6 +76,10 @@ def compile_done(runtime):
             if target is None or target.upstream is None:
                 raise ConfigError(f'mirror "{uri}" selects no location with "proxy_pass" '
                                   'in this server', node.file, node.line)
+            if target.upstream_tls is not None and not upstream_tls_name_is_literal(target.upstream_tls):
+                # a copy is sent after its request is gone: nothing to evaluate them with
+                raise ConfigError(f'mirror "{uri}" selects a location whose "proxy_ssl_name" has '
+                                  'variables, which mirror copies cannot use', node.file, node.line)
             targets.append(MirrorTarget(target, uri.encode("latin-1"), sample))
         location.mirrors = targets
         location.mirror_request_body = with_body

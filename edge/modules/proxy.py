@@ -2,7 +2,7 @@
 
 Bodies stream both ways; edge re-frames them itself."""
 
-from edge._core.reactor import DynamicUpstream, Redirects, Template, Upstream
+from edge._core.reactor import DynamicUpstream, Redirects, Template, Upstream, keep_request_head
 from edge.config import HTTP, LOCATION, SERVER, ConfigError, Directive, types
 from edge.modules.upstream import split_host_port
 
@@ -21,10 +21,12 @@ DEFAULT_HEADERS = [
 def _proxy_pass(node):
     url = node.args[0]
     if url.startswith("https://"):
-        raise ConfigError('https upstreams are not supported yet in "proxy_pass"')
-    if not url.startswith("http://"):
+        scheme = "https"        # TLS to the upstream: edge/modules/proxy_ssl.py
+    elif url.startswith("http://"):
+        scheme = "http"
+    else:
         raise ConfigError(f'invalid URL prefix in "{url}"')
-    rest = url[7:]
+    rest = url[len(scheme) + 3:]
     if rest.endswith("$request_uri"):
         # nginx's idiom for "the original request URI, whatever the location": what edge
         # sends anyway when proxy_pass has no URI part
@@ -35,7 +37,7 @@ def _proxy_pass(node):
     authority, uri = (rest, None) if slash < 0 else (rest[:slash], rest[slash:])
     if not authority:
         raise ConfigError(f'no host in "{url}"')
-    return (authority, uri)
+    return (authority, uri, scheme)
 
 
 def _set_header(node):
@@ -94,10 +96,11 @@ def _method(node):
 
 DIRECTIVES = [
     Directive("proxy_pass", (LOCATION,), (1, 1), parse=_proxy_pass,
-              syntax="proxy_pass http://upstream_name[/uri] | http://host[:port][/uri];",
+              syntax="proxy_pass http[s]://upstream_name[/uri] | http[s]://host[:port][/uri];",
               doc="Send requests to an upstream group or an address. With a URI part, the "
                   "matched location prefix is replaced by it; without one the request URI "
-                  "passes unchanged."),
+                  "passes unchanged. `https://` speaks TLS to the upstream (default port "
+                  "443 for an address; see the proxy_ssl_* directives and docs/tls.md)."),
     Directive("proxy_redirect", HSL, (1, 2), parse=_redirect, multi=True,
               syntax="proxy_redirect default | off | redirect replacement;",
               doc="Rewrite the Location and Refresh headers of upstream responses: the first "
@@ -144,14 +147,18 @@ def compile_location(conf, location, runtime):
     if value is None:
         return
     node = conf.node("proxy_pass")
-    authority, uri = value
+    authority, uri, scheme = value
+    https = scheme == "https"
     if uri is not None and location.kind >= 3:
         raise ConfigError('"proxy_pass" cannot have URI part in location given by regular '
                           'expression', node.file, node.line)
-    names = getattr(runtime, "group_names", None)
+    attr = "group_names_https" if https else "group_names"
+    names = getattr(runtime, attr, None)
     if names is None:
         # every group a `proxy_pass http://$var` may name: upstream blocks and addresses
-        names = runtime.group_names = {n.encode("latin-1"): g for n, g in runtime.upstreams.items()}
+        # (the addresses of one scheme: their default ports differ)
+        names = {n.encode("latin-1"): g for n, g in runtime.upstreams.items()}
+        setattr(runtime, attr, names)
     dynamic = None
     group = None
     if "$" in authority:
@@ -161,16 +168,20 @@ def compile_location(conf, location, runtime):
             raise ConfigError(str(e), node.file, node.line)
     else:
         group = runtime.upstreams.get(authority)
+    key = "https://" + authority if https else authority
     if group is None and dynamic is None:
-        group = runtime.address_upstreams.get(authority)
+        group = runtime.address_upstreams.get(key)
     if group is None and dynamic is None:
         try:
-            host, port = split_host_port(authority, default_port=80)
-            group = Upstream(authority, 0)
+            host, port = split_host_port(authority, default_port=443 if https else 80)
+            # $proxy_host: for https the host alone when the port is the default, as nginx
+            name = authority[:-4] if https and port == 443 and authority.endswith(":443") \
+                else authority
+            group = Upstream(name, 0)
             group.add_peer(host, port, 1, 1, 10.0)
         except (ValueError, ConfigError) as e:
             raise ConfigError(str(e), node.file, node.line)
-        runtime.address_upstreams[authority] = group
+        runtime.address_upstreams[key] = group
         runtime.plan.add_upstream(group)
         names.setdefault(authority.encode("latin-1"), group)
 
@@ -185,10 +196,10 @@ def compile_location(conf, location, runtime):
     if dynamic is not None and any(g.hash_key_uses_head for g in runtime.upstreams.values()):
         # the group is chosen per request; one of them hashes on the request head, which
         # its pick reads after the body went through rb
-        location.phases.keep_head = True
+        keep_request_head(location)
     method = conf.get("proxy_method")
     location.proxy_method = method.encode("latin-1") if method else None
-    _response_headers(conf, location, authority, uri, dynamic is not None)
+    _response_headers(conf, location, authority, uri, dynamic is not None, scheme)
     location.proxy_connect_timeout_ms = int(conf.get("proxy_connect_timeout") * 1000)
     location.proxy_read_timeout_ms = int(conf.get("proxy_read_timeout") * 1000)
     location.proxy_send_timeout_ms = int(conf.get("proxy_send_timeout") * 1000)
@@ -196,7 +207,7 @@ def compile_location(conf, location, runtime):
     location.upgrade_protocols = b"".join(p.encode("latin-1") + b"\0" for p in conf.get("proxy_upgrade")) + b"\0"
 
 
-def _response_headers(conf, location, authority, uri, dynamic):
+def _response_headers(conf, location, authority, uri, dynamic, scheme="http"):
     """proxy_redirect, proxy_hide_header, proxy_pass_header."""
     rules = conf.get("proxy_redirect")
     if rules is None and not dynamic:
@@ -211,7 +222,7 @@ def _response_headers(conf, location, authority, uri, dynamic):
                 node = conf.node("proxy_redirect")[0]
                 raise ConfigError('"proxy_redirect default" cannot be used with "proxy_pass" '
                                   'directive with variables', node.file, node.line)
-            url = "http://" + authority
+            url = scheme + "://" + authority
             if uri:
                 compiled.append(((url + uri).encode("latin-1"),
                                  Template.compile(location.pattern.decode("latin-1"))))

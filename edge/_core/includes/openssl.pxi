@@ -348,6 +348,13 @@ cdef extern from "<openssl/ssl.h>" nogil:
         OPENSSL_NPN_NEGOTIATED
         OPENSSL_NPN_NO_OVERLAP
 
+# ---- TLS to upstreams (upstream_tls.pyx) --------------------------------------------------
+ctypedef int (*new_session_cb_t)(SSL *ssl, SSL_SESSION *sess) noexcept nogil
+
+cdef extern from "<openssl/x509v3.h>" nogil:
+    int X509_check_host(X509 *x, const char *chk, size_t chklen, unsigned int flags, char **peername)
+    int X509_check_ip_asc(X509 *x, const char *ipasc, unsigned int flags)
+
 # ---- session resumption (tls_sessions.pyx) ------------------------------------------------
 cdef extern from "<openssl/ssl.h>" nogil:
     long SSL_CTX_get_timeout(const SSL_CTX *ctx)

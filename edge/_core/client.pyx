@@ -885,6 +885,17 @@ cdef class Client(Handle):
 
     # ---- output -------------------------------------------------------------------------
 
+    cdef bint reusable(self) noexcept:
+        """Holding a slot while doing nothing: an idle keep-alive connection, or a new one
+        that has not sent its first byte (plain, PROXY protocol or TLS). nginx closes
+        these first when worker_connections run out."""
+        if self.state == CS_HANDSHAKE:
+            return self.ssl == NULL
+        if self.state == CS_HEAD or self.state == CS_PP_HEADER:
+            return (self.logged and buf_len(&self.rb) == 0 and not self.output_pending()
+                    and self.up is None and self.spool is None)
+        return False
+
     cdef inline bint output_pending(self) noexcept:
         return buf_len(&self.wb) > 0 or self.win_len > 0 or self.suf_len > 0
 

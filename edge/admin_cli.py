@@ -1,6 +1,9 @@
 """``edge admin ...``: the admin API from the command line (docs/admin.md).
 
-    edge admin [-c FILE] status|routes|upstreams|consumers [--json]
+    edge admin [-c FILE] status|routes|upstreams|consumers|history [--json]
+    edge admin [-c FILE] set-peer UPSTREAM ADDR [--weight N] [--down|--up] [--drain]
+    edge admin [-c FILE] apply FILE          (PUT /config: YAML or JSON)
+    edge admin [-c FILE] rollback GEN        (also: edge config rollback GEN)
 
 The address (``admin_listen``) and the token (``admin_token`` / ``admin_token_file``)
 come from the config, loaded as ``edge -t`` would. The answer is printed as a table, or
@@ -15,13 +18,16 @@ import socket
 import sys
 
 TIMEOUT = 10.0
+WRITE_TIMEOUT = 75.0        # a write waits for its reload (the API gives up at 60 s)
 
 COMMANDS = {
     "status": "/status",
     "routes": "/routes",
     "upstreams": "/upstreams",
     "consumers": "/consumers",
+    "history": "/config/history",
 }
+WRITES = ("set-peer", "apply", "rollback")
 
 
 def _say(level, msg):
@@ -49,14 +55,16 @@ def connection(settings, timeout=TIMEOUT):
     return http.client.HTTPConnection(host, address.port, timeout=timeout)
 
 
-def request(settings, method, path, timeout=TIMEOUT):
+def request(settings, method, path, timeout=TIMEOUT, body=None, content_type=None):
     """(status, parsed JSON or text) of one request to the admin listener."""
     conn = connection(settings, timeout)
     headers = {"Accept": "application/json"}
     if settings.token:
         headers["Authorization"] = f"Bearer {settings.token}"
+    if body is not None:
+        headers["Content-Type"] = content_type or "application/json"
     try:
-        conn.request(method, path, headers=headers)
+        conn.request(method, path, body=body, headers=headers)
         response = conn.getresponse()
         body = response.read()
     finally:
@@ -122,17 +130,85 @@ def show_consumers(doc):
     return table(rows, ["CONSUMER", "CUSTOM ID", "GROUPS", "CREDENTIALS"])
 
 
+def show_history(doc):
+    import time
+    rows = [[h["generation"] if not h.get("current") else f"{h['generation']} *",
+             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h["time"])), h["what"],
+             len(h["files"])] for h in doc["history"]]
+    return table(rows, ["GENERATION", "SAVED", "MADE BY", "FILES"]) + \
+        f"\n(* in force; the last {doc['keep']} generations are kept)"
+
+
 SHOW = {"status": show_status, "routes": show_routes, "upstreams": show_upstreams,
-        "consumers": show_consumers}
+        "consumers": show_consumers, "history": show_history}
+
+
+def _write_request(args):
+    """(method, path, body bytes or None, content type) of a write command; ValueError
+    for a bad command line."""
+    from urllib.parse import quote
+    if args.what == "set-peer":
+        if len(args.rest) != 2:
+            raise ValueError("set-peer UPSTREAM ADDR [--weight N] [--down|--up] [--drain]")
+        doc = {}
+        if args.weight is not None:
+            doc["weight"] = args.weight
+        if args.down:
+            doc["down"] = True
+        if args.up:
+            doc["down"] = False
+            doc["drain"] = False
+        if args.drain:
+            doc["drain"] = True
+        upstream, addr = args.rest
+        return ("PUT", f"/upstreams/{quote(upstream, safe='')}/peers/{quote(addr, safe='')}",
+                json.dumps(doc).encode(), "application/json")
+    if args.what == "apply":
+        if len(args.rest) != 1:
+            raise ValueError("apply FILE (YAML or JSON: upstreams, routes, consumers)")
+        with open(args.rest[0], "rb") as f:
+            data = f.read()
+        ctype = "application/json" if args.rest[0].endswith(".json") else "application/yaml"
+        return "PUT", "/config", data, ctype
+    if len(args.rest) != 1 or not args.rest[0].isdigit():
+        raise ValueError("rollback GEN (a generation of `edge admin history`)")
+    return "POST", f"/config/rollback?to={args.rest[0]}", None, None
+
+
+def _say_written(doc):
+    if doc.get("rolled_back"):
+        return f"rolled back to the files of generation {doc['restored']}: generation {doc['generation']} in force"
+    return f"applied: generation {doc['generation']} in force"
 
 
 def main(argv):
     parser = argparse.ArgumentParser(prog="edge admin",
                                      description="The admin API of the running edge.")
-    parser.add_argument("what", choices=list(COMMANDS))
+    parser.add_argument("what", choices=list(COMMANDS) + list(WRITES))
+    parser.add_argument("rest", nargs="*", help="set-peer UPSTREAM ADDR, apply FILE, rollback GEN")
     parser.add_argument("-c", dest="conf", metavar="FILE", help="configuration file")
     parser.add_argument("--json", action="store_true", help="print the API's JSON")
+    parser.add_argument("--weight", type=int, help="set-peer: the peer's weight")
+    updown = parser.add_mutually_exclusive_group()
+    updown.add_argument("--down", action="store_true", help="set-peer: mark the peer down")
+    updown.add_argument("--up", action="store_true", help="set-peer: bring it back (not down, "
+                                                          "not drained)")
+    parser.add_argument("--drain", action="store_true",
+                        help="set-peer: no new requests, the ones in flight finish")
     args = parser.parse_args(argv)
+    if args.drain and args.up:
+        parser.error("--drain and --up are contradictory")
+    write = None
+    if args.what in WRITES:
+        try:
+            write = _write_request(args)
+        except ValueError as e:
+            parser.error(str(e))
+        except OSError as e:
+            _say("error", f"{args.rest[0]}: {e.strerror}")
+            return 1
+    elif args.rest:
+        parser.error(f"{args.what} takes no argument")
     from edge import cli
     conf = cli.config_path(args.conf)
     cycle = cli._load(conf)
@@ -142,16 +218,24 @@ def main(argv):
         _say("error", f'no "admin_listen" in {conf}')
         return 1
     try:
-        status, doc = request(cycle.admin, "GET", COMMANDS[args.what])
+        if write is not None:
+            method, path, body, ctype = write
+            status, doc = request(cycle.admin, method, path, WRITE_TIMEOUT, body, ctype)
+        else:
+            status, doc = request(cycle.admin, "GET", COMMANDS[args.what])
     except OSError as e:
         _say("error", f"admin API at {cycle.admin.address.key}: {e}")
         return 1
-    if status != 200 or not isinstance(doc, dict):
+    if status not in (200, 201) or not isinstance(doc, dict):
         message = doc.get("error") if isinstance(doc, dict) else doc
+        if isinstance(doc, dict) and doc.get("field"):
+            message = f"{message} (field: {doc['field']})"
         _say("error", f"admin API at {cycle.admin.address.key}: {status} {message}")
         return 1
     if args.json:
         print(json.dumps(doc, indent=2))
+    elif write is not None:
+        print(_say_written(doc))
     else:
         print(SHOW[args.what](doc))
     return 0

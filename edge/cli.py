@@ -13,7 +13,9 @@
     edge consumers hash-password
                                hash a password for the consumers file (stdin or a
                                prompt); edge/modules/consumers.py
-    edge admin status|routes|upstreams|consumers [--json]
+    edge admin status|routes|upstreams|consumers|history [--json]
+    edge admin set-peer UPSTREAM ADDR [--weight N] [--down|--up] [--drain]
+    edge admin apply FILE | rollback GEN;  edge config rollback GEN
                                the running edge over its admin API (edge/admin_cli.py)
 
 Messages go to stderr in nginx's form (``edge: [emerg] ...``); only ``-T``'s dump and
@@ -58,7 +60,8 @@ def build_parser():
                "The access logs: edge logs query \"SQL\" and edge logs tail "
                "(edge logs -h). Password hashes for the consumers file: "
                "edge consumers hash-password. The admin API: edge admin "
-               "status|routes|upstreams|consumers [--json].",
+               "status|routes|upstreams|consumers|history [--json], set-peer, apply FILE, "
+               "rollback GEN (docs/admin.md).",
     )
     parser.add_argument("command", nargs="?", choices=["status", "drain", "undrain"],
                         help="status: show whether the master in the pid file runs, its "
@@ -94,6 +97,11 @@ def main(argv=None):
         # edge [-c FILE] admin status|routes|upstreams|consumers: over the admin API
         from edge import admin_cli
         i = argv.index("admin")
+        return admin_cli.main(argv[:i] + argv[i + 1:])
+    if argv[:2] == ["config", "rollback"] or (argv[:1] == ["-c"] and argv[2:4] == ["config", "rollback"]):
+        # edge [-c FILE] config rollback GEN: POST /config/rollback over the admin API
+        from edge import admin_cli
+        i = argv.index("config")
         return admin_cli.main(argv[:i] + argv[i + 1:])
     if argv[:1] == ["consumers"]:
         # hash-password: the standard library only, no compiled code.

@@ -14,13 +14,15 @@ from edge._core.reactor import Location, Plan
 from edge.config import ConfigError, build, parse_file
 from edge.modules import (access_log, admin, auth, buffering, consumers, core, cors, health, http_core,
                           headers, ip_rules, limits, metrics, mirror, proxy, proxy_ssl, realip, redis,
-                          request_id, retries, return_, rewrite, ssl, upstream, variables)
+                          request_id, retries, return_, rewrite, ssl, ssl_session, upstream,
+                          variables)
 
 # The single list of features. A new module is a file in edge/modules/ added here.
 # Within a phase, handlers run in this order: the access phase runs the IP rules, then
 # the CORS preflight (a preflight carries no credentials), then authentication, then the
 # limits (so a limit can be keyed on $consumer).
-MODULES = [core, http_core, ssl, variables, realip, upstream, proxy, proxy_ssl, buffering, retries, mirror, return_,
+MODULES = [core, http_core, ssl, ssl_session, variables, realip, upstream, proxy, proxy_ssl, buffering,
+           retries, mirror, return_,
            health, metrics, access_log, request_id, rewrite, headers, ip_rules, cors, consumers,
            auth, limits, admin, redis]
 
@@ -80,8 +82,11 @@ class Cycle:
 
     def prepare_zones(self):
         """In the master, before this config is served: make or keep the files of its
-        limit zones (see modules/limits.py). Returns {zone name: state kept}."""
-        return limits.prepare(self.limit_zones)
+        limit zones (see modules/limits.py), and its TLS session caches and ticket keys
+        (modules/ssl_session.py). Returns {limit zone name: state kept}."""
+        kept = limits.prepare(self.limit_zones)
+        ssl_session.prepare(self.runtime)
+        return kept
 
     def build_runtime(self):
         """The compiled data plane. Built (and validated) at load time in the master, so

@@ -1114,8 +1114,9 @@ class Master:
             self.shared.config_failed = False
         self.published = number
         self._publish()
-        from edge.modules import limits
+        from edge.modules import limits, ssl_session
         limits.remove_unused(cycle.limit_zones)
+        ssl_session.remove_unused(cycle.runtime)
         log.error("notice", f"configuration generation {number} is in force"
                             + (" (workers reloaded in place)" if in_place else ""))
         # Told, not awaited: a slow or dead control process must not hold up a reload.
@@ -1917,8 +1918,10 @@ def run(config_path, exec_argv=None, exec_cwd=None):
     master.zones = create_zones(cycle)
     # limit zones are files next to the state file: workers map them by name, so a zone a
     # reload adds reaches workers that were forked before it
-    from edge._core.reactor import set_limit_zone_prefix
+    from edge._core.reactor import set_limit_zone_prefix, set_ssl_zone_prefix
     set_limit_zone_prefix(state_path + ".limit.")
+    # TLS session caches and ticket keys (modules/ssl_session.py), the same way
+    set_ssl_zone_prefix(state_path + ".ssl.")
     try:
         cycle.prepare_zones()
     except OSError as e:
@@ -1941,8 +1944,9 @@ def run(config_path, exec_argv=None, exec_cwd=None):
         # master) and a pid-less one (named after our pid) are of no further use.
         if not (master.state_path or "").endswith(".oldbin.state"):
             # our limit zones end with us; after a binary upgrade they are the new master's
-            from edge.modules import limits
+            from edge.modules import limits, ssl_session
             limits.remove_unused({}, state_path + ".limit.")
+            ssl_session.remove_unused(None, state_path + ".ssl.")
         if master.state_path and (master.state_path.endswith(".oldbin.state")
                                   or not master.pid_path):
             try:

@@ -14,10 +14,17 @@
   support/upstream.py on free ports, stopped at the end. An upstream that saw a
   malformed request fails the test at teardown (unless the test sets
   `upstream.allow_errors = True`, for requests that are cut on purpose).
+- `transport` (autouse, module scope): "plain" or "tls". The suites in TLS_SUITES run
+  both ways (each test id gets `[plain]` or `[tls]`); in "tls" every edge they start
+  listens with `ssl` and the test certificate, and support.client.Conn speaks TLS to it
+  (see support/edge.py and support/tls.py). EDGE_TEST_TLS=1 runs every module over TLS
+  only, EDGE_TEST_TLS=0 every module plain only. A module-scoped server fixture of such
+  a suite takes `transport` as an argument, so that it is made again for each.
 - Tests that use these fixtures get a hard time limit (SIGALRM, 60 s by default,
   `@pytest.mark.timeout(N)` to change), so no hang outlives its test.
 """
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -27,7 +34,12 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from support import IMPL, Blackhole, EdgeError, EdgeProcess, Slammer, Upstream  # noqa: E402
+from support import tls as tls_support  # noqa: E402
 from support.upstream import Tarpit  # noqa: E402
+
+# the smuggling and framing suites: run over plain TCP and over TLS
+TLS_SUITES = {"test_smuggling", "test_framing", "test_parser_framing"}
+_TLS_ENV = os.environ.get("EDGE_TEST_TLS", "")
 
 _OUR_FIXTURES = {"edge", "upstream", "upstream_factory", "blackhole", "slammer", "tarpit"}
 
@@ -37,6 +49,22 @@ def pytest_configure(config):
                                        " skipped when EDGE_TEST_IMPL=nginx")
     config.addinivalue_line("markers", "timeout(seconds): hard time limit of one integration test")
     config.addinivalue_line("markers", "fuzz: a short atheris run of the parser fuzz target")
+
+
+def pytest_generate_tests(metafunc):
+    if "transport" in metafunc.fixturenames and metafunc.module.__name__.rsplit(".", 1)[-1] in TLS_SUITES:
+        modes = {"1": ["tls"], "0": ["plain"]}.get(_TLS_ENV, ["plain", "tls"])
+        metafunc.parametrize("transport", modes, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def transport(request):
+    mode = getattr(request, "param", None) or ("tls" if _TLS_ENV == "1" else "plain")
+    prev = tls_support.set_tls_mode(mode == "tls")
+    try:
+        yield mode
+    finally:
+        tls_support.set_tls_mode(prev)
 
 
 def pytest_collection_modifyitems(config, items):

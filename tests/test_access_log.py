@@ -362,19 +362,22 @@ def test_every_ending_is_logged(edge, upstream, blackhole, tmp_path):
     assert get(port, "/ok").status == 200
     expected.append(200)
     assert len(records(log, len(expected))) == len(expected)     # every connection closed
-    # worker_connections full: the refused connection is logged too
+    # worker_connections full (each connection busy in its next request head, so none
+    # can be reused): the refused connection is logged too
     held = [socket.create_connection(("127.0.0.1", port)) for _ in range(8)]
     try:
         for s in held:
             s.sendall(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n")
             s.recv(1000)
+            s.sendall(b"GET /ok HTTP/1.1\r\n")
+        time.sleep(0.2)
         refused = raw_exchange(port, b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n")
         assert refused.startswith(b"HTTP/1.1 503"), refused
+        expected += [200] * 8 + [503]
+        recs = records(log, len(expected), timeout=10)
     finally:
         for s in held:
             s.close()
-    expected += [200] * 8 + [503]
-    recs = records(log, len(expected), timeout=10)
     statuses = [r["status"] for r in recs]
     assert sorted(statuses) == sorted(expected), f"{statuses} != {expected}"
     by_status = {r["status"]: r for r in recs}

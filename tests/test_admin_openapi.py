@@ -76,9 +76,15 @@ def test_the_live_document_matches_the_routes_a_running_edge_answers(edge, tmp_p
 def test_schemathesis_finds_no_server_error_and_no_answer_off_the_schema(edge, tmp_path, upstream_factory):
     token_file = tmp_path / "admin.token"
     token_file.write_text(TOKEN)
-    e = start(edge, tmp_path, (upstream_factory("one"), upstream_factory("two")),
-              CONF.replace("admin_listen 127.0.0.1:@PORT2@;",
-                           f"admin_listen 127.0.0.1:@PORT2@; admin_token_file {token_file};"),
+    # the managed files are included, so the writes schemathesis makes can succeed
+    # (a throwaway config: it may add, change and delete upstreams, routes, consumers)
+    conf = CONF.replace("admin_listen 127.0.0.1:@PORT2@;",
+                        f"admin_listen 127.0.0.1:@PORT2@; admin_token_file {token_file};"
+                        f" include conf.d/_admin/*.conf;")
+    conf = conf.replace("server_name api.test;",
+                        "server_name api.test; include conf.d/_admin/routes/api.test/*.conf;")
+    assert conf.count("conf.d/_admin") == 2
+    e = start(edge, tmp_path, (upstream_factory("one"), upstream_factory("two")), conf,
               headers=AUTH)
     report = tmp_path / "schemathesis-junit.xml"
     r = subprocess.run(

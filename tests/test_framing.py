@@ -279,7 +279,7 @@ def test_expect_100_continue_http10_ignored(edge, upstream):
     with Conn(e.port) as c:
         c.send(build_request("POST", "/echo", headers=[("Expect", "100-continue")], body=b"abc",
                              version="HTTP/1.0"))
-        head = c.sock.recv(12, socket.MSG_PEEK)
+        head = c.peek(12)
         r = c.read_response()
         assert r.status == 200 and r.json()["body_len"] == 3
         assert not head.startswith(b"HTTP/1.1 100"), "100 Continue sent to an HTTP/1.0 client"

@@ -206,8 +206,11 @@ def open_and_probe(port: int):
         return c, None
 
 
+@pytest.mark.edge_only      # nginx closes such a connection without an answer
 @pytest.mark.timeout(60)
 def test_worker_connections_full_is_503(edge):
+    """Every slot busy (each connection is in the middle of a request head): the next
+    connection gets a 503 and is closed; the busy ones go on."""
     n = 8
     e = edge("events { worker_connections %d; }\n" % n + RET, EXTRA="keepalive_timeout 30s;")
     held = []
@@ -216,19 +219,44 @@ def test_worker_connections_full_is_503(edge):
             c, st = open_and_probe(e.port)
             held.append(c)
             assert st == 200, f"connection {i + 1} of worker_connections {n} was not served ({st})"
+            c.send(b"GET / HTTP/1.1\r\n")        # busy: a head has started
+        time.sleep(0.2)
         c, st = open_and_probe(e.port)
         held.append(c)
         assert st == 503, f"connection {n + 1} with worker_connections {n} full: got {st}, wanted 503"
         assert c.wait_closed(3), "the refused connection was left open"
         # the held ones still work
-        r = held[0].request("GET", "/")
-        assert r.status == 200
+        held[0].send(b"Host: x\r\n\r\n")
+        assert held[0].read_response().status == 200
         # a slot freed is usable again
         held[1].close()
         time.sleep(0.3)
         c, st = open_and_probe(e.port)
         held.append(c)
         assert st == 200, f"a new connection after one closed got {st}"
+    finally:
+        for c in held:
+            c.close()
+
+
+@pytest.mark.timeout(60)
+def test_worker_connections_full_of_idle_connections_reuses_the_oldest(edge):
+    """Every slot held by an idle keep-alive connection: as nginx does, the oldest idle
+    ones are closed to make room, and the new client is served."""
+    n = 8
+    e = edge("events { worker_connections %d; }\n" % n + RET, EXTRA="keepalive_timeout 30s;")
+    held = []
+    try:
+        for i in range(n):
+            c, st = open_and_probe(e.port)
+            held.append(c)
+            assert st == 200
+            time.sleep(0.01)                    # an order of age for the server's timers
+        c, st = open_and_probe(e.port)
+        held.append(c)
+        assert st == 200, f"a new client with every slot idle got {st}, wanted 200"
+        assert held[0].wait_closed(3), "the oldest idle connection was not the one closed"
+        assert held[-2].is_open(0.2)
     finally:
         for c in held:
             c.close()

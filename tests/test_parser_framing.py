@@ -35,7 +35,7 @@ http {
 
 
 @pytest.fixture(scope="module")
-def rig(tmp_path_factory):
+def rig(tmp_path_factory, transport):
     up = RecordingUpstream("rec").start()
     up.allow_errors = True
     e = EdgeProcess(tmp_path_factory.mktemp("framing"), CONF, {"UP": up.addr}).start()

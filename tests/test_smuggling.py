@@ -20,6 +20,7 @@ change (a crash respawns it).
 
 import re
 import socket
+import ssl
 import time
 
 import pytest
@@ -51,7 +52,7 @@ def rec():
 
 
 @pytest.fixture(scope="module")
-def edge_mod(tmp_path_factory, rec):
+def edge_mod(tmp_path_factory, rec, transport):
     e = EdgeProcess(tmp_path_factory.mktemp("smuggling"), CONF, {"UP": rec.addr}).start()
     e.initial_workers = e.wait_workers(1)
     yield e
@@ -82,7 +83,7 @@ def read_all(c: Conn, timeout=5.0) -> bytes:
     while time.monotonic() < deadline:
         try:
             data = c.sock.recv(65536)
-        except ConnectionResetError:
+        except (ConnectionResetError, ssl.SSLEOFError):
             break
         except socket.timeout:
             raise AssertionError(f"connection not closed within {timeout}s; got {bytes(out)[:300]!r}")

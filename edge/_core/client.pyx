@@ -143,6 +143,50 @@ cdef bint host_value_valid(const char *p, size_t n) noexcept nogil:
     return True
 
 
+cdef int host_normalize(const char *p, size_t n, char *out, size_t *out_len) noexcept nogil:
+    """A host name as nginx validates it (a Host header, an SNI name): lowercased, without
+    a port and one trailing dot; refused (-1) when it has an empty label ("a..b", a second
+    trailing dot) or characters no host name has (RFC 3986 reg-name / IP-literal). `out`
+    holds HOST_MAX + 1 bytes and is NUL terminated. An empty name gives length 0."""
+    cdef size_t i
+    cdef size_t end = n
+    cdef unsigned char ch
+    if n == 0:
+        out[0] = 0
+        out_len[0] = 0
+        return 0
+    if p[0] == 91:      # [IPv6]
+        while end > 0 and p[end - 1] != 93:
+            end -= 1
+        if end == 0:
+            return -1
+    else:
+        for i in range(n):
+            if p[i] == 58:
+                end = i
+                break
+    if end > 0 and p[end - 1] == 46:
+        end -= 1
+        if end > 0 and p[end - 1] == 46:
+            return -1           # "name..": an empty last label
+    if end > HOST_MAX:
+        return -1
+    for i in range(end):
+        ch = <unsigned char>p[i]
+        if ch >= 65 and ch <= 90:
+            ch += 32
+        elif ch == 46:
+            if i == 0 or p[i - 1] == 46:
+                return -1       # an empty label
+        elif not ((ch >= 97 and ch <= 122) or (ch >= 48 and ch <= 57) or ch == 45 or
+                  ch == 95 or ch == 91 or ch == 93 or ch == 58):
+            return -1
+        out[i] = <char>ch
+    out[end] = 0
+    out_len[0] = end
+    return 0
+
+
 cdef inline bint name_is(const char *name, size_t n, const char *lower, size_t ln) noexcept nogil:
     return n == ln and strncasecmp(name, lower, n) == 0
 
@@ -841,6 +885,17 @@ cdef class Client(Handle):
 
     # ---- output -------------------------------------------------------------------------
 
+    cdef bint reusable(self) noexcept:
+        """Holding a slot while doing nothing: an idle keep-alive connection, or a new one
+        that has not sent its first byte (plain, PROXY protocol or TLS). nginx closes
+        these first when worker_connections run out."""
+        if self.state == CS_HANDSHAKE:
+            return self.ssl == NULL
+        if self.state == CS_HEAD or self.state == CS_PP_HEADER:
+            return (self.logged and buf_len(&self.rb) == 0 and not self.output_pending()
+                    and self.up is None and self.spool is None)
+        return False
+
     cdef inline bint output_pending(self) noexcept:
         return buf_len(&self.wb) > 0 or self.win_len > 0 or self.suf_len > 0
 
@@ -1377,38 +1432,9 @@ cdef class Client(Handle):
             self.finish_without_body(404)
 
     cdef int set_host(self, const char *p, size_t n) noexcept:
-        """Lowercase the host, drop a port and a trailing dot; refuse what cannot be a
-        host name (RFC 3986 reg-name / IP-literal characters only)."""
-        cdef size_t i
-        cdef size_t end = n
-        cdef unsigned char ch
-        if n == 0:
-            self.host_len = 0
-            return 0
-        if p[0] == 91:      # [IPv6]
-            while end > 0 and p[end - 1] != 93:
-                end -= 1
-            if end == 0:
-                return -1
-        else:
-            for i in range(n):
-                if p[i] == 58:
-                    end = i
-                    break
-        if end > 0 and p[end - 1] == 46:
-            end -= 1
-        if end > HOST_MAX:
+        """The request's host, as host_normalize() makes it; -1 for an invalid one."""
+        if host_normalize(p, n, self.host, &self.host_len) < 0:
             return -1
-        for i in range(end):
-            ch = <unsigned char>p[i]
-            if ch >= 65 and ch <= 90:
-                ch += 32
-            elif not ((ch >= 97 and ch <= 122) or (ch >= 48 and ch <= 57) or ch == 45 or
-                      ch == 46 or ch == 95 or ch == 91 or ch == 93 or ch == 58):
-                return -1
-            self.host[i] = <char>ch
-        self.host[end] = 0
-        self.host_len = end
         return 0
 
     cdef int skip_request_body(self) noexcept:

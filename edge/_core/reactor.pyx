@@ -22,6 +22,7 @@ include "balancer.pyx"
 include "realip.pyx"
 include "router.pyx"
 include "tls.pyx"
+include "tls_sessions.pyx"
 include "uri.pyx"
 include "proxy_protocol.pyx"
 include "client.pyx"
@@ -119,6 +120,7 @@ cdef class Loop:
     cdef int nclients
     cdef int max_clients
     cdef bint full_logged
+    cdef bint reuse_logged
     cdef bint quitting
     cdef bint stopping
     cdef int64_t quit_deadline
@@ -237,6 +239,8 @@ cdef class Loop:
                     self.log_error("accept4() failed (%d)" % errno)
                 lst.pending = False
                 return
+            if self.nclients >= self.max_clients and self.reuse_connections() > 0:
+                pass        # idle connections were closed to make room, as nginx does
             if self.nclients >= self.max_clients:
                 # worker_connections reached: refuse cleanly rather than leave the client
                 # hanging in the listen queue (a best-effort write; the socket is new). A
@@ -263,6 +267,45 @@ cdef class Loop:
                 c.close()
                 continue
             self.register(c)
+
+    cdef int reuse_connections(self):
+        """worker_connections are all taken: close the oldest connections that hold a slot
+        without doing anything (nginx's "reusable" connections: idle keep-alive ones, and
+        new ones that have not sent a byte, a TLS hello included), so that a new client is
+        served rather than refused. Like nginx, at most max(1, min(32, reusable / 8)) at a
+        time. The timer lists are in deadline order, so their heads are the oldest."""
+        cdef TimerList t
+        cdef Handle h, nxt
+        cdef Client c
+        cdef list victims = []
+        cdef int budget = 4 * self.max_clients + 64      # bounded walk
+        cdef int reusable = 0
+        cdef int n
+        for t in _all_timer_lists:
+            h = t.head
+            while h is not None and budget > 0:
+                budget -= 1
+                if h.kind == K_CLIENT and (<Client>h).reusable():
+                    reusable += 1
+                    if len(victims) < 32:
+                        victims.append(h)
+                h = h.tnext
+        if reusable == 0:
+            return 0
+        n = reusable // 8
+        if n > 32:
+            n = 32
+        if n < 1:
+            n = 1
+        if not self.reuse_logged:
+            self.reuse_logged = True
+            self.log_at("warn", "%d worker_connections are not enough, reusing connections"
+                        % self.max_clients)
+        for h in victims[:n]:
+            c = <Client>h
+            if c.fd >= 0:
+                c.close()
+        return n
 
     cdef void client_closed(self, Client c):
         self.nclients -= 1

@@ -103,8 +103,8 @@ cdef int sni_callback(SSL *ssl, int *alert, void *arg) noexcept:
     cdef void *owner = SSL_get_ex_data(ssl, 0)
     cdef Client c
     cdef Server s
-    cdef char lower[256]
-    cdef size_t n, i
+    cdef char lower[256]            # HOST_MAX + 1 (client.pyx)
+    cdef size_t n, lower_len
     cdef SSL_CTX *target
     if name == NULL or owner == NULL:
         return SSL_TLSEXT_ERR_NOACK
@@ -112,11 +112,14 @@ cdef int sni_callback(SSL *ssl, int *alert, void *arg) noexcept:
     n = strlen(name)
     if n == 0 or n > 255:
         return SSL_TLSEXT_ERR_NOACK
-    for i in range(n):
-        lower[i] = name[i] + 32 if 65 <= name[i] <= 90 else name[i]
-    lower[n] = 0
-    memcpy(c.sni, lower, n + 1)
+    # $ssl_server_name is the name as sent; the server is chosen by the name as nginx
+    # validates a host (lowercased, no port, one trailing dot dropped). An invalid name
+    # counts as no name: the default server's certificate
+    memcpy(c.sni, name, n + 1)
     c.sni_len = n
+    if host_normalize(name, n, lower, &lower_len) < 0 or lower_len == 0:
+        return SSL_TLSEXT_ERR_OK
+    n = lower_len
     if c.binding is None:
         return SSL_TLSEXT_ERR_OK
     s = c.binding.find_server(lower, n)

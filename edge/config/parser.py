@@ -45,9 +45,15 @@ class ParsedConfig:
     data_files: dict = field(default_factory=dict)
 
 
-def parse_file(path):
-    """Read and parse the main configuration file at ``path``."""
-    return _Parser(path).parse_main(_read(path, None, None), path)
+def parse_file(path, overlay=None):
+    """Read and parse the main configuration file at ``path``.
+
+    ``overlay`` ({absolute path: text, or None for a file that is gone}) replaces files
+    on disk for this parse only: the admin API tests a candidate set of files exactly as
+    ``edge -t`` would test them once written (an overlaid file is matched by ``include``
+    globs as if it existed, a None one as if it did not)."""
+    parser = _Parser(path, overlay)
+    return parser.parse_main(parser.read(path, None, None), path)
 
 
 def parse_string(text, path="<string>"):
@@ -69,11 +75,37 @@ def _read(path, file, line):
 
 
 class _Parser:
-    def __init__(self, main_path):
+    def __init__(self, main_path, overlay=None):
         # nginx resolves includes against the conf dir; ours is the main file's dir.
         self.base = os.path.dirname(main_path)
         self.files = []
         self.seen = set()
+        self.overlay = {os.path.abspath(k): v for k, v in (overlay or {}).items()}
+
+    def read(self, path, file, line):
+        if self.overlay:
+            text = self.overlay.get(os.path.abspath(path), False)
+            if text is None:
+                raise ConfigError(f'open() "{path}" failed (No such file or directory)',
+                                  file, line)
+            if text is not False:
+                return text
+        return _read(path, file, line)
+
+    def _glob(self, full):
+        paths = glob.glob(full)
+        if self.overlay:
+            import fnmatch
+            want = os.path.abspath(full).split(os.sep)
+            found = {os.path.abspath(p): p for p in paths}
+            for p in self.overlay:
+                got = p.split(os.sep)
+                if len(got) == len(want) and all(
+                        fnmatch.fnmatchcase(g, w) and not (g.startswith(".") and not w.startswith("."))
+                        for g, w in zip(got, want)):
+                    found.setdefault(p, p)
+            paths = [shown for p, shown in found.items() if self.overlay.get(p, False) is not None]
+        return sorted(paths)
 
     def parse_main(self, text, path):
         nodes = self._parse_text(text, path, depth=0)
@@ -141,12 +173,12 @@ class _Parser:
         if any(c in pattern for c in "*?["):
             # Escape the base dir so a "[" in it is not taken for a glob.
             full = os.path.join(glob.escape(self.base), pattern)
-            paths = sorted(glob.glob(full))  # matching nothing is fine
+            paths = self._glob(full)  # matching nothing is fine
         else:
             paths = [os.path.join(self.base, pattern)]
 
         nodes = []
         for p in paths:
-            text = _read(p, node.file, node.line)
+            text = self.read(p, node.file, node.line)
             nodes.extend(self._parse_text(text, p, depth + 1))
         return nodes

@@ -423,5 +423,17 @@ class AdminServer:
             ctx.dropped(),
             getattr(zones, "BUCKETS", metrics.DEFAULT_BUCKETS),
             ctx.limit_sync(),
-            self._peers_in_force())
+            self._peers_in_force(),
+            self._ssl_sessions())
         return Response(200, text.encode("utf-8"), metrics.CONTENT_TYPE)
+
+    def _ssl_sessions(self):
+        for service in self.ctx.services:
+            collect = getattr(service, "ssl_session_metrics", None)
+            if collect is None:
+                continue
+            try:
+                return collect()
+            except Exception as e:  # a scrape must not fail on it
+                log.error("error", f"control process: TLS session metrics failed: {e!r}")
+        return None

@@ -133,6 +133,9 @@ class AdminAPI:
             r("POST", "/undrain", self.post_undrain),
             r("GET", "/openapi.json", self.get_openapi),
         ]
+        from edge.control.writes import WriteAPI
+        self.writes = WriteAPI(self)
+        self.routes += self.writes.routes()
 
     @property
     def generation(self):

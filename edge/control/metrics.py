@@ -91,7 +91,7 @@ def _add_histogram(into, key, buckets, total, count):
 
 
 def render(snapshot, counters, drops=None, buckets=DEFAULT_BUCKETS, limit_sync=None,
-           peers=None):
+           peers=None, ssl_sessions=None):
     """The exposition text.
 
     - `snapshot`: `zones.snapshot()` or None (no zones: only the master's families have
@@ -104,6 +104,9 @@ def render(snapshot, counters, drops=None, buckets=DEFAULT_BUCKETS, limit_sync=N
       upstream service's peers_in_force()), or None. When given, the peer families list
       exactly these (the zone also remembers peers of older configs and older DNS
       answers), and a peer the health check holds down (an even nonzero word) is 0.
+    - `ssl_sessions`: TicketRotation.ssl_session_metrics() ({"caches": {zone: stats},
+      "ticket_keys": n, "ticket_rotations": n}) or None (no TLS session resumption
+      zones: the families are left out).
     """
     snapshot = snapshot or {}
     families = []
@@ -230,4 +233,26 @@ def render(snapshot, counters, drops=None, buckets=DEFAULT_BUCKETS, limit_sync=N
                "Live edge nodes counted from the heartbeats in Redis."
                ).sample(limit_sync.get("live_nodes", 1))
 
+    if ssl_sessions is not None:
+        caches = ssl_sessions.get("caches") or {}
+        if caches:
+            events = family("edge_ssl_session_cache_events_total", "counter",
+                            "Shared TLS session cache operations, by zone and outcome (stored, "
+                            "hit, miss, evicted, expired, removed, too_big, busy).")
+            used = family("edge_ssl_session_cache_bytes", "gauge",
+                          "Bytes of the shared TLS session cache's ring holding sessions.")
+            for zone in sorted(caches):
+                stats = caches[zone]
+                for event, key in (("stored", "stored"), ("hit", "hits"), ("miss", "misses"),
+                                   ("evicted", "evicted"), ("expired", "expired"),
+                                   ("removed", "removed"), ("too_big", "too_big"), ("busy", "busy")):
+                    events.sample(stats.get(key, 0), (("zone", zone), ("event", event)))
+                used.sample(stats.get("bytes_used", 0), (("zone", zone),))
+        if ssl_sessions.get("ticket_keys") is not None:
+            family("edge_ssl_session_ticket_keys", "gauge",
+                   "Shared TLS session ticket keys that decrypt (the first also encrypts)."
+                   ).sample(ssl_sessions["ticket_keys"])
+            family("edge_ssl_session_ticket_key_rotations_total", "counter",
+                   "Rotations of the shared TLS session ticket keys since the keys were made."
+                   ).sample(ssl_sessions.get("ticket_rotations", 0))
     return "\n".join(f.render() for f in families) + "\n"

@@ -236,6 +236,176 @@ PATHS = {
                           **_DENIED)}},
 }
 
+# --------------------------------------------------------------------------- writes
+
+_WRITE_ERRORS = dict({
+    "400": _error("The write does not validate (as `edge -t` would find): `field` names the "
+                  "part of the request, `file` and `line` the place in the candidate files. "
+                  "Nothing was written."),
+    "404": _error("No such object."),
+    "409": _error("The object is not managed by the API (defined in another file), is in "
+                  "use, or the configuration lacks the include of the managed files."),
+    "412": _error("If-Match names another generation, or a write is being applied: read "
+                  "again."),
+    "415": _error("A Content-Type the endpoint does not take."),
+    "422": _error("Written, but the reload failed: the previous generation keeps serving."),
+    "503": _error("Written, but the master cannot be asked for a reload now."),
+    "504": _error("Written, but the master did not answer in time.")}, **_DENIED)
+
+_IF_MATCH = {"name": "If-Match", "in": "header", "required": False,
+             "description": 'The generation (ETag) the write was prepared against: "7". '
+                            "Another one: 412.",
+             "schema": {"type": "string"}}
+
+
+def _written(schema_props, summary, created=False, request=None, params=(), text=False,
+             yaml=False):
+    doc = {"type": "object", "required": ["generation"],
+           "properties": dict({"generation": _INT}, **schema_props)}
+    responses = {"200": dict(_json(doc, "Done: the new generation is in force."),
+                             headers=_ETAG)}
+    if created:
+        responses["201"] = dict(_json(doc, "Created: the new generation is in force."),
+                                headers=_ETAG)
+    responses.update(_WRITE_ERRORS)
+    op = {"summary": summary, "responses": responses,
+          "parameters": list(params) + [_IF_MATCH]}
+    if request is not None:
+        content = {"application/json": {"schema": request}}
+        if text:
+            content["text/plain"] = {"schema": {"type": "string"}}
+        if yaml:
+            content["application/yaml"] = {"schema": request}
+        op["requestBody"] = {"required": False, "content": content}
+    return op
+
+
+_ADDR_PARAM = {"name": "addr", "in": "path", "required": True,
+               "description": "The peer's address as its `server` line names it (host:port).",
+               "schema": {"type": "string", "minLength": 1}}
+
+_PEER_SETTINGS = {
+    "weight": {"type": "integer", "minimum": 1, "maximum": 1000000},
+    "max_fails": {"type": "integer", "minimum": 0, "maximum": 1000000},
+    "fail_timeout": {"type": ["number", "string"]},
+    "backup": _BOOL,
+    "down": {"type": "boolean", "description": "Out of the group (nginx `down`)."},
+    "drain": {"type": "boolean",
+              "description": "No new requests from the reload on; requests in flight finish. "
+                             "Written as `down`."},
+}
+
+_DIRECTIVES = {"type": "array", "description": 'Directives: "name args", ["name", "arg"], or '
+                                               '{"name", "args", "block"}.',
+               "items": {"oneOf": [{"type": "string"},
+                                   {"type": "array", "items": _STR, "minItems": 1},
+                                   {"type": "object", "required": ["name"],
+                                    "properties": {"name": _STR,
+                                                   "args": {"type": "array", "items": _STR},
+                                                   "block": {"type": "array"}}}]}}
+
+SCHEMAS.update({
+    "PeerSettings": {"type": "object", "additionalProperties": False,
+                     "properties": _PEER_SETTINGS},
+    "UpstreamSpec": {
+        "type": "object", "additionalProperties": False, "required": ["peers"],
+        "properties": {
+            "name": _STR,
+            "method": {"type": "string", "description": "least_conn, ip_hash, hash KEY "
+                                                         "[consistent], random [two], ewma"},
+            "keepalive": {"type": "integer", "minimum": 1, "maximum": 1000000},
+            "peers": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "additionalProperties": False, "required": ["address"],
+                "properties": dict({"address": {"type": "string", "minLength": 1},
+                                    "resolve": _BOOL}, **_PEER_SETTINGS)}},
+            "directives": _DIRECTIVES}},
+    "RouteSpec": {
+        "type": "object", "additionalProperties": False, "required": ["location"],
+        "properties": {"name": _STR, "server": {"type": "string", "description":
+                                                "The server's label (first server_name, else "
+                                                "first listen); or ?server="},
+                       "location": {"type": "string", "minLength": 1,
+                                    "description": '"/v2/", "= /exact", "~ ^/re"'},
+                       "directives": _DIRECTIVES}},
+    "ConsumerSpec": {
+        "type": "object", "additionalProperties": False,
+        "description": "As an entry of the consumers file (docs/auth.md); a basic_auth "
+                       "`password` is stored hashed. Secrets are never answered.",
+        "properties": {"username": _STR, "custom_id": _STR,
+                       "groups": {"type": "array", "items": _STR},
+                       "credentials": {"type": "object", "additionalProperties": False,
+                                       "properties": {"key_auth": {"type": "array"},
+                                                      "basic_auth": {"type": "array"},
+                                                      "jwt": {"type": "array"}}}}},
+    "DeclarativeConfig": {
+        "type": "object", "additionalProperties": False,
+        "properties": {
+            "upstreams": {"type": ["object", "array"],
+                          "description": "{name: UpstreamSpec | nginx text} or [UpstreamSpec "
+                                         "with name]"},
+            "routes": {"type": ["object", "array"],
+                       "description": "{name: RouteSpec with server} or [RouteSpec with name "
+                                      "and server]; {server, text} for nginx text"},
+            "consumers": {"type": ["object", "array"],
+                          "description": "[ConsumerSpec with username]: the whole file"}}},
+    "HistoryEntry": {
+        "type": "object", "required": ["generation", "time", "what", "files", "current"],
+        "properties": {"generation": _INT, "time": _NUM, "what": _STR, "consumers": _BOOL,
+                       "files": {"type": "array", "items": _STR}, "current": _BOOL}},
+    "History": {
+        "type": "object", "required": ["generation", "keep", "history"],
+        "properties": {"generation": _INT, "keep": _INT,
+                       "history": {"type": "array", "items": _ref("HistoryEntry")}}},
+})
+
+_UPSTREAM_ANSWER = {"upstream": {"oneOf": [_ref("Upstream"), {"type": "null"}]}}
+
+PATHS["/upstreams/{name}"]["put"] = _written(
+    _UPSTREAM_ANSWER, "Create or replace a managed upstream (conf.d/_admin/upstream.NAME.conf), "
+                      "as JSON or as nginx text.",
+    created=True, request=_ref("UpstreamSpec"), params=[_name_param("upstream")], text=True)
+PATHS["/upstreams/{name}"]["delete"] = _written(
+    {"deleted": _STR}, "Delete a managed upstream (409 while a route uses it).",
+    params=[_name_param("upstream")])
+PATHS["/upstreams/{name}/peers/{addr}"] = {
+    "put": _written(dict(_UPSTREAM_ANSWER, peer=_STR, drain=_BOOL),
+                    "Add a peer to a managed upstream or change its weight, down, drain.",
+                    created=True, request=_ref("PeerSettings"),
+                    params=[_name_param("upstream"), _ADDR_PARAM]),
+    "delete": _written(dict(_UPSTREAM_ANSWER, deleted=_STR),
+                       "Remove a peer from a managed upstream.",
+                       params=[_name_param("upstream"), _ADDR_PARAM])}
+_SERVER_PARAM = {"name": "server", "in": "query", "required": False,
+                 "description": "The server the route goes in (its label).",
+                 "schema": {"type": "string"}}
+PATHS["/routes/{name}"] = {
+    "put": _written({"route": {"oneOf": [_ref("Route"), {"type": "null"}]}},
+                    "Create or replace a managed route: a location (JSON or nginx text) in a "
+                    "named server.", created=True, request=_ref("RouteSpec"),
+                    params=[_name_param("route"), _SERVER_PARAM], text=True),
+    "delete": _written({"deleted": _STR}, "Delete a managed route.",
+                       params=[_name_param("route")])}
+PATHS["/consumers/{name}"]["put"] = _written(
+    {"consumer": {"oneOf": [_ref("Consumer"), {"type": "null"}]}},
+    "Create or replace a consumer in the consumers file (no secret is answered).",
+    created=True, request=_ref("ConsumerSpec"), params=[_name_param("consumer")])
+PATHS["/consumers/{name}"]["delete"] = _written(
+    {"deleted": _STR}, "Delete a consumer from the consumers file.",
+    params=[_name_param("consumer")])
+PATHS["/config"]["put"] = _written(
+    {"applied": _BOOL, "upstreams": {"type": "array", "items": _STR},
+     "routes": {"type": "array", "items": _STR}},
+    "Replace every managed upstream and route (and the consumers, when given) at once: "
+    "all or nothing.", request=_ref("DeclarativeConfig"), yaml=True)
+PATHS["/config/history"] = {"get": _read(
+    "The generations whose managed files are kept (admin_history).", _ref("History"),
+    "The history.")}
+PATHS["/config/rollback"] = {"post": _written(
+    {"rolled_back": _BOOL, "restored": _INT, "files": {"type": "array", "items": _STR}},
+    "Restore the managed files of a generation of the history, through a reload.",
+    params=[{"name": "to", "in": "query", "required": True, "description": "The generation.",
+             "schema": {"type": "integer", "minimum": 0}}])}
+
 # the dashboard's page and its numbers (edge/control/dashboard.py)
 from edge.control.dashboard import OPENAPI_PATHS, OPENAPI_SCHEMAS  # noqa: E402
 SCHEMAS.update(OPENAPI_SCHEMAS)
@@ -269,6 +439,8 @@ for _path, _item in PATHS.items():
         _op["operationId"] = _method + "".join(
             part.strip("{}").replace(".", "_").capitalize() for part in _path.split("/") if part)
 PATHS["/upstreams/{name}"]["get"]["operationId"] = "getUpstream"
+PATHS["/upstreams/{name}/peers/{addr}"]["put"]["operationId"] = "putPeer"
+PATHS["/upstreams/{name}/peers/{addr}"]["delete"]["operationId"] = "deletePeer"
 PATHS["/consumers/{name}"]["get"]["operationId"] = "getConsumer"
 PATHS["/openapi.json"]["get"]["operationId"] = "getOpenapi"
 PATHS["/"]["get"]["operationId"] = "getDashboard"

@@ -109,8 +109,15 @@ def _limit_sync(ctx, cycle):
     return LimitSync(ctx.zones, cycle)
 
 
+def _tickets(ctx, cycle):
+    # Rotation of the shared TLS session ticket keys (edge/control/tickets.py). It idles
+    # while no server uses them, so a reload may bring them in.
+    from edge.control.tickets import TicketRotation
+    return TicketRotation(cycle)
+
+
 # The registry. A new control-plane task is one factory added here.
-SERVICES = [_admin, _shipper, _limit_sync, _upstreams]
+SERVICES = [_admin, _shipper, _limit_sync, _upstreams, _tickets]
 
 
 def build(ctx, cycle):

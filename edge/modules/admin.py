@@ -46,6 +46,7 @@ class AdminSettings:
     token: str | None
     allow: tuple | None = None      # ip_network objects, or None: every peer
     token_file: str | None = None   # where the token came from, for messages
+    history: int = 20               # admin_history: generations of managed files kept
 
     def allows(self, host):
         """Whether a TCP peer at `host` (a text address) may use the listener."""
@@ -153,6 +154,14 @@ def _read_token_file(node, runtime):
     return path, token
 
 
+def _history(node):
+    text = node.args[0]
+    if not text.isdigit() or not 0 < int(text) <= 10000:
+        raise ConfigError(f'invalid value "{text}" in the "admin_history" directive '
+                          f'(a number of generations, 1 to 10000)')
+    return int(text)
+
+
 DIRECTIVES = [
     Directive("admin_listen", (HTTP,), (1, 1), parse=_admin_listen,
               syntax="admin_listen address:port | unix:path;",
@@ -176,6 +185,11 @@ DIRECTIVES = [
               doc="The TCP peers (IPv4 and IPv6 addresses or CIDRs) the admin listener "
                   "answers; others get 403. Repeatable. Default: every peer (a "
                   "non-loopback listener needs a token). Not applied to a unix socket."),
+    Directive("admin_history", (HTTP,), (1, 1), parse=_history, default=20,
+              syntax="admin_history number;",
+              doc="How many generations of the files the admin API manages "
+                  "(`conf.d/_admin/`, the consumers file) are kept for `GET /config/history` "
+                  "and rollback (docs/admin.md#history-and-rollback)."),
 ]
 
 
@@ -197,5 +211,6 @@ def compile_http(http, runtime):
         raise ConfigError(f'"admin_listen {address.key}" is not a loopback address; '
                           f'set "admin_token" or "admin_token_file" to expose it',
                           node.file, node.line)
-    runtime.admin = (AdminSettings(address, token, allow, token_file)
+    history = http.get("admin_history")
+    runtime.admin = (AdminSettings(address, token, allow, token_file, history or 20)
                      if address is not None else None)

@@ -13,6 +13,7 @@ import json
 import re
 import select
 import socket
+import ssl
 import subprocess
 import time
 from dataclasses import dataclass
@@ -65,15 +66,41 @@ class Response:
 
 
 class Conn:
-    """One client TCP connection with a buffered, strict response reader."""
+    """One client TCP connection with a buffered, strict response reader.
 
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0):
+    Over TLS when `tls` (an ssl.SSLContext) is given, or when (host, port) belongs to a
+    server started in TLS mode (support/tls.py TLS_PORTS: EDGE_TEST_TLS and the "tls"
+    transport of the suites that run both ways); the handshake is done here. `self.tls`
+    tells which it is."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0, tls=None,
+                 sni: str | None = None):
+        from .tls import wrap_client_socket
         self.host = host
         self.port = port
         self.timeout = timeout
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+        raw = socket.create_connection((host, port), timeout=timeout)
+        try:
+            self.sock = wrap_client_socket(raw, host, port, sni=sni, ctx=tls)
+        except BaseException:
+            raw.close()
+            raise
+        self.tls = isinstance(self.sock, ssl.SSLSocket)
         self.buf = bytearray()
         self.eof = False
+
+    def peek(self, n: int) -> bytes:
+        """Up to n bytes the server sent, left unread (like recv(n, MSG_PEEK), which a
+        TLS socket does not offer): they stay in the reader's buffer."""
+        while len(self.buf) < n and self._fill():
+            pass
+        return bytes(self.buf[:n])
+
+    def _readable(self, timeout: float) -> bool:
+        if self.tls and self.sock.pending():
+            return True
+        r, _, _ = select.select([self.sock], [], [], timeout)
+        return bool(r)
 
     def close(self):
         try:
@@ -106,7 +133,7 @@ class Conn:
             return False
         try:
             data = self.sock.recv(262144)
-        except ConnectionResetError:
+        except (ConnectionResetError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
             data = b""
         if not data:
             self.eof = True
@@ -207,6 +234,24 @@ class Conn:
         self.buf.clear()
         return Response(version, status, reason, headers, body, raw, "close")
 
+    def _recv_ready(self):
+        """recv once the socket is readable: the bytes, b"" at EOF or reset, or None when
+        TLS had only a record without application data (it never blocks for more)."""
+        if not self.tls:
+            try:
+                return self.sock.recv(65536)
+            except ConnectionResetError:
+                return b""
+        self.sock.setblocking(False)
+        try:
+            return self.sock.recv(65536)
+        except ssl.SSLWantReadError:
+            return None
+        except (ConnectionResetError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
+            return b""
+        finally:
+            self.sock.settimeout(self.timeout)
+
     def wait_closed(self, timeout: float = 5.0) -> bool:
         """True if the server closes the connection (EOF or reset) within `timeout`,
         with no unread bytes left over (extra bytes fail the test)."""
@@ -215,12 +260,10 @@ class Conn:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            r, _, _ = select.select([self.sock], [], [], left)
-            if r:
-                try:
-                    data = self.sock.recv(65536)
-                except ConnectionResetError:
-                    return True
+            if self._readable(left):
+                data = self._recv_ready()
+                if data is None:  # over TLS: a record that carried no data (a ticket)
+                    continue
                 if not data:
                     return True
                 self.buf += data
@@ -228,9 +271,15 @@ class Conn:
 
     def is_open(self, wait: float = 0.2) -> bool:
         """True if nothing (no EOF, no data) arrives within `wait` seconds."""
-        r, _, _ = select.select([self.sock], [], [], wait)
-        if not r:
+        if not self._readable(wait):
             return True
+        if self.tls:
+            # no MSG_PEEK over TLS: what arrives is kept in the reader's buffer
+            data = self._recv_ready()
+            if data is None:
+                return True
+            self.buf += data
+            return bool(data)
         try:
             data = self.sock.recv(65536, socket.MSG_PEEK)
         except ConnectionResetError:

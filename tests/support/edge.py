@@ -17,6 +17,12 @@ connection (10 s), and fails with the config, stderr and error log if not. It st
 master with QUIT (then TERM, then SIGKILL to the whole process group), and checks that
 the master exited and that no process of its group is left.
 
+In TLS mode (EDGE_TEST_TLS=1, or the "tls" transport of the suites conftest.py runs both
+ways; `tls=True` for one process) every `listen` of the config gets `ssl`, the `http`
+block gets the test certificate (support/tls.py default_files(): ECDSA P-256 for
+localhost, signed by the test CA) on its own first line, so line numbers do not move, and
+the listen addresses are registered so that support.client.Conn speaks TLS to them.
+
 EDGE_TEST_IMPL=nginx runs the same configs under nginx instead (adding `events {}`,
 `daemon off` and temp paths inside the test directory): a way to check that a test's
 expectations are nginx's. Tests of edge-only behaviour are marked `edge_only`.
@@ -176,11 +182,32 @@ def _has_main_directive(text: str, name: str) -> bool:
     return re.search(rf"^\s*{name}\s", re.sub(r"#[^\n]*", "", text), re.M) is not None
 
 
+_HTTP_OPEN_RE = re.compile(r"(^\s*http\s*\{)", re.M)
+_LISTEN_DIRECTIVE_RE = re.compile(r"((?:^|[;{])\s*listen\s+)([^;]*);", re.M)
+
+
+def add_tls(conf_text: str) -> str:
+    """The config with `ssl` on every listen and the default test certificate in the
+    http block (on the `http {` line itself: line numbers stay)."""
+    from .tls import default_files
+    files, cert = default_files()
+
+    def listen(m):
+        params = m.group(2)
+        return m.group(0) if re.search(r"(^|\s)ssl(\s|$)", params) else f"{m.group(1)}{params} ssl;"
+    text = _LISTEN_DIRECTIVE_RE.sub(listen, conf_text)
+    return _HTTP_OPEN_RE.sub(lambda m: f"{m.group(1)} ssl_certificate {cert.cert}; "
+                                       f"ssl_certificate_key {cert.key};", text, count=1)
+
+
 class EdgeProcess:
     def __init__(self, workdir, config: str, subst: dict | None = None, *, start_timeout: float = 10.0,
                  stop_timeout: float = 15.0, defaults: bool = True, impl: str | None = None,
-                 netns: str | None = None):
+                 netns: str | None = None, tls: bool | None = None):
+        from . import tls as tls_support
         self.workdir = Path(workdir)
+        # every listen over TLS (see the module docstring); fixed when the process is made
+        self.tls = tls_support.tls_mode() if tls is None else tls
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.template = config
         self.subst = {k: str(v) for k, v in (subst or {}).items()}
@@ -221,6 +248,8 @@ class EdgeProcess:
             return values[m.group(1)]
 
         body = _TOKEN_RE.sub(rep, self.template)
+        if self.tls:
+            body = add_tls(body)
         head = []
         if self.defaults:
             if not _has_main_directive(body, "pid"):
@@ -274,6 +303,9 @@ class EdgeProcess:
                 self.command(), cwd=str(REPO), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                 start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         _live.add(self)
+        if self.tls:
+            from .tls import default_files, register_tls_ports
+            register_tls_ports(listen_addrs(self.conf_text), sni="localhost", ca=default_files()[0].ca_pem)
         return self
 
     def start(self):
@@ -414,6 +446,7 @@ class EdgeProcess:
                 break
             time.sleep(0.02)
         _live.discard(self)
+        self._unregister_tls()
 
     def _live_seen_workers(self) -> list[int]:
         """Workers seen earlier that still run, in the master's process group or orphaned
@@ -424,6 +457,11 @@ class EdgeProcess:
             if st and st[0] not in ("Z", "X") and (st[2] == self.pid or st[1] == self.pid):
                 out.append(p)
         return out
+
+    def _unregister_tls(self):
+        if self.tls and self.conf_text:
+            from .tls import unregister_tls_ports
+            unregister_tls_ports(listen_addrs(self.conf_text))
 
     def kill_group(self):
         if self.proc is None:
@@ -442,6 +480,7 @@ class EdgeProcess:
         except subprocess.TimeoutExpired:
             pass
         _live.discard(self)
+        self._unregister_tls()
 
     # -- diagnostics -------------------------------------------------------------------
 

@@ -354,3 +354,23 @@ ctypedef int (*new_session_cb_t)(SSL *ssl, SSL_SESSION *sess) noexcept nogil
 cdef extern from "<openssl/x509v3.h>" nogil:
     int X509_check_host(X509 *x, const char *chk, size_t chklen, unsigned int flags, char **peername)
     int X509_check_ip_asc(X509 *x, const char *ipasc, unsigned int flags)
+
+# ---- session resumption (tls_sessions.pyx) ------------------------------------------------
+cdef extern from "<openssl/ssl.h>" nogil:
+    long SSL_CTX_get_timeout(const SSL_CTX *ctx)
+    void *SSL_CTX_get_client_CA_list(const SSL_CTX *ctx)
+    const unsigned char *SSL_SESSION_get0_id_context(const SSL_SESSION *s, unsigned int *len)
+
+cdef extern from "<openssl/x509.h>" nogil:
+    int X509_NAME_digest(const X509_NAME *data, const EVP_MD *type, unsigned char *md,
+                         unsigned int *len)
+
+cdef extern from "<openssl/stack.h>" nogil:
+    int OPENSSL_sk_num(const void *st)
+    void *OPENSSL_sk_value(const void *st, int i)
+
+cdef extern from "<openssl/params.h>" nogil:
+    OSSL_PARAM OSSL_PARAM_construct_octet_string(const char *key, void *buf, size_t bsize)
+
+cdef extern from "<openssl/crypto.h>" nogil:
+    void OPENSSL_cleanse(void *ptr, size_t len)

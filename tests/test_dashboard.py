@@ -5,18 +5,16 @@ The page is loaded from the admin listener, asks for the admin token, and must t
 the routes and peers of the running config, move its request counter while a bounded
 load loop runs, show latency, limiter rejections and the node's state, and log no
 console error (read from the browser's log). Its drain button must drain a peer
-(PUT /upstreams/NAME/peers/ADDR {"drain": true}); that test is skipped while the admin
-API has no such route. A screenshot of each run is saved under the test's tmp dir.
+(PUT /upstreams/NAME/peers/ADDR {"drain": true}, then traffic avoids it) and its restore
+button bring it back. A screenshot of each run is saved under the test's tmp dir.
 
 Chromium runs with a fresh profile and the flags that keep it off the network (the
 test machine has none: without them it tries to reach Google's services)."""
 
 import json
-import os
 import shutil
 import threading
 import time
-import types
 
 import pytest
 
@@ -323,21 +321,7 @@ def test_a_wrong_token_brings_the_form_back(edge, tmp_path, upstream_factory, br
     assert errors and all("401" in entry["message"] for entry in errors), errors
 
 
-def _peer_write_route():
-    """The admin API's PUT /upstreams/NAME/peers/ADDR route, if it has one."""
-    from edge.control import api
-    from edge.control.admin import AdminServer
-    from edge.control.services import Context
-    server = AdminServer(Context(None, None, 0), types.SimpleNamespace(admin=None))
-    request = types.SimpleNamespace(method="PUT", path="/upstreams/pool/peers/127.0.0.1:1")
-    route, _ = api.find(server.routes, request)
-    return route
-
-
 def test_the_drain_button_drains_a_peer_and_restore_brings_it_back(edge, tmp_path, upstream_factory, browser):
-    if _peer_write_route() is None:
-        pytest.skip("the admin API has no PUT /upstreams/NAME/peers/ADDR yet (issue 13's "
-                    "writes); the drain button calls it with {\"drain\": true|false}")
     from selenium.webdriver.common.by import By
     one, two = upstream_factory("one"), upstream_factory("two")
     e = start(edge, tmp_path, (one, two))

@@ -27,14 +27,12 @@ import re
 import time
 
 from edge.control.api import Response, json_response
+from edge.control.metrics import DEFAULT_BUCKETS   # the lead's Zones.BUCKETS (seconds)
 
 PAGE_PATH = os.path.join(os.path.dirname(__file__), "static", "dashboard.html")
 
 QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
 CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
-
-# The lead's Zones.BUCKETS (seconds); edge/control/metrics.py keeps the same default.
-from edge.control.metrics import DEFAULT_BUCKETS  # noqa: E402
 
 
 # --------------------------------------------------------------------------- the page

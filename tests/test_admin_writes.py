@@ -430,6 +430,49 @@ def test_put_config_applies_a_whole_set_atomically(edge, ups):
     assert code == 400 and "pool" in doc["error"], doc
 
 
+@pytest.mark.timeout(180)
+def test_repeated_config_loads_do_not_grow_memory(edge, ups):
+    """Kong #6547: every /config load leaked. Here 60 loads of alternating declarative
+    sets (each one an in-place reload of every worker) must leave the workers' and the
+    control process's resident memory where 20 loads left it, give or take allocator
+    noise."""
+    from support.edge import control_of
+    x = start(edge, ups)
+
+    def rss_kib(pid):
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def load(i):
+        peers = [{"address": ups[i % 2].addr}, {"address": ups[2].addr, "weight": 1 + i % 3}]
+        doc, _ = x.ok("PUT", "/config", {
+            "upstreams": {"pool": {"peers": peers}},
+            "routes": [{"name": "r%d" % k, "server": "api.test", "text":
+                        "location /r%d/ { return 200 \"%d\"; }" % (k, i)} for k in range(20)]})
+        return doc["generation"]
+
+    def footprint():
+        pids = x.e.worker_pids() + control_of(x.e.pid)
+        return sum(rss_kib(p) for p in pids), len(pids)
+
+    for i in range(20):
+        load(i)
+    assert x.body("/r3/") == (200, b"19")
+    base, n = footprint()
+    for i in range(20, 80):
+        load(i)
+    assert x.body("/r3/") == (200, b"79")
+    after, m = footprint()
+    print(f"resident memory of {n} processes: {base} KiB after 20 loads, {after} KiB after 80")
+    assert m == n
+    # 60 more generations; a leak of even 100 KiB per load per process would show as
+    # several MiB here
+    assert after - base < 4096 * n, f"resident memory grew from {base} KiB to {after} KiB over 60 loads"
+
+
 # --------------------------------------------------------------------------- history
 
 

@@ -172,6 +172,22 @@ cdef enum ReadResult:
     RD_FULL = -3
 
 
+cdef int read_room(Buf *b, size_t limit, size_t chunk, size_t *room) noexcept:
+    """Make room in b for one read that leaves it holding at most `limit` bytes, at most
+    `chunk` at once: RD_DATA with *room set, RD_FULL when b already holds `limit`, or
+    RD_ERROR when memory runs out."""
+    if buf_len(b) == 0:
+        buf_reset(b)
+    if buf_len(b) >= limit:
+        return RD_FULL
+    room[0] = limit - buf_len(b)
+    if room[0] > chunk:
+        room[0] = chunk
+    if b.cap - b.end < room[0] and buf_reserve(b, room[0]) < 0:
+        return RD_ERROR
+    return RD_DATA
+
+
 cdef int read_into(int fd, Buf *b, size_t limit, size_t chunk, bint *readable,
                    bint peer_closed) noexcept:
     """One read() into b, which may then hold at most `limit` bytes, reading at most
@@ -182,15 +198,9 @@ cdef int read_into(int fd, Buf *b, size_t limit, size_t chunk, bint *readable,
     do not starve the others. Not after RDHUP: a pending end of stream raises no event."""
     cdef ssize_t r
     cdef size_t room
-    if buf_len(b) == 0:
-        buf_reset(b)
-    if buf_len(b) >= limit:
-        return RD_FULL
-    room = limit - buf_len(b)
-    if room > chunk:
-        room = chunk
-    if b.cap - b.end < room and buf_reserve(b, room) < 0:
-        return RD_ERROR
+    cdef int full = read_room(b, limit, chunk, &room)
+    if full != RD_DATA:
+        return full
     while True:
         r = read(fd, b.data + b.end, room)
         if r > 0:

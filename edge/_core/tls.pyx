@@ -413,15 +413,9 @@ cdef int tls_read_into(SSL *ssl, Buf *b, size_t limit, size_t chunk, bint *reada
     on) also clears it and sets *read_wants_write: the next writable event reads again."""
     cdef int r, err
     cdef size_t room
-    if buf_len(b) == 0:
-        buf_reset(b)
-    if buf_len(b) >= limit:
-        return RD_FULL
-    room = limit - buf_len(b)
-    if room > chunk:
-        room = chunk
-    if b.cap - b.end < room and buf_reserve(b, room) < 0:
-        return RD_ERROR
+    cdef int full = read_room(b, limit, chunk, &room)
+    if full != RD_DATA:
+        return full
     r = SSL_read(ssl, b.data + b.end, <int>room)
     if r > 0:
         b.end += r
@@ -443,6 +437,17 @@ cdef int tls_read_into(SSL *ssl, Buf *b, size_t limit, size_t chunk, bint *reada
     return RD_ERROR
 
 
+cdef inline int gather(Buf *wb, const char **p, size_t *n, size_t most) noexcept:
+    """Move up to `most` bytes from the front of a piece (*p, *n) to the end of wb."""
+    if most > n[0]:
+        most = n[0]
+    if buf_append(wb, p[0], most) < 0:
+        return -1
+    p[0] += most
+    n[0] -= most
+    return 0
+
+
 cdef int tls_write_queued(SSL *ssl, Buf *wb, const char **win, size_t *win_len,
                           const char **suf, size_t *suf_len, bint *wrote) noexcept:
     """write_queued() over TLS: the same pieces in the same order, as TLS records. Small
@@ -455,19 +460,10 @@ cdef int tls_write_queued(SSL *ssl, Buf *wb, const char **win, size_t *win_len,
         if wb.end > wb.start and wb.end - wb.start < TLS_COALESCE and (win_len[0] or suf_len[0]):
             take = TLS_COALESCE - (wb.end - wb.start)
             if win_len[0]:
-                if take > win_len[0]:
-                    take = win_len[0]
-                if buf_append(wb, win[0], take) < 0:
+                if gather(wb, win, win_len, take) < 0:
                     return -1
-                win[0] += take
-                win_len[0] -= take
-            elif suf_len[0]:
-                if take > suf_len[0]:
-                    take = suf_len[0]
-                if buf_append(wb, suf[0], take) < 0:
-                    return -1
-                suf[0] += take
-                suf_len[0] -= take
+            elif gather(wb, suf, suf_len, take) < 0:
+                return -1
             continue
         if wb.end > wb.start:
             p = wb.data + wb.start

@@ -9,7 +9,6 @@ location run in the access phase, in the order written; the rate-limit headers r
 header filter.
 """
 
-import os
 import re
 from dataclasses import dataclass
 
@@ -17,6 +16,7 @@ from edge._core.reactor import (Limit, LimitHeaders, Template, forget_zone, limi
                                 prepare_zone_file, zone_capacity)
 from edge.config import HTTP, LOCATION, SERVER, ConfigError, Directive, types
 from edge import log
+from edge.modules import remove_zone_files
 
 HSL = (HTTP, SERVER, LOCATION)
 MIN_ZONE = 32 * 1024
@@ -250,14 +250,4 @@ def remove_unused(zones, prefix=None):
     prefix = prefix if prefix is not None else limit_zone_path("")
     if not prefix:
         return
-    directory, base = os.path.split(prefix)
-    try:
-        names = os.listdir(directory or ".")
-    except OSError:
-        return
-    for name in names:
-        if name.startswith(base) and not name.endswith(".new") and name[len(base):] not in zones:
-            try:
-                os.unlink(os.path.join(directory, name))
-            except OSError:
-                pass
+    remove_zone_files(prefix, zones)

@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass
 
 from edge.config import HTTP, SERVER, ConfigError, Directive, types
+from edge.modules import remove_zone_files
 
 HS = (HTTP, SERVER)
 MIN_SHARED = 32 * 1024      # nginx: 8 pages
@@ -202,14 +203,4 @@ def remove_unused(runtime, prefix=None):
     keep = set()
     if state is not None:
         keep = {"cache." + name for name in state["zones"]} | {"tickets"}
-    directory, base = os.path.split(prefix)
-    try:
-        names = os.listdir(directory or ".")
-    except OSError:
-        return
-    for name in names:
-        if name.startswith(base) and not name.endswith(".new") and name[len(base):] not in keep:
-            try:
-                os.unlink(os.path.join(directory, name))
-            except OSError:
-                pass
+    remove_zone_files(prefix, keep)

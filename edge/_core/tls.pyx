@@ -437,6 +437,22 @@ cdef int tls_read_into(SSL *ssl, Buf *b, size_t limit, size_t chunk, bint *reada
     return RD_ERROR
 
 
+cdef ssize_t tls_write_some(SSL *ssl, const char *p, size_t n) noexcept:
+    """write() over TLS for one buffer: bytes written, 0 when the socket is full, -1 on
+    error."""
+    cdef int r, err
+    if n == 0:
+        return 0
+    r = SSL_write(ssl, p, <int>(n if n < 0x40000000 else 0x40000000))
+    if r > 0:
+        return r
+    err = SSL_get_error(ssl, r)
+    if err == SSL_ERROR_WANT_WRITE or err == SSL_ERROR_WANT_READ:
+        return 0
+    ERR_clear_error()
+    return -1
+
+
 cdef inline int gather(Buf *wb, const char **p, size_t *n, size_t most) noexcept:
     """Move up to `most` bytes from the front of a piece (*p, *n) to the end of wb."""
     if most > n[0]:
@@ -455,7 +471,7 @@ cdef int tls_write_queued(SSL *ssl, Buf *wb, const char **win, size_t *win_len,
     record and one system call (the plain path gets that from writev)."""
     cdef const char *p
     cdef size_t n, take
-    cdef int r, err
+    cdef ssize_t got
     while True:
         if wb.end > wb.start and wb.end - wb.start < TLS_COALESCE and (win_len[0] or suf_len[0]):
             take = TLS_COALESCE - (wb.end - wb.start)
@@ -477,17 +493,11 @@ cdef int tls_write_queued(SSL *ssl, Buf *wb, const char **win, size_t *win_len,
         else:
             buf_reset(wb)
             return 1
-        if n > 0x40000000:
-            n = 0x40000000
-        r = SSL_write(ssl, p, <int>n)
-        if r <= 0:
-            err = SSL_get_error(ssl, r)
-            if err == SSL_ERROR_WANT_WRITE or err == SSL_ERROR_WANT_READ:
-                return 0
-            ERR_clear_error()
-            return -1
+        got = tls_write_some(ssl, p, n)
+        if got <= 0:
+            return <int>got
         wrote[0] = True
-        n = <size_t>r
+        n = <size_t>got
         if wb.end > wb.start:
             wb.start += n
             if wb.start == wb.end:
@@ -506,7 +516,7 @@ cdef int tls_send_file_range(SSL *ssl, int fd, int64_t *offset, int64_t end, bin
     after WANT_WRITE reads the same bytes again from the same offset."""
     cdef char chunk[TLS_RECORD]
     cdef ssize_t got
-    cdef int r, err
+    cdef int err
     cdef int64_t left
     if BIO_get_ktls_send(SSL_get_wbio(ssl)):
         while offset[0] < end:
@@ -528,32 +538,12 @@ cdef int tls_send_file_range(SSL *ssl, int fd, int64_t *offset, int64_t end, bin
             if got < 0 and errno == EINTR:
                 continue
             return -1
-        r = SSL_write(ssl, chunk, <int>got)
-        if r <= 0:
-            err = SSL_get_error(ssl, r)
-            if err == SSL_ERROR_WANT_WRITE or err == SSL_ERROR_WANT_READ:
-                return 0
-            ERR_clear_error()
-            return -1
-        offset[0] += r
+        got = tls_write_some(ssl, chunk, <size_t>got)
+        if got <= 0:
+            return <int>got
+        offset[0] += got
         wrote[0] = True
     return 1
-
-
-cdef ssize_t tls_write_some(SSL *ssl, const char *p, size_t n) noexcept:
-    """write() over TLS for one buffer: bytes written, 0 when the socket is full, -1 on
-    error."""
-    cdef int r, err
-    if n == 0:
-        return 0
-    r = SSL_write(ssl, p, <int>(n if n < 0x40000000 else 0x40000000))
-    if r > 0:
-        return r
-    err = SSL_get_error(ssl, r)
-    if err == SSL_ERROR_WANT_WRITE or err == SSL_ERROR_WANT_READ:
-        return 0
-    ERR_clear_error()
-    return -1
 
 
 cdef bint tls_uses_ktls(SSL *ssl) noexcept:

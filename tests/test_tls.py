@@ -557,6 +557,22 @@ def bad(files, certs):
     }
 
 
+def config_test_with(edge, cert, key):
+    """`edge -t` (or `nginx -t`) on a server with this certificate and key."""
+    e = edge.create(f"""
+http {{
+    server {{
+        listen 127.0.0.1:@PORT@ ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        location / {{ return 200 "ok"; }}
+    }}
+}}
+""")
+    e._alloc_ports()
+    return config_test(e)
+
+
 BAD_CASES = ["missing_cert", "missing_key", "cert_not_pem", "key_not_pem", "key_is_a_cert", "mismatched_pair",
              "mismatched_same_type"]
 
@@ -565,18 +581,7 @@ BAD_CASES = ["missing_cert", "missing_key", "cert_not_pem", "key_not_pem", "key_
                                   for c in BAD_CASES])
 def test_bad_certificate_or_key_fails_the_config_test(edge, bad, case):
     cert, key, _ = bad[case]
-    e = edge.create(f"""
-http {{
-    server {{
-        listen 127.0.0.1:@PORT@ ssl;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        location / {{ return 200 "ok"; }}
-    }}
-}}
-""")
-    e._alloc_ports()
-    r = config_test(e)
+    r = config_test_with(edge, cert, key)
     assert r.returncode == 1, f"{case}: config test exited {r.returncode}\n{r.stdout}{r.stderr}"
     assert "[emerg]" in r.stderr, r.stderr
 
@@ -585,18 +590,7 @@ http {{
 @pytest.mark.parametrize("case", BAD_CASES)
 def test_bad_certificate_or_key_names_file_and_line(edge, bad, case):
     cert, key, directive = bad[case]
-    e = edge.create(f"""
-http {{
-    server {{
-        listen 127.0.0.1:@PORT@ ssl;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        location / {{ return 200 "ok"; }}
-    }}
-}}
-""")
-    e._alloc_ports()
-    r = config_test(e)
+    r = config_test_with(edge, cert, key)
     assert r.returncode == 1
     # the line of either directive of the pair (edge names the ssl_certificate line, with
     # both files), and the file that is bad

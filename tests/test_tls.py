@@ -570,7 +570,7 @@ http {{
 }}
 """)
     e._alloc_ports()
-    return config_test(e)
+    return e, config_test(e)
 
 
 BAD_CASES = ["missing_cert", "missing_key", "cert_not_pem", "key_not_pem", "key_is_a_cert", "mismatched_pair",
@@ -581,7 +581,7 @@ BAD_CASES = ["missing_cert", "missing_key", "cert_not_pem", "key_not_pem", "key_
                                   for c in BAD_CASES])
 def test_bad_certificate_or_key_fails_the_config_test(edge, bad, case):
     cert, key, _ = bad[case]
-    r = config_test_with(edge, cert, key)
+    e, r = config_test_with(edge, cert, key)
     assert r.returncode == 1, f"{case}: config test exited {r.returncode}\n{r.stdout}{r.stderr}"
     assert "[emerg]" in r.stderr, r.stderr
 
@@ -590,7 +590,7 @@ def test_bad_certificate_or_key_fails_the_config_test(edge, bad, case):
 @pytest.mark.parametrize("case", BAD_CASES)
 def test_bad_certificate_or_key_names_file_and_line(edge, bad, case):
     cert, key, directive = bad[case]
-    r = config_test_with(edge, cert, key)
+    e, r = config_test_with(edge, cert, key)
     assert r.returncode == 1
     # the line of either directive of the pair (edge names the ssl_certificate line, with
     # both files), and the file that is bad

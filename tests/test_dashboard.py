@@ -174,9 +174,31 @@ def screenshot(driver, tmp_path, name):
     return path
 
 
+def redrawn(read, tries=20):
+    """Run `read` (a lookup and a read of page elements) again when the page redrew those
+    elements in between (it replaces its tables and charts every second). An element
+    that is still missing after that raises NoSuchElementException."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    for _ in range(tries - 1):
+        try:
+            return read()
+        except (NoSuchElementException, StaleElementReferenceException):
+            time.sleep(0.05)
+    return read()
+
+
+def shown(read):
+    """For wait_for: `read`'s value, or False while the elements are not on the page."""
+    from selenium.common.exceptions import NoSuchElementException
+    try:
+        return redrawn(read)
+    except NoSuchElementException:
+        return False
+
+
 def text_of(driver, css):
     from selenium.webdriver.common.by import By
-    return [el.text for el in driver.find_elements(By.CSS_SELECTOR, css)]
+    return redrawn(lambda: [el.text for el in driver.find_elements(By.CSS_SELECTOR, css)])
 
 
 # --------------------------------------------------------------------------- the page
@@ -280,12 +302,12 @@ def test_the_dashboard_in_a_headless_browser_shows_the_running_node(edge, tmp_pa
                              text_of(browser, '[data-route="/missing/"] [data-class="4xx"]')),
                  10, "a 4xx rate on the /missing/ route", e)
         assert browser.find_elements(By.CSS_SELECTOR, '[data-route="api"] svg polyline')
-        wait_for(lambda: browser.find_element(By.ID, "limits-panel").is_displayed()
+        wait_for(lambda: shown(lambda: browser.find_element(By.ID, "limits-panel").is_displayed()
                  and int(browser.find_element(By.CSS_SELECTOR, '#limits tr[data-zone="slow"] '
-                                                               'td:nth-child(4)').text) > 0,
+                                                               'td:nth-child(4)').text) > 0),
                  10, "the limiter's rejections", e)
-        row = browser.find_element(By.CSS_SELECTOR, '#latency tr[data-route="api"]')
-        cells = [td.text for td in row.find_elements(By.TAG_NAME, "td")]
+        cells = redrawn(lambda: [td.text for td in browser.find_element(
+            By.CSS_SELECTOR, '#latency tr[data-route="api"]').find_elements(By.TAG_NAME, "td")])
         assert cells[0] == "api" and cells[4] != "-" and float(cells[4]) > 0, cells
         screenshot(browser, tmp_path, "dashboard.png")
     assert not load.errors, load.errors[:5]
@@ -327,8 +349,25 @@ def test_the_drain_button_drains_a_peer_and_restore_brings_it_back(edge, tmp_pat
     e = start(edge, tmp_path, (one, two))
     open_dashboard(browser, e)
 
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
     def button(peer):
         return browser.find_element(By.CSS_SELECTOR, f'#peers tr[data-peer="{peer}"] button.drain')
+
+    # the page redraws the peers table every second: an element found just before a redraw
+    # is gone when it is read or clicked, so both are retried on a fresh lookup
+    def label(peer):
+        try:
+            return button(peer).text
+        except (NoSuchElementException, StaleElementReferenceException):
+            return None
+
+    def press(peer):
+        try:
+            button(peer).click()
+            return True
+        except (NoSuchElementException, StaleElementReferenceException):
+            return False
 
     def spread(n=20):
         """n requests to the pool: how many each upstream received."""
@@ -339,17 +378,17 @@ def test_the_drain_button_drains_a_peer_and_restore_brings_it_back(edge, tmp_pat
 
     got = spread()
     assert got[0] > 0 and got[1] > 0, got           # round robin over both
-    assert button(one.addr).text == "drain"
-    button(one.addr).click()
-    wait_for(lambda: button(one.addr).text == "restore", 15, "the peer shown as drained", e)
+    wait_for(lambda: label(one.addr) == "drain", 5, "the drain button", e)
+    wait_for(lambda: press(one.addr), 5, "a click on the drain button", e)
+    wait_for(lambda: label(one.addr) == "restore", 15, "the peer shown as drained", e)
     peer = next(p for u in api(e, "/upstreams")["upstreams"] for p in u["peers"]
                 if p["peer"] == one.addr)
     # out of rotation (a drain may be written to the file as `down`)
     assert peer.get("drain") is True or peer["down"] or peer["state"] == "draining", peer
     assert spread() == (0, 20)
     screenshot(browser, tmp_path, "dashboard-drained.png")
-    button(one.addr).click()
-    wait_for(lambda: button(one.addr).text == "drain", 15, "the peer shown as restored", e)
+    wait_for(lambda: press(one.addr), 5, "a click on the restore button", e)
+    wait_for(lambda: label(one.addr) == "drain", 15, "the peer shown as restored", e)
     got = spread()
     assert got[0] > 0 and got[1] > 0, got
     errors = console_errors(browser)

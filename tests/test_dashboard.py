@@ -187,7 +187,7 @@ def redrawn(read, tries=20):
     return read()
 
 
-def shown(read):
+def once_shown(read):
     """For wait_for: `read`'s value, or False while the elements are not on the page."""
     from selenium.common.exceptions import NoSuchElementException
     try:
@@ -302,7 +302,7 @@ def test_the_dashboard_in_a_headless_browser_shows_the_running_node(edge, tmp_pa
                              text_of(browser, '[data-route="/missing/"] [data-class="4xx"]')),
                  10, "a 4xx rate on the /missing/ route", e)
         assert browser.find_elements(By.CSS_SELECTOR, '[data-route="api"] svg polyline')
-        wait_for(lambda: shown(lambda: browser.find_element(By.ID, "limits-panel").is_displayed()
+        wait_for(lambda: once_shown(lambda: browser.find_element(By.ID, "limits-panel").is_displayed()
                  and int(browser.find_element(By.CSS_SELECTOR, '#limits tr[data-zone="slow"] '
                                                                'td:nth-child(4)').text) > 0),
                  10, "the limiter's rejections", e)

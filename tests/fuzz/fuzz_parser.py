@@ -362,6 +362,40 @@ def h11_chunked(encoded):
 H11_SEMANTIC = ("Content-Length", "Transfer-Encoding")
 
 
+def without_long_zero_runs(encoded):
+    """h11 refuses a chunk size of more than 20 hex digits; edge, like nginx,
+    counts the value, so `000...04e` is 0x4e (a deliberate difference, see
+    docs/http.md).  Give h11 the same sizes with their leading zeros cut, so
+    it still judges everything else.  Only a line that starts a chunk (at the
+    start, or after a chunk's data and its CRLF) is a size line, so walk the
+    chunks rather than rewrite every run of zeros."""
+    out = bytearray()
+    pos = 0
+    while True:
+        m = re.compile(rb"(0*)([0-9A-Fa-f]+)").match(encoded, pos)
+        if m is None:
+            break
+        digits = m.group(2)
+        if len(m.group(1)) + len(digits) > 20:
+            # keep one zero when the size is zero, drop the rest
+            out += digits if digits.strip(b"0") else b"0"
+        else:
+            out += m.group(0)
+        pos = m.end()
+        line_end = encoded.find(b"\r\n", pos)
+        if line_end < 0:
+            break
+        size = int(digits, 16)
+        out += encoded[pos : line_end + 2]
+        pos = line_end + 2
+        if size == 0:
+            break  # the trailers and the final CRLF follow as they are
+        out += encoded[pos : pos + size + 2]
+        pos += size + 2
+    out += encoded[pos:]
+    return bytes(out)
+
+
 def check_chunked(data, split):
     whole = chunked([data])
     k = split % (len(data) + 1)
@@ -375,7 +409,7 @@ def check_chunked(data, split):
         return
     assert data.endswith(rest)
     encoded = data[: len(data) - len(rest)]
-    theirs = h11_chunked(encoded)
+    theirs = h11_chunked(without_long_zero_runs(encoded))
     if isinstance(theirs, str) and any(w in theirs for w in H11_SEMANTIC):
         return  # h11 validates trailer fields such as Content-Length; we don't
     assert theirs == decoded, (encoded, decoded, theirs)

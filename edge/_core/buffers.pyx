@@ -21,8 +21,125 @@ cdef inline void buf_reset(Buf *b) noexcept nogil:
     b.end = 0
 
 
+# ---- the per-worker buffer pool ------------------------------------------------------------
+# A connection holds buffers only while bytes are in flight: it takes them here when data
+# arrives and gives them back when it goes idle, so an idle keep-alive connection holds
+# none (nginx frees an idle connection's buffers the same way). Buffers come in power-of-two
+# classes from 1 KiB to 64 KiB; a free buffer of a class is kept on that class's list (the
+# link lives in the buffer's own first bytes), up to a bound, and `pool_shrink` (once a
+# second) frees what a class did not need during the last second, so the pool follows the
+# load down after a burst. Larger buffers (a big body held in memory) go back to malloc.
+
+DEF POOL_MIN_SHIFT = 10                 # 1 KiB
+DEF POOL_CLASSES = 7                    # 1, 2, 4, 8, 16, 32, 64 KiB
+DEF POOL_CLASS_BYTES = 8 * 1024 * 1024  # the most one class keeps free
+
+cdef struct PoolClass:
+    void *head              # free buffers, linked through their first bytes
+    size_t nfree
+    size_t low              # the fewest free since the last shrink: never needed
+    size_t limit            # the most kept free
+
+cdef PoolClass g_pool[POOL_CLASSES]
+cdef size_t g_pool_trimmed = 0          # bytes freed since the last malloc_trim
+
+
+cdef inline int pool_class(size_t cap) noexcept nogil:
+    """The class of a capacity, or -1 when the pool does not keep that size."""
+    cdef int k = 0
+    cdef size_t size = 1 << POOL_MIN_SHIFT
+    while k < POOL_CLASSES:
+        if cap == size:
+            return k
+        size <<= 1
+        k += 1
+    return -1
+
+
+cdef inline size_t pool_size_for(size_t need) noexcept nogil:
+    """The capacity to allocate for `need` bytes: a class size, or `need` above them."""
+    cdef size_t size = 1 << POOL_MIN_SHIFT
+    cdef int k = 0
+    while size < need and k < POOL_CLASSES - 1:
+        size <<= 1
+        k += 1
+    return size if size >= need else need
+
+
+cdef inline char *pool_take(size_t cap) noexcept nogil:
+    cdef int k = pool_class(cap)
+    cdef PoolClass *pc
+    cdef void *p
+    if k >= 0:
+        pc = &g_pool[k]
+        if pc.head != NULL:
+            p = pc.head
+            pc.head = (<void **>p)[0]
+            pc.nfree -= 1
+            if pc.nfree < pc.low:
+                pc.low = pc.nfree
+            return <char *>p
+    return <char *>malloc(cap)
+
+
+cdef inline void pool_give(char *data, size_t cap) noexcept nogil:
+    cdef int k = pool_class(cap)
+    cdef PoolClass *pc
+    if k >= 0:
+        pc = &g_pool[k]
+        if pc.limit == 0:
+            pc.limit = POOL_CLASS_BYTES >> (POOL_MIN_SHIFT + k)
+        if pc.nfree < pc.limit:
+            (<void **>data)[0] = pc.head
+            pc.head = data
+            pc.nfree += 1
+            return
+    free(data)
+
+
+cdef size_t pool_shrink() noexcept nogil:
+    """Free what each class kept without needing it since the last call: half of its low
+    mark, so a steady load keeps its buffers and a burst's leftovers go within seconds.
+    Returns the bytes freed; memory goes back to the system (malloc_trim) once a megabyte
+    has been freed, because freed buffers in the middle of the heap stay in RSS otherwise."""
+    global g_pool_trimmed
+    cdef int k
+    cdef size_t n, size, freed = 0
+    cdef PoolClass *pc
+    cdef void *p
+    for k in range(POOL_CLASSES):
+        pc = &g_pool[k]
+        size = (<size_t>1) << (POOL_MIN_SHIFT + k)
+        n = (pc.low + 1) // 2
+        while n > 0 and pc.head != NULL:
+            p = pc.head
+            pc.head = (<void **>p)[0]
+            pc.nfree -= 1
+            free(p)
+            freed += size
+            n -= 1
+        pc.low = pc.nfree
+    g_pool_trimmed += freed
+    return freed
+
+
+cdef void pool_trim_if_due(size_t extra) noexcept nogil:
+    """Give freed heap pages back to the system once enough has been freed."""
+    global g_pool_trimmed
+    g_pool_trimmed += extra
+    if g_pool_trimmed >= 1024 * 1024:
+        g_pool_trimmed = 0
+        malloc_trim(0)
+
+
+def pool_stats():
+    """For tests and the docs: (class size, free buffers) of each class."""
+    return [((1 << (POOL_MIN_SHIFT + k)), g_pool[k].nfree) for k in range(POOL_CLASSES)]
+
+
 cdef int buf_init(Buf *b, size_t cap) except -1:
-    b.data = <char *>malloc(cap)
+    cap = pool_size_for(cap)
+    b.data = pool_take(cap)
     if b.data == NULL:
         raise MemoryError()
     b.cap = cap
@@ -32,8 +149,9 @@ cdef int buf_init(Buf *b, size_t cap) except -1:
 
 
 cdef void buf_free(Buf *b) noexcept nogil:
+    """Give the buffer's storage back (to the pool when it is a class size)."""
     if b.data != NULL:
-        free(b.data)
+        pool_give(b.data, b.cap)
     b.data = NULL
     b.cap = 0
     b.start = 0
@@ -41,7 +159,8 @@ cdef void buf_free(Buf *b) noexcept nogil:
 
 
 cdef int buf_reserve(Buf *b, size_t need) noexcept nogil:
-    """Make room for `need` more bytes at the end. Returns 0, or -1 when out of memory."""
+    """Make room for `need` more bytes at the end. Returns 0, or -1 when out of memory.
+    A buffer without storage takes it from the pool here."""
     cdef size_t used
     cdef size_t newcap
     cdef char *p
@@ -55,12 +174,16 @@ cdef int buf_reserve(Buf *b, size_t need) noexcept nogil:
         b.end = used
         if b.cap - b.end >= need:
             return 0
-    newcap = b.cap * 2 if b.cap else 4096
-    while newcap - used < need:
-        newcap *= 2
-    p = <char *>realloc(b.data, newcap)
+    newcap = pool_size_for(used + need)
+    if newcap < b.cap * 2:
+        newcap = b.cap * 2          # at least double, so a growing body is not copied often
+    p = pool_take(newcap)
     if p == NULL:
         return -1
+    if used:
+        memcpy(p, b.data, used)
+    if b.data != NULL:
+        pool_give(b.data, b.cap)
     b.data = p
     b.cap = newcap
     return 0

@@ -238,6 +238,7 @@ cdef class Client(Handle):
     # the TCP peer, and the PROXY protocol's client when the listener has it
     cdef int peer_family
     cdef unsigned char peer_addr[16]
+    cdef uint16_t peer_port
     cdef char conn_remote[64]
     cdef size_t conn_remote_len
     cdef char conn_port[8]
@@ -245,6 +246,7 @@ cdef class Client(Handle):
     cdef bint has_pp
     cdef int pp_family
     cdef unsigned char pp_addr[16]
+    cdef uint16_t pp_port_num
     cdef char pp_text[64]
     cdef size_t pp_text_len
     cdef char pp_port[8]
@@ -378,13 +380,13 @@ cdef class Client(Handle):
 
     # ---- life cycle -------------------------------------------------------------------
 
-    cdef int setup(self, int fd, Listener listener, sockaddr_storage *sa) except -1:
-        """Take a new connection. Returns 0, or -2 when it must be refused at once."""
-        cdef ListenBinding binding = listener.binding
+    cdef void begin_connection(self, int fd, Listener listener) noexcept:
+        """The connection-wide state of a new connection, or of one resumed from rest
+        (idle.pyx). Buffers are taken from the pool only when bytes arrive."""
         self.fd = fd
         self.kind = K_CLIENT
         self.listener = listener
-        self.binding = binding
+        self.binding = listener.binding
         self.state = CS_HEAD
         self.readable = False
         self.writable = True
@@ -401,15 +403,6 @@ cdef class Client(Handle):
         self.parsed = False
         self.status = 0
         self.out_written = 0
-        self.conn_serial = next_connection_serial()
-        if self.rb.data == NULL:
-            buf_init(&self.rb, READ_CHUNK)
-        if self.wb.data == NULL:
-            buf_init(&self.wb, 4096)
-        if self.uri.data == NULL:
-            buf_init(&self.uri, 256)
-        if self.pbuf.data == NULL:
-            buf_init(&self.pbuf, 2048)
         buf_reset(&self.rb)
         buf_reset(&self.wb)
         self.has_pp = False
@@ -419,6 +412,12 @@ cdef class Client(Handle):
         self.tls_read_wants_write = False
         self.sni_len = 0
         self.sni[0] = 0
+
+    cdef int setup(self, int fd, Listener listener, sockaddr_storage *sa) except -1:
+        """Take a new connection. Returns 0, or -2 when it must be refused at once."""
+        cdef ListenBinding binding = listener.binding
+        self.begin_connection(fd, listener)
+        self.conn_serial = next_connection_serial()
         self.take_peer(sa)
         if binding.proxy_protocol:
             if binding.pp_trusted is not None and not binding.pp_trusted.trusted(self.peer_family, self.peer_addr):
@@ -436,6 +435,20 @@ cdef class Client(Handle):
         timer_arm(self, binding.t_header, g_now)
         return 0
 
+    cdef void release_buffers(self) noexcept:
+        """Give the connection's buffers back to the pool: between requests nothing is in
+        flight (rb is empty; wb only once its bytes went out) and the next request takes
+        them again (buffers.pyx)."""
+        buf_free(&self.rb)
+        if not self.output_pending():
+            buf_free(&self.wb)
+        buf_free(&self.uri)
+        buf_free(&self.pbuf)
+        buf_free(&self.hb)
+        buf_free(&self.rh)
+        buf_free(&self.capsrc)
+        buf_free(&self.argbuf)
+
     cdef void take_peer(self, sockaddr_storage *sa) noexcept:
         """The TCP peer from accept(): its address, and $remote_addr until realip or the
         PROXY protocol say otherwise."""
@@ -450,6 +463,7 @@ cdef class Client(Handle):
             port = ntohs((<sockaddr_in6 *>sa).sin6_port)
         else:
             self.peer_family = 0
+        self.peer_port = port
         self.set_address(self.peer_family, self.peer_addr, port, self.conn_remote,
                          &self.conn_remote_len, self.conn_port, &self.conn_port_len)
         self.restore_remote()
@@ -499,6 +513,7 @@ cdef class Client(Handle):
                     self.has_pp = True
                     self.pp_family = h.family
                     memcpy(self.pp_addr, h.src, 16)
+                    self.pp_port_num = h.src_port
                     self.set_address(h.family, h.src, h.src_port, self.pp_text,
                                      &self.pp_text_len, self.pp_port, &self.pp_port_len)
                 if self.binding.ssl:
@@ -1003,18 +1018,33 @@ cdef class Client(Handle):
             return True
         return recv(self.fd, &probe, 1, MSG_PEEK | MSG_DONTWAIT) > 0
 
-    cdef int read_more(self, size_t limit) noexcept:
-        """Read once into rb, holding at most `limit` bytes. RD_* result."""
+    cdef int read_more(self, size_t limit, size_t chunk=READ_CHUNK) noexcept:
+        """Read once into rb, holding at most `limit` bytes, at most `chunk` at once.
+        RD_* result."""
         cdef int r
         if self.ssl != NULL:
-            r = tls_read_into(self.ssl, &self.rb, limit, READ_CHUNK, &self.readable,
+            r = tls_read_into(self.ssl, &self.rb, limit, chunk, &self.readable,
                               &self.tls_read_wants_write)
         else:
-            r = read_into(self.fd, &self.rb, limit, READ_CHUNK, &self.readable,
+            r = read_into(self.fd, &self.rb, limit, chunk, &self.readable,
                           self.peer_closed)
         if r == RD_EOF:
             self.peer_closed = True
         return r
+
+    cdef int read_head(self, size_t limit) noexcept:
+        """Read for a request head, as nginx sizes its buffers: a new head is read into
+        client_header_buffer_size (1k), and only a head that outgrows it gets room by
+        large_client_header_buffers' size. A buffer that is larger already (pipelined
+        requests, a body just read) is filled as it is."""
+        cdef size_t chunk
+        if buf_len(&self.rb) == 0:
+            chunk = self.binding.client_header_buffer_size
+        else:
+            chunk = self.binding.large_header_buffer_size
+        if self.rb.data != NULL and self.rb.cap - buf_len(&self.rb) > chunk:
+            chunk = self.rb.cap - buf_len(&self.rb)
+        return self.read_more(limit, chunk)
 
     cdef void serve_heads(self):
         """Read, parse and answer request heads until the input runs dry, output backs up,
@@ -1042,11 +1072,11 @@ cdef class Client(Handle):
                     return          # wait for the client to read
             if buf_len(&self.rb) == 0:
                 if not self.readable:
-                    self.arm_idle_timer()
+                    self.go_idle()
                     return
-                rd = self.read_more(limit)
+                rd = self.read_head(limit)
                 if rd == RD_AGAIN:
-                    self.arm_idle_timer()
+                    self.go_idle()
                     return
                 if rd != RD_DATA:
                     if self.output_pending():
@@ -1072,7 +1102,7 @@ cdef class Client(Handle):
                     timer_arm(self, self.binding.t_header, g_now)
                 if not self.readable:
                     return
-                rd = self.read_more(limit)
+                rd = self.read_head(limit)
                 if rd == RD_DATA:
                     continue
                 if rd == RD_AGAIN:
@@ -1142,11 +1172,15 @@ cdef class Client(Handle):
             return 414
         return 431
 
-    cdef void arm_idle_timer(self) noexcept:
+    cdef void go_idle(self) noexcept:
+        """No request in progress and no bytes to read: the keep-alive timeout (or, before
+        the first request, client_header_timeout) runs, and the buffers go back to the
+        pool until bytes arrive (idle.pyx parks the object itself a second later)."""
         if self.requests > 0 and self.loc is not None:
             timer_arm(self, self.loc.t_keepalive, g_now)
         else:
             timer_arm(self, self.binding.t_header, g_now)
+        self.release_buffers()
 
     # ---- one request ----------------------------------------------------------------------
 

@@ -739,8 +739,10 @@ cdef class UpConn(Handle):
                 and not g_loop.quitting
                 and (self.ssl == NULL or not SSL_has_pending(self.ssl))):
             self.state = US_IDLE
-            buf_reset(&self.rb)
-            buf_reset(&self.wb)
+            # an idle pooled connection holds no buffers: they go back to the pool and
+            # upstream_connection takes them again when it is reused
+            buf_free(&self.rb)
+            buf_free(&self.wb)
             self.win_len = 0
             self.suf_len = 0
             self.file_fd = -1

@@ -26,6 +26,7 @@ include "tls_sessions.pyx"
 include "uri.pyx"
 include "proxy_protocol.pyx"
 include "client.pyx"
+include "idle.pyx"
 include "phases.pyx"
 include "access_log.pyx"
 include "limiter.pyx"
@@ -49,6 +50,7 @@ cdef enum HandleKind:
     K_SIGNAL = 4
     K_CONTROL = 5
     K_MIRROR = 6        # a mirror copy's connection (mirror.pyx)
+    K_IDLE = 7          # an idle client connection at rest (idle.pyx)
 
 # One loop per process; the globals keep the hot path free of attribute lookups.
 cdef Loop g_loop = None
@@ -114,7 +116,8 @@ cdef class Loop:
     should exit: after a graceful drain (QUIT) or at once (TERM/INT)."""
     cdef int epfd
     cdef list handles               # fd -> Handle
-    cdef list free_clients
+    cdef list free_clients          # Client objects without a connection, and without buffers
+    cdef Py_ssize_t free_low        # the fewest free Clients since the last shrink
     cdef list listeners
     cdef Plan plan
     cdef int nclients
@@ -146,6 +149,7 @@ cdef class Loop:
         seed_worker()
         self.handles = [None] * 4096
         self.free_clients = []
+        self.free_low = 0
         self.listeners = []
         self.nclients = 0
         self.max_clients = plan.worker_connections
@@ -257,10 +261,7 @@ cdef class Loop:
                     self.log_error("%d worker_connections are not enough" % self.max_clients)
                 continue
             setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(int))
-            if self.free_clients:
-                c = <Client>self.free_clients.pop()
-            else:
-                c = Client.__new__(Client)
+            c = self.new_client()
             self.nclients += 1
             if c.setup(fd, lst, &sa) < 0:
                 self.register(c)
@@ -285,7 +286,7 @@ cdef class Loop:
             h = t.head
             while h is not None and budget > 0:
                 budget -= 1
-                if h.kind == K_CLIENT and (<Client>h).reusable():
+                if h.kind == K_IDLE or (h.kind == K_CLIENT and (<Client>h).reusable()):
                     reusable += 1
                     if len(victims) < 32:
                         victims.append(h)
@@ -302,20 +303,53 @@ cdef class Loop:
             self.log_at("warn", "%d worker_connections are not enough, reusing connections"
                         % self.max_clients)
         for h in victims[:n]:
+            if h.kind == K_IDLE:
+                (<IdleConn>h).close()
+                continue
             c = <Client>h
             if c.fd >= 0:
                 c.close()
         return n
 
-    cdef void client_closed(self, Client c):
-        self.nclients -= 1
-        if c.rb.cap > 65536:
-            buf_free(&c.rb)
-        if c.wb.cap > 65536:
-            buf_free(&c.wb)
+    cdef inline Client new_client(self):
+        """A Client object for a connection: from the free list, or a new one."""
+        cdef Py_ssize_t n = len(self.free_clients)
+        if n:
+            if n - 1 < self.free_low:
+                self.free_low = n - 1
+            return <Client>self.free_clients.pop()
+        self.free_low = 0
+        return Client.__new__(Client)
+
+    cdef inline void recycle_client(self, Client c):
+        """A Client object whose connection ended or went to rest (its buffers are back in
+        the pool): kept for the next connection, up to a bound."""
         if len(self.free_clients) < FREE_CLIENTS_MAX:
             self.free_clients.append(c)
 
+    cdef void client_closed(self, Client c):
+        self.nclients -= 1
+        c.release_buffers()
+        buf_free(&c.wb)
+        self.recycle_client(c)
+
+    cdef void shrink_pools(self):
+        """Once a second: park idle connections (idle.pyx), then let the free Clients and
+        the buffer pool follow the load down. What stayed unused for the whole last second
+        (the low mark) is halved, so a burst's leftovers go within seconds and a steady
+        load keeps what it uses."""
+        cdef Py_ssize_t n, drop
+        cdef size_t freed
+        park_idle_clients()
+        n = len(self.free_clients)
+        drop = (self.free_low + 1) // 2
+        if drop > n:
+            drop = n
+        if drop > 0:
+            del self.free_clients[n - drop:]
+        self.free_low = len(self.free_clients)
+        freed = pool_shrink()
+        pool_trim_if_due(<size_t>drop * <size_t>Client.__basicsize__)
 
     cdef void on_signal(self, uint32_t signo):
         if signo == SIGQUIT:
@@ -352,6 +386,11 @@ cdef class Loop:
                 if c.state == CS_HEAD and c.requests > 0 and buf_len(&c.rb) == 0 \
                         and not c.output_pending() and not c.input_waiting():
                     c.close()
+            elif h is not None and h.kind == K_IDLE:
+                # the same rule at rest: a connection whose next request is in the kernel
+                # buffer stays, and its event resumes it
+                if (<IdleConn>h).requests > 0 and not (<IdleConn>h).input_waiting():
+                    (<IdleConn>h).close()
             elif h is not None and h.kind == K_UPSTREAM and (<UpConn>h).state == US_IDLE:
                 (<UpConn>h).close()
 
@@ -389,6 +428,7 @@ cdef class Loop:
             if g_now >= self.next_gauges_ms:
                 self.next_gauges_ms = g_now + 1000
                 self.publish_gauges()
+                self.shrink_pools()
             if g_buffered_files:
                 flush_due_logs()
             if n < 0:
@@ -416,6 +456,8 @@ cdef class Loop:
         for h in list(self.handles):
             if h is not None and h.kind == K_CLIENT:
                 (<Client>h).close()
+            elif h is not None and h.kind == K_IDLE:
+                (<IdleConn>h).close()
         flush_logs()
         self.publish_gauges()
 
@@ -429,7 +471,12 @@ cdef class Loop:
         if g_worker < 0:
             return
         for h in self.handles:
-            if h is None or h.kind != K_CLIENT:
+            if h is None:
+                continue
+            if h.kind == K_IDLE:
+                idle += 1
+                continue
+            if h.kind != K_CLIENT:
                 continue
             c = <Client>h
             if c.state == CS_HEAD or c.state == CS_PP_HEADER:

@@ -34,6 +34,9 @@ cdef extern from "<fcntl.h>" nogil:
 cdef extern from "<stdlib.h>" nogil:
     int mkostemp(char *template, int flags)
 
+cdef extern from "<malloc.h>" nogil:
+    int malloc_trim(size_t pad)
+
 cdef extern from "<sys/sendfile.h>" nogil:
     ssize_t sendfile(int out_fd, int in_fd, off_t *offset, size_t count)
 

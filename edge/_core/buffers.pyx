@@ -132,6 +132,14 @@ cdef void pool_trim_if_due(size_t extra) noexcept nogil:
         malloc_trim(0)
 
 
+cdef size_t pool_free_bytes() noexcept nogil:
+    cdef size_t total = 0
+    cdef int k
+    for k in range(POOL_CLASSES):
+        total += g_pool[k].nfree << (POOL_MIN_SHIFT + k)
+    return total
+
+
 def pool_stats():
     """For tests and the docs: (class size, free buffers) of each class."""
     return [((1 << (POOL_MIN_SHIFT + k)), g_pool[k].nfree) for k in range(POOL_CLASSES)]

@@ -466,7 +466,7 @@ cdef class Loop:
         (nginx's active / reading / writing / waiting)."""
         cdef Handle h
         cdef Client c
-        cdef int64_t reading = 0, writing = 0, idle = 0
+        cdef int64_t reading = 0, writing = 0, idle = 0, at_rest = 0
         cdef WorkerBlock *w
         if g_worker < 0:
             return
@@ -475,6 +475,7 @@ cdef class Loop:
                 continue
             if h.kind == K_IDLE:
                 idle += 1
+                at_rest += 1
                 continue
             if h.kind != K_CLIENT:
                 continue
@@ -493,6 +494,8 @@ cdef class Loop:
         w.reading = reading
         w.writing = writing
         w.idle = idle
+        w.at_rest = at_rest
+        w.pool_free_bytes = <int64_t>pool_free_bytes()
 
     def set_worker_generation(self, int64_t generation):
         if g_shared != NULL and self.worker_index < SHM_MAX_WORKERS:

@@ -120,7 +120,9 @@ cdef struct WorkerBlock:
     int64_t reading
     int64_t writing
     int64_t idle
-    int64_t pad1[4]
+    int64_t at_rest             # idle connections parked in their small form (idle.pyx)
+    int64_t pool_free_bytes     # free buffers kept by the worker's pool (buffers.pyx)
+    int64_t pad1[2]
     int64_t ring_head           # written by the worker only
     int64_t pad2[7]
     int64_t ring_tail           # advanced by the control process, or by the worker dropping
@@ -556,12 +558,15 @@ cdef class Zones:
                 row = zone_row(&self.z, self.workers_cap, i)
                 sinks[labels[0]] = {"ring_dropped": sums[R_SINK_DROPPED],
                                     "control_dropped": row[R_SINK_CONTROL_DROPPED]}
-        conns = {"active": 0, "reading": 0, "writing": 0, "idle": 0}
+        conns = {"active": 0, "reading": 0, "writing": 0, "idle": 0, "at_rest": 0,
+                 "pool_free_bytes": 0}
         for w in range(nworkers):
             conns["active"] += self.z.workers[w].active
             conns["reading"] += self.z.workers[w].reading
             conns["writing"] += self.z.workers[w].writing
             conns["idle"] += self.z.workers[w].idle
+            conns["at_rest"] += self.z.workers[w].at_rest
+            conns["pool_free_bytes"] += self.z.workers[w].pool_free_bytes
         return {"http": http, "upstreams": upstreams, "peers": peers,
                 "connections": conns, "sinks": sinks, "limits": limits, "mirrors": mirrors}
 

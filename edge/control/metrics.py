@@ -128,6 +128,10 @@ def render(snapshot, counters, drops=None, buckets=DEFAULT_BUCKETS, limit_sync=N
                       "Time an upstream took to send its whole response, by upstream.")
     connections = family("edge_connections", "gauge",
                          "Client connections now open, by state (active is the total).")
+    at_rest = family("edge_connections_at_rest", "gauge",
+                     "Idle client connections parked in their small form (part of idle).")
+    pool_free = family("edge_buffer_pool_free_bytes", "gauge",
+                       "Bytes of free buffers the workers keep for the next requests.")
     failures = family("edge_upstream_peer_failures_total", "counter",
                       "Failed attempts to talk to an upstream peer.")
     peer_up = family("edge_upstream_peer_up", "gauge",
@@ -174,6 +178,8 @@ def render(snapshot, counters, drops=None, buckets=DEFAULT_BUCKETS, limit_sync=N
     if state is not None:
         for name in CONNECTION_STATES:
             connections.sample(state.get(name, 0), (("state", name),))
+        at_rest.sample(state.get("at_rest", 0), ())
+        pool_free.sample(state.get("pool_free_bytes", 0), ())
 
     peer_fail, peer_state = {}, {}
     for entry in snapshot.get("peers", ()):

@@ -140,8 +140,9 @@ DIRECTIVES = [
     Directive("send_timeout", HSL, (1, 1), parse=types.time, default=60.0,
               doc="The longest pause between two writes to a client; then the connection closes."),
     Directive("client_header_buffer_size", HSL[:2], (1, 1), parse=types.size, default=1024,
-              doc="The usual request head size; kept for nginx compatibility (buffers grow "
-                  "up to large_client_header_buffers)."),
+              doc="The buffer a new request head is read into, as nginx: a head that does not "
+                  "fit moves to a larger buffer, by large_client_header_buffers' size "
+                  "(docs/connections.md)."),
     Directive("large_client_header_buffers", HSL[:2], (2, 2), parse=_large_buffers,
               default=(4, 8192), syntax="large_client_header_buffers number size;",
               doc="Limits for request heads: the request line must fit in `size` (else 414) "

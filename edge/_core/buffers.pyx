@@ -98,8 +98,9 @@ cdef inline void pool_give(char *data, size_t cap) noexcept nogil:
 
 
 cdef size_t pool_shrink() noexcept nogil:
-    """Free what each class kept without needing it since the last call: half of its low
-    mark, so a steady load keeps its buffers and a burst's leftovers go within seconds.
+    """Free what each class kept without needing it since the last call: three quarters of
+    its low mark, so a steady load keeps its buffers and a burst's leftovers go within
+    seconds (4,096 spare buffers are down to one in six sweeps).
     Returns the bytes freed; memory goes back to the system (malloc_trim) once a megabyte
     has been freed, because freed buffers in the middle of the heap stay in RSS otherwise."""
     global g_pool_trimmed
@@ -110,7 +111,7 @@ cdef size_t pool_shrink() noexcept nogil:
     for k in range(POOL_CLASSES):
         pc = &g_pool[k]
         size = (<size_t>1) << (POOL_MIN_SHIFT + k)
-        n = (pc.low + 1) // 2
+        n = pc.low - pc.low // 4
         while n > 0 and pc.head != NULL:
             p = pc.head
             pc.head = (<void **>p)[0]

@@ -63,6 +63,8 @@ cdef bint client_parkable(Client c) noexcept:
     nothing waiting inside TLS, no body or upstream attached."""
     if c.state != CS_HEAD or not c.logged or c.fd < 0:
         return False
+    if c.readable:
+        return False        # bytes may wait that no new edge-triggered event would announce
     if buf_len(&c.rb) or c.output_pending() or c.up is not None or c.spool is not None:
         return False
     if c.body_fd >= 0 or c.body_buffered or c.discarding:

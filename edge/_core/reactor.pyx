@@ -335,14 +335,14 @@ cdef class Loop:
 
     cdef void shrink_pools(self):
         """Once a second: park idle connections (idle.pyx), then let the free Clients and
-        the buffer pool follow the load down. What stayed unused for the whole last second
-        (the low mark) is halved, so a burst's leftovers go within seconds and a steady
-        load keeps what it uses."""
+        the buffer pool follow the load down. Three quarters of what stayed unused for the
+        whole last second (the low mark) is freed, so a burst's leftovers go within seconds
+        and a steady load keeps what it uses."""
         cdef Py_ssize_t n, drop
         cdef size_t freed
         park_idle_clients()
         n = len(self.free_clients)
-        drop = (self.free_low + 1) // 2
+        drop = self.free_low - self.free_low // 4
         if drop > n:
             drop = n
         if drop > 0:

@@ -5,6 +5,7 @@ perf/bench's `idle` row: non-blocking sockets and epoll, bounded in time.
     fleet = Fleet(port, b"GET /return HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
     fleet.open(10000)                    # each sent one request and read its response
     fleet.open_count()                   # how many the server has not closed
+    fleet.again()                        # one more request on each, all at once
     fleet.close()
     statuses = burst(port, [req_a, req_b] * 2500)   # all connected, then all sent at once
 
@@ -262,6 +263,41 @@ class Fleet:
         except (OSError, ValueError) as e:
             self.errors.append(str(e))
             return True
+
+    def again(self, request: bytes | None = None, timeout: float = 60.0):
+        """Send one more request on every open connection, all at once, and read every
+        response; the connections stay open. Raises AssertionError on any failure."""
+        request = request or self.request
+        ep = select.epoll()
+        clients: dict[int, _Client] = {}
+        errors_before = len(self.errors)
+        statuses: Counter = Counter()
+        deadline = time.monotonic() + timeout
+        try:
+            for s in self.open_socks:
+                c = _Client(s, request)
+                c.state = SENDING
+                clients[s.fileno()] = c
+                ep.register(s.fileno(), select.EPOLLOUT)
+            left_n = len(clients)
+            while left_n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"{len(clients) - left_n} of {len(clients)} answered again after "
+                                         f"{timeout}s")
+                for fd, ev in ep.poll(min(left, 1.0)):
+                    c = clients[fd]
+                    if self._step(c, ev, ep):
+                        ep.unregister(fd)
+                        left_n -= 1
+                        if c.state == DONE:
+                            statuses[c.status] += 1
+        finally:
+            ep.close()
+        errors = self.errors[errors_before:]
+        if errors or set(statuses) - {self.expect}:
+            raise AssertionError(f"second requests: {len(errors)} failed, statuses {dict(statuses)}: {errors[:5]}")
+        return statuses
 
     def open_count(self) -> int:
         """How many of the open connections the server still keeps: a socket with nothing

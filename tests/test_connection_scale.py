@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from support import IMPL, Conn, body_pattern, build_request
+from support import IMPL, Conn, body_pattern, build_request, sha256
 from support.mass import FastUpstream, Fleet, burst, raise_nofile, rss_bytes, socket_fds, worker_pids
 
 MiB = 1 << 20
@@ -246,6 +246,7 @@ def test_long_request_line_and_header_line_byte_by_byte(edge, upstream):
     e = edge(HEADS, UP=upstream)
     target = "/proxy/" + "t" * 3000
     with Conn(e.port) as c:
+        assert c.request("GET", "/return").body == b"hello", "a small head first, then the large ones"
         send_pieces(c, build_request("GET", target), BYTE_BY_BYTE)
         assert c.read_response().status == 200
         check_upstream_got(upstream, [], target)
@@ -427,3 +428,29 @@ def test_pipelined_request_after_a_streamed_response(edge, upstream, streamed):
         assert r.status == 200 and r.json()["target"] == "/proxy/echo"
         c.send(req("/r/last"))
         read_in_order(c, ["/r/last"])
+
+
+@pytest.mark.parametrize("body_len", [10, 900, 3000, 20000])
+def test_pipelined_request_after_a_request_body(edge, upstream, body_len):
+    """A proxied POST whose body shares the read buffer with the head (and, from 900 on,
+    crosses the 1 KiB mark), with a GET pipelined right behind the body in the same write:
+    the upstream gets the whole body, and both are answered in order."""
+    e = edge(HEADS, UP=upstream)
+    body = body_pattern(body_len)
+    data = build_request("POST", "/proxy/echo", headers=[("Content-Type", "application/octet-stream")],
+                         body=body) + req("/r/after-body")
+    with Conn(e.port, timeout=20) as c:
+        c.send(data)
+        r = c.read_response()
+        assert r.status == 200
+        got = r.json()
+        assert (got["body_len"], got["body_sha256"]) == (body_len, sha256(body))
+        read_in_order(c, ["/r/after-body"])
+    with Conn(e.port, timeout=20) as c:
+        sock_nodelay(c)
+        c.send(data[:1024])
+        time.sleep(0.05)
+        c.send(data[1024:])
+        r = c.read_response()
+        assert r.status == 200 and r.json()["body_len"] == body_len
+        read_in_order(c, ["/r/after-body"])

@@ -2,6 +2,7 @@
 perf/bench's `idle` row: non-blocking sockets and epoll, bounded in time.
 
     raise_nofile()                       # soft RLIMIT_NOFILE up to the hard limit
+    settled_rss(worker_pid)              # VmRSS once it has stopped falling
     fleet = Fleet(port, b"GET /return HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
     fleet.open(10000)                    # each sent one request and read its response
     fleet.open_count()                   # how many the server has not closed
@@ -62,6 +63,24 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def settled_rss(pid: int, quiet: float = 3.0, max_wait: float = 20.0, step: float = 0.25) -> int:
+    """VmRSS at rest, in bytes: the lowest reading, once it has not fallen (by more than
+    128 KiB) for `quiet` seconds, or after `max_wait`. A worker that frees memory on a
+    timer (edge parks idle connections and halves its free pools once a second) takes a
+    few seconds to get there; one that frees nothing settles after `quiet`."""
+    low = rss_bytes(pid)
+    start = last_drop = time.monotonic()
+    while True:
+        now = time.monotonic()
+        if now - last_drop >= quiet or now - start >= max_wait:
+            return low
+        time.sleep(step)
+        r = rss_bytes(pid)
+        if r < low - (128 << 10):
+            last_drop = time.monotonic()
+        low = min(low, r)
 
 
 def _cmdline(pid: int) -> str:

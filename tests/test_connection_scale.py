@@ -132,6 +132,45 @@ def test_rss_comes_back_after_a_burst(edge, fast_upstream):
                           f"{before / MiB:.1f} MiB before it (just after the burst: {after_burst / MiB:.1f} MiB)")
 
 
+POOLED_N = 3_000
+
+POOLED = """
+events { worker_connections 16000; }
+http {
+    keepalive_timeout 300s;
+    upstream backend { server @UP@; keepalive 4000; keepalive_timeout 300s; }
+    server {
+        listen 127.0.0.1:@PORT@ backlog=4096;
+        location /proxy/ { proxy_pass http://backend; }
+    }
+}
+"""
+
+
+@pytest.mark.edge_only
+def test_idle_pooled_upstream_connections_cost_under_1_kib_each(edge, fast_upstream):
+    """3,000 proxied requests at once leave 3,000 upstream connections idle in the
+    keepalive pool: once the client connections are closed and the pools have shrunk,
+    the worker has grown by less than 1 KiB per pooled connection (the kernel's socket is
+    not in its RSS). An idle pooled connection holds no buffers (docs/connections.md).
+    Edge-only: nginx keeps its own pool structures and is not the subject here."""
+    need_fds(2 * POOLED_N + 1000)
+    e = edge(POOLED, UP=fast_upstream)
+    w = only_worker(e)
+    assert burst(e.port, [PROXY_REQ] * 100) == {200: 100}      # one-time allocations
+    sockets_before = socket_fds(w)
+    before = settled_rss(w)
+    assert burst(e.port, [PROXY_REQ] * POOLED_N) == {200: POOLED_N}
+    after = settled_rss(w)
+    pooled = socket_fds(w) - sockets_before
+    growth = after - before
+    print(f"\nworker RSS: {before / MiB:.1f} MiB before, {after / MiB:.1f} MiB with {pooled} more idle upstream "
+          f"connections: {growth / max(pooled, 1):.0f} bytes each")
+    assert pooled >= POOLED_N // 2, f"only {pooled} upstream connections stayed in the pool"
+    assert growth < pooled * 1024, (f"{pooled} idle pooled upstream connections grew the worker by "
+                                    f"{growth / MiB:.1f} MiB ({growth / pooled:.0f} bytes each)")
+
+
 # -- heads that need large_client_header_buffers ------------------------------------------
 
 HEADS = """

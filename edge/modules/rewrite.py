@@ -1,5 +1,9 @@
-"""nginx's rewrite module: `rewrite REGEX REPLACEMENT [flag];` and `set $var VALUE;`, at
-server and location level, run with `return` in config order (edge/_core/rewrite.pyx).
+"""nginx's rewrite module: `rewrite`, `set`, `if` and `break`, run with `return` in order.
+
+`rewrite REGEX REPLACEMENT [flag];`, `set $var VALUE;`, `if (condition) { ... }` and
+`break;` at server and location level, run with `return` in config order as one script
+(edge/_core/rewrite.pyx). Inside `if` only return, rewrite, set and break are declared;
+the config refuses anything else there, saying why.
 
 A server's run before the location is searched (nginx's server rewrite phase); a
 location's in its rewrite phase. A URI changed in a location without `break` makes the

@@ -254,3 +254,36 @@ http {
         assert get(e.port, "/x", headers=basic("rel", "no")).status == 401
     finally:
         e.stop()
+
+
+@pytest.mark.edge_only
+def test_a_password_is_hashed_once_per_credential_and_file(tmp_path, up):
+    from passlib.hash import bcrypt
+    from support import Conn, EdgeProcess
+    users = tmp_path / "users"
+    users.write_text("alice:" + bcrypt.using(rounds=5).hash(PW) + "\n")
+    log = tmp_path / "error.log"
+    e = EdgeProcess(tmp_path / "run", r"""
+error_log @LOG@ debug;
+worker_processes 1;
+http {
+    server {
+        listen 127.0.0.1:@PORT@;
+        auth_basic "r";
+        auth_basic_user_file @FILE@;
+        location / { proxy_pass http://@UP@; }
+    }
+}
+""", {"UP": up.addr, "FILE": str(users), "LOG": str(log)}).start()
+    try:
+        with Conn(e.port) as c:
+            for _ in range(50):
+                assert c.request("GET", "/x", headers=basic("alice", PW)).status == 200
+        assert log.read_text().count("auth_basic: verified the password") == 1
+        # the file changed: the cache is emptied, the password is hashed again once
+        users.write_text(users.read_text() + "bob:{PLAIN}x\n")
+        for _ in range(5):
+            assert get(e.port, "/x", headers=basic("alice", PW)).status == 200
+        assert log.read_text().count("auth_basic: verified the password") == 2
+    finally:
+        e.stop()

@@ -272,6 +272,9 @@ cdef class BasicAuth(AuthMethod):
         if len(self.verified) >= self.cache_max:
             del self.verified[next(iter(self.verified))]
         self.verified[header] = (entry[0], entry[2])
+        if self.htpasswd is not None and g_log_fn is not None:
+            g_log_fn("debug", 'auth_basic: verified the password of user "%s" in "%s"'
+                     % (user.decode("latin-1"), self.htpasswd.path.decode("latin-1")))
         if entry[0] is not None:
             c.consumer = entry[0]
             c.credential_id = entry[2]

@@ -221,7 +221,7 @@ def test_auth_basic_without_a_file_is_refused(tmp_path):
     r, conf = _edge_t(tmp_path, '        location / {\n            auth_basic "x";\n'
                                 '            return 200;\n        }')
     assert r.returncode != 0
-    assert f'"auth_basic" without "auth_basic_user_file"' in r.stderr
+    assert '"auth_basic" without "auth_basic_user_file"' in r.stderr
     assert f"{conf}:5" in r.stderr
 
 

@@ -9,8 +9,8 @@ A server's run before the location is searched (nginx's server rewrite phase); a
 location's in its rewrite phase. A URI changed in a location without `break` makes the
 location be searched again (at most 10 times, then 500)."""
 
-from edge._core.reactor import (BreakOp, IfOp, Location, Regex, RewriteOp, RewriteScript,
-                                ReturnOp, SetOp, Template, _user_variable)
+from edge._core.reactor import (BreakOp, IfOp, Location, Regex, ReturnOp, RewriteOp,
+                                RewriteScript, SetOp, Template, _user_variable)
 from edge.config import LOCATION, SERVER, ConfigError, Directive
 
 FLAGS = {"last": 1, "break": 2, "redirect": 3, "permanent": 4}

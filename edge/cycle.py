@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from edge._core.reactor import Location, Plan
 from edge.config import ConfigError, build, parse_file
 from edge.modules import (access_log, admin, auth, buffering, consumers, core, cors, health, http_core,
-                          headers, ip_rules, limits, metrics, mirror, proxy, proxy_ssl, realip, redis,
+                          headers, ip_rules, limits, metrics, mirror, nginx_compat, proxy, proxy_ssl, realip, redis,
                           request_id, retries, return_, rewrite, ssl, ssl_session, upstream,
                           variables)
 
@@ -24,7 +24,7 @@ from edge.modules import (access_log, admin, auth, buffering, consumers, core, c
 MODULES = [core, http_core, ssl, ssl_session, variables, realip, upstream, proxy, proxy_ssl, buffering,
            retries, mirror, return_,
            health, metrics, access_log, request_id, rewrite, headers, ip_rules, cors, consumers,
-           auth, limits, admin, redis]
+           auth, limits, admin, redis, nginx_compat]
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,9 @@ class Cycle:
         self.limit_sync_interval = runtime.limit_sync_interval
         self.limit_redis_failure = runtime.limit_redis_failure
         self.consumers = runtime.consumers  # ConsumerSet or None (no `consumers` directive)
+        # ConfigWarning per documented no-op directive met (edge -t prints them, the
+        # master logs them at warn on start and reload)
+        self.warnings = list(root.warnings)
 
     def prepare_zones(self):
         """In the master, before this config is served: make or keep the files of its
@@ -98,6 +101,11 @@ def all_directives():
     return [d for module in MODULES for d in module.DIRECTIVES]
 
 
+def all_refused():
+    """The nginx directives edge refuses with a reason (``types.Refused`` rows)."""
+    return [r for module in MODULES for r in getattr(module, "REFUSED", ())]
+
+
 def load(path):
     return from_parsed(path, parse_file(path))
 
@@ -107,7 +115,7 @@ def from_parsed(path, parsed):
     ParsedConfig (not the files, which may have changed since the master tested them), so
     every process of a generation runs exactly the same text."""
     variables.declare(parsed.nodes)     # before any template is parsed
-    root = build(parsed, all_directives())
+    root = build(parsed, all_directives(), all_refused())
     runtime = Runtime()
     runtime.conf_dir = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
     data_files = getattr(parsed, "data_files", None)

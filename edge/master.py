@@ -1069,6 +1069,8 @@ class Master:
         """Load the config again and switch to it; on any failure keep the old one."""
         try:
             cycle = load_cycle(self.cycle.path)
+            for warning in cycle.warnings:
+                log.error("warn", str(warning))
             cycle.prepare_zones()      # before any worker compiles it: they map the zones
         except ConfigError as e:
             log.error("emerg", f"{e}; the previous configuration keeps serving")
@@ -1843,6 +1845,8 @@ def run(config_path, exec_argv=None, exec_cwd=None):
     except OSError as e:
         log.console("emerg", f'open() "{target}" failed {os_error_text(e)}')
         return 1
+    for warning in cycle.warnings:
+        log.report("warn", str(warning))
 
     # Imported here, not at the top: `edge -t` and `edge -s` need neither.
     import uvloop

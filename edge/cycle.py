@@ -67,6 +67,7 @@ class Cycle:
         self.plan = runtime.plan
         self.listens = listens
         self.worker_processes = core.worker_count(root)
+        self.process = core.process_settings(root)    # user, rlimits, priority, affinity
         self.pid_path = root.get("pid")
         self.error_log = root.get("error_log")
         self.worker_shutdown_timeout = root.get("worker_shutdown_timeout")

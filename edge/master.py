@@ -56,6 +56,7 @@ plane starts.
 import asyncio
 import collections
 import ctypes
+import dataclasses
 import gc
 import glob
 import os
@@ -561,7 +562,9 @@ def same_listeners(old, new):
     return (old.worker_processes == new.worker_processes
             and {s.key: s for s in old.listens} == {s.key: s for s in new.listens}
             and old.error_log == new.error_log
-            and old.process == new.process)   # user, rlimits, affinity: set at fork
+            # user, rlimits, affinity: set at fork (daemon matters only at start)
+            and dataclasses.replace(old.process, daemon=False)
+            == dataclasses.replace(new.process, daemon=False))
 
 
 # ----------------------------------------------------------------- user and limits
@@ -622,6 +625,25 @@ def give_to_user(cycle, state_path=None):
             os.chown(path, uid, gid)
         except OSError as e:
             log.error("alert", f'chown() "{path}" to "{user[0]}" failed {os_error_text(e)}')
+
+
+def daemonize(keep_stderr):
+    """``daemon on``: fork, let the parent exit 0 (the command returns), start a new
+    session in the child and point stdin and stdout (and stderr, unless the error log
+    is stderr) at /dev/null."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid != 0:
+        os._exit(0)
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    if not keep_stderr:
+        os.dup2(null, 2)
+    if null > 2:
+        os.close(null)
 
 
 def configure_child(settings, index=None):
@@ -1972,6 +1994,11 @@ def run(config_path, exec_argv=None, exec_cwd=None):
             log.error("notice", "using inherited sockets: " + ", ".join(
                 f"{key} ({len(socks)})" for key, socks in listeners.sockets.items()))
         listeners.provide(cycle)
+        if cycle.process.daemon and not inherited:
+            # as nginx: after binding (errors reach the console), before the pid file
+            # (which names the background master); a new binary stays where it is
+            daemonize(cycle.error_log[0] == "stderr")
+            pid = os.getpid()
         if cycle.pid_path:
             write_pid_file(cycle.pid_path, pid)
             pid_written = cycle.pid_path

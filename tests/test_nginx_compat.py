@@ -396,3 +396,52 @@ def test_user_needs_root_master(tmp_path, monkeypatch, test_user):
     with pytest.raises(master.StartupError, match=f'"user {TEST_USER}" directive needs the master '
                                                   'to run as root'):
         master.check_user(cycle)
+
+
+# -- daemon ---------------------------------------------------------------------------
+
+def run_edge(*args):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", "edge", *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_daemon_on_detaches_and_quits(tmp_path):
+    from support import free_port
+    port = free_port()
+    conf = tmp_path / "edge.conf"
+    pid_path = tmp_path / "edge.pid"
+    conf.write_text(f"""daemon on;
+worker_processes 1;
+pid {pid_path};
+error_log {tmp_path}/error.log info;
+http {{ server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok"; }} }} }}
+""")
+    r = run_edge("-c", conf)      # returns once the background master runs
+    assert r.returncode == 0, r.stderr
+    pid = int(pid_path.read_text())
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ppid, sid = int(fields[1]), int(fields[3])
+        assert sid == pid                   # its own session, no terminal
+        assert ppid != os.getpid()
+        assert get(port, "/").status == 200
+        assert len(children_of(pid)) == 1
+    finally:
+        q = run_edge("-c", conf, "-s", "quit")
+    assert q.returncode == 0, q.stderr
+    deadline = time.monotonic() + 15
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{pid}")
+    assert not pid_path.exists()
+    assert "exit" in (tmp_path / "error.log").read_text()
+
+
+def test_daemon_off_stays_in_foreground(edge):
+    e = edge("daemon off;\nhttp { server { listen 127.0.0.1:@PORT@; location / { return 200 'ok'; } } }\n")
+    assert get(e.port, "/").status == 200
+    assert e.running()      # the process the harness started is the master
+    assert int(e.pid_path.read_text()) == e.pid

@@ -110,6 +110,12 @@ DIRECTIVES = [
                   "CPU 0; the last mask serves the workers beyond the list), or with "
                   "`auto` each worker to one CPU in turn among those of the mask (all "
                   "CPUs by default)."),
+    Directive("daemon", (MAIN,), (1, 1), parse=types.flag, default=False,
+              syntax="daemon on | off;",
+              doc="`on`: the master forks into the background once its sockets are bound "
+                  "(the command returns; the pid file names the background master), for "
+                  "init scripts that expect it. edge's default is `off` (nginx's is "
+                  "`on`): it runs in the foreground, as systemd's Type=notify wants."),
     Directive("master_process", (MAIN,), (1, 1), parse=_master_process, default=True,
               syntax="master_process on;",
               doc="Only `on`: edge always runs a master; `off` (nginx's development mode) "
@@ -143,12 +149,13 @@ class ProcessSettings:
     rlimit_core: int = None
     priority: int = 0
     affinity: tuple = None       # ("auto", mask|None) or ("masks", [mask, ...]) or None
+    daemon: bool = False         # fork into the background at start (master only)
 
 
 def process_settings(main):
     return ProcessSettings(main.get("user"), main.get("worker_rlimit_nofile"),
                            main.get("worker_rlimit_core"), main.get("worker_priority"),
-                           main.get("worker_cpu_affinity"))
+                           main.get("worker_cpu_affinity"), main.get("daemon"))
 
 
 def cpu_set(affinity, index, cpus):

@@ -588,7 +588,8 @@ cdef class UpConn(Handle):
                     self.upstream_keepalive = False
                 elif token_listed(h.value, h.value_len, "keep-alive", 10):
                     self.upstream_keepalive = True
-            elif name_is(h.name, h.name_len, "x-accel-buffering", 17):
+            elif name_is(h.name, h.name_len, "x-accel-buffering", 17) \
+                    and not c.loc.ignore_accel_buffering:
                 # the upstream decides for this response, as nginx lets it
                 if h.value_len == 2 and strncasecmp(h.value, "no", 2) == 0:
                     buffering = False
@@ -924,8 +925,8 @@ cdef int build_upstream_head(Client c, Location loc, Buf *out) except -1:
         append_escaped_path(out, c.uri.data + prefix_len, buf_len(&c.uri) - prefix_len)
         if c.has_args:
             append_args(out, c, loc.hide_args)
-    buf_append_str(out, " HTTP/1.1\r\n")
-    for i in range(c.nheaders):
+    buf_append_str(out, " HTTP/1.0\r\n" if loc.proxy_http10 else " HTTP/1.1\r\n")
+    for i in range(c.nheaders if loc.pass_request_headers else 0):
         h = &c.headers[i]
         if name_in_list(h.name, h.name_len, HOP_BY_HOP):
             continue
@@ -992,7 +993,9 @@ cdef void finish_upstream_head(Client c, Location loc, Buf *out) noexcept:
         buf_append_str(out, "\r\n")
     elif c.body_kind == BODY_CHUNKED:
         buf_append_str(out, "Transfer-Encoding: chunked\r\n")
-    if c.upgrade:
+    if loc.proxy_http10:
+        buf_append_str(out, "Connection: close\r\n\r\n")     # HTTP/1.0: no keep-alive, no upgrade
+    elif c.upgrade:
         buf_append_str(out, "Upgrade: ")
         buf_append(out, c.headers[c.upgrade_index].value, c.headers[c.upgrade_index].value_len)
         buf_append_str(out, "\r\nConnection: upgrade\r\n\r\n")

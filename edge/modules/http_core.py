@@ -153,6 +153,10 @@ DIRECTIVES = [
               doc="The largest request body accepted (413 beyond it); 0 disables the check."),
     Directive("default_type", HSL, (1, 1), default="text/plain",
               doc="Content-Type of responses made by `return` with a body."),
+    Directive("tcp_nodelay", (HTTP, SERVER), (1, 1), parse=types.flag, default=True,
+              doc="TCP_NODELAY on client connections (on by default, as nginx). edge sets "
+                  "it when it accepts the connection, so it is taken from the default "
+                  "server of each listen address (not per location, unlike nginx)."),
 ]
 
 
@@ -174,6 +178,7 @@ def configure_binding(binding, server_conf):
     binding.large_header_buffer_size = size
     binding.max_headers = server_conf.get("max_request_headers")
     binding.proxy_protocol_timeout_ms = int(server_conf.get("proxy_protocol_timeout") * 1000)
+    binding.tcp_nodelay = server_conf.get("tcp_nodelay")
     from edge.modules import ssl
     ssl.configure_binding(binding, server_conf)
     if binding.proxy_protocol:

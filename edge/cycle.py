@@ -55,6 +55,7 @@ class Runtime:
         self.limit_redis_failure = "local"
         self.consumers = None           # ConsumerSet (modules/consumers.py) or None
         self.data_files = {}            # path -> bytes: ParsedConfig.data_files (see there)
+        self.server_name = b"edge"      # server_tokens (modules/http_core.py), set by compile
 
 
 class Cycle:
@@ -125,6 +126,7 @@ def from_parsed(path, parsed):
     runtime.data_files = data_files
     core.compile_main(root, runtime)
     https = root.blocks("http")
+    runtime.server_name = http_core.server_name_shown(https[0] if https else None)
     listens = {}
     if https:
         _compile_http(https[0], runtime, listens)

@@ -10,6 +10,7 @@ read from the worker's own socket (pidfd_getfd), edge only.
 import ctypes
 import hashlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -225,3 +226,71 @@ def test_tcp_nodelay_not_in_location(tmp_path):
                        timeout=60)
     assert r.returncode == 1
     assert f'"tcp_nodelay" directive is not allowed here in {conf}:5' in r.stderr
+
+
+# -- server_tokens --------------------------------------------------------------------
+
+TOKENS = """
+http {
+    %s
+    server {
+        listen 127.0.0.1:@PORT@;
+        location = /fixed { return 200 "fixed"; }
+        location = /missing { return 404; }
+        location / { proxy_pass http://@UP@; }
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("directive", ["", "server_tokens on;", "server_tokens off;",
+                                       "server_tokens build;"])
+def test_server_tokens(edge, up, directive):
+    from support import IMPL
+    name = "nginx" if IMPL == "nginx" else "edge"
+    e = edge(TOKENS % directive, UP=up)
+    with Conn(e.port) as c:
+        responses = [c.request("GET", "/fixed"), c.request("GET", "/missing"),
+                     c.request("GET", "/echo")]
+    assert [r.status for r in responses] == [200, 404, 200]
+    for r in responses:
+        server = r.header_all("Server")
+        assert len(server) == 1, r           # the upstream's own Server is replaced
+        if "off" in directive:
+            assert server[0] == name
+        else:
+            assert re.fullmatch(re.escape(name) + r"/\d+\.\d+\.\d+", server[0]), server
+    foot = re.search(rb"<hr><center>([^<]*)</center>", responses[1].body)
+    assert foot is not None and foot.group(1).decode() == responses[1].header("Server")
+
+
+def test_server_tokens_only_in_http(tmp_path):
+    from support import IMPL
+    if IMPL == "nginx":
+        pytest.skip("nginx takes it per server and location too")
+    conf = tmp_path / "edge.conf"
+    conf.write_text("events { }\nhttp {\n server {\n  server_tokens off;\n }\n}\n")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-m", "edge", "-t", "-c", str(conf)], cwd=repo,
+                       env={**os.environ, "PYTHONPATH": repo}, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1
+    assert f'"server_tokens" directive is not allowed here in {conf}:4' in r.stderr
+
+
+@pytest.mark.edge_only
+def test_server_tokens_follow_a_reload(edge, up):
+    import time
+    e = edge(TOKENS % "server_tokens off;", UP=up)
+    assert Conn(e.port).request("GET", "/missing").header("Server") == "edge"
+    e.conf_path.write_text(e.conf_text.replace("server_tokens off;", "server_tokens on;"))
+    workers = set(e.worker_pids())
+    e.send_signal(__import__("signal").SIGHUP)
+    deadline = time.monotonic() + 10
+    while "generation 2 is in force" not in e.error_log and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "generation 2 is in force" in e.error_log
+    assert set(e.worker_pids()) == workers          # in place
+    with Conn(e.port) as c:
+        for target in ("/missing", "/fixed", "/echo"):
+            assert c.request("GET", target).header("Server").startswith("edge/"), target

@@ -1635,7 +1635,8 @@ cdef class Client(Handle):
         buf_append_uint(&self.wb, <uint64_t>status)
         buf_append_str(&self.wb, " ")
         buf_append_bytes(&self.wb, status_reason(status))
-        buf_append_str(&self.wb, "\r\nServer: edge\r\n")
+        buf_append_str(&self.wb, "\r\n")
+        buf_append_bytes(&self.wb, g_server_line)
         self.append_date()
         if headers:
             buf_append_bytes(&self.wb, headers)
@@ -1670,9 +1671,10 @@ cdef class Client(Handle):
         self.start_discard()
         self.begin_head(200 if code == 0 else 503)
         if code == 0:
-            buf_append_str(&self.wb, "HTTP/1.1 200 OK\r\nServer: edge\r\n")
+            buf_append_str(&self.wb, "HTTP/1.1 200 OK\r\n")
         else:
-            buf_append_str(&self.wb, "HTTP/1.1 503 Service Unavailable\r\nServer: edge\r\n")
+            buf_append_str(&self.wb, "HTTP/1.1 503 Service Unavailable\r\n")
+        buf_append_bytes(&self.wb, g_server_line)
         self.append_date()
         buf_append_str(&self.wb, "Content-Type: application/json\r\nCache-Control: no-store\r\nContent-Length: ")
         buf_append_uint(&self.wb, strlen(body))

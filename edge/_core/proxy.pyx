@@ -631,12 +631,13 @@ cdef class UpConn(Handle):
         buf_append_str(&c.wb, " ")
         buf_append(&c.wb, msg, msg_len)
         if c.loc.response_drop == RESPONSE_DROP:
-            buf_append_str(&c.wb, "\r\nServer: edge\r\n")
+            buf_append_str(&c.wb, "\r\n")
+            buf_append_bytes(&c.wb, g_server_line)
             c.append_date()
         else:
             buf_append_str(&c.wb, "\r\n")
             if not c.loc.pass_server:
-                buf_append_str(&c.wb, "Server: edge\r\n")
+                buf_append_bytes(&c.wb, g_server_line)
             if not c.loc.pass_date:
                 c.append_date()
         for i in range(nh):
@@ -683,7 +684,8 @@ cdef class UpConn(Handle):
         c.begin_head(101)
         buf_append_str(&c.wb, "HTTP/1.1 101 ")
         buf_append(&c.wb, msg, msg_len)
-        buf_append_str(&c.wb, "\r\nServer: edge\r\n")
+        buf_append_str(&c.wb, "\r\n")
+        buf_append_bytes(&c.wb, g_server_line)
         c.append_date()
         for i in range(nh):
             h = &hs[i]

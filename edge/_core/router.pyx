@@ -220,7 +220,7 @@ cdef class Location:
         cdef bytes reason
         if self.content == CONTENT_RETURN:
             reason = status_reason(self.return_status)
-            self.return_head = b"HTTP/1.1 %d %s\r\nServer: edge\r\n" % (self.return_status, reason)
+            self.return_head = b"HTTP/1.1 %d %s\r\n%s" % (self.return_status, reason, g_server_line)
         if self.pass_server or self.pass_date:
             self.response_drop_b = b"connection\0keep-alive\0proxy-connection\0te\0trailer\0" \
                 b"transfer-encoding\0upgrade\0content-length\0" + \

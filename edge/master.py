@@ -628,14 +628,24 @@ def give_to_user(cycle, state_path=None):
 
 
 def daemonize(keep_stderr):
-    """``daemon on``: fork, let the parent exit 0 (the command returns), start a new
-    session in the child and point stdin and stdout (and stderr, unless the error log
-    is stderr) at /dev/null."""
+    """``daemon on``: fork, start a new session in the child and point stdin and stdout
+    (and stderr, unless the error log is stderr) at /dev/null. The parent waits until
+    the child reports it started (``daemon_ready``: the pid file is written, the zones
+    are made), then exits 0, or 1 if the child ended first, so that an init script or
+    systemd's Type=forking finds the pid file as soon as the command returns. Returns
+    the child's end of that pipe."""
     sys.stdout.flush()
     sys.stderr.flush()
+    rfd, wfd = os.pipe()
     pid = os.fork()
     if pid != 0:
-        os._exit(0)
+        os.close(wfd)
+        try:
+            started = os.read(rfd, 1) == b"1"
+        except OSError:
+            started = False
+        os._exit(0 if started else 1)
+    os.close(rfd)
     os.setsid()
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
@@ -644,26 +654,50 @@ def daemonize(keep_stderr):
         os.dup2(null, 2)
     if null > 2:
         os.close(null)
+    return wfd
+
+
+def daemon_ready(fd):
+    """In the background master: tell the waiting parent that it started."""
+    if fd is None:
+        return
+    try:
+        os.write(fd, b"1")
+    except OSError:
+        pass
+    os.close(fd)
 
 
 def configure_child(settings, index=None):
     """In a freshly forked worker (``index``) or the control process (None): nice value,
     rlimits and CPU affinity (workers), then drop to ``user`` (both), as nginx's
     ngx_worker_process_init: setgid, initgroups, setuid, in that order (once the uid
-    is dropped nothing else may change). Raises OSError, which ends the child."""
+    is dropped nothing else may change). As nginx, a limit, priority or affinity that
+    the kernel refuses is logged and the worker serves anyway; a failed user change
+    raises OSError, which ends the child (serving as root instead is no option)."""
     if index is not None:
+        from edge.modules import core
+        steps = []
         if settings.priority:
-            os.setpriority(os.PRIO_PROCESS, 0, settings.priority)
+            steps.append((f"setpriority({settings.priority})",
+                          lambda: os.setpriority(os.PRIO_PROCESS, 0, settings.priority)))
         if settings.rlimit_nofile is not None:
             n = settings.rlimit_nofile
-            resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+            steps.append((f"setrlimit(RLIMIT_NOFILE, {n})",
+                          lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))))
         if settings.rlimit_core is not None:
-            n = settings.rlimit_core
-            resource.setrlimit(resource.RLIMIT_CORE, (n, n))
-        from edge.modules import core
+            m = settings.rlimit_core
+            steps.append((f"setrlimit(RLIMIT_CORE, {m})",
+                          lambda: resource.setrlimit(resource.RLIMIT_CORE, (m, m))))
         cpus = core.cpu_set(settings.affinity, index, sorted(os.sched_getaffinity(0)))
         if cpus:
-            os.sched_setaffinity(0, cpus)
+            steps.append((f"sched_setaffinity({sorted(cpus)})",
+                          lambda: os.sched_setaffinity(0, cpus)))
+        for what, step in steps:
+            try:
+                step()
+            except (OSError, ValueError) as e:
+                log.error("alert", f"{what} failed ({e})")
     if settings.user is not None and os.geteuid() == 0:
         name, _group, uid, gid = settings.user
         os.setgid(gid)
@@ -1981,6 +2015,7 @@ def run(config_path, exec_argv=None, exec_cwd=None):
     draining = os.environ.pop(DRAINING_ENV, None) == "1"
 
     listeners = Listeners()
+    ready_fd = None     # daemon on: the pipe to the waiting parent (see daemonize)
     pid = os.getpid()
     pid_written = None
     shared = None
@@ -1997,7 +2032,7 @@ def run(config_path, exec_argv=None, exec_cwd=None):
         if cycle.process.daemon and not inherited:
             # as nginx: after binding (errors reach the console), before the pid file
             # (which names the background master); a new binary stays where it is
-            daemonize(cycle.error_log[0] == "stderr")
+            ready_fd = daemonize(cycle.error_log[0] == "stderr")
             pid = os.getpid()
         if cycle.pid_path:
             write_pid_file(cycle.pid_path, pid)
@@ -2060,6 +2095,8 @@ def run(config_path, exec_argv=None, exec_cwd=None):
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
+        daemon_ready(ready_fd)      # before any fork: no child may hold the pipe
+        ready_fd = None
         loop.run_until_complete(master.main())
     finally:
         listeners.close_all()

@@ -445,3 +445,16 @@ def test_daemon_off_stays_in_foreground(edge):
     assert get(e.port, "/").status == 200
     assert e.running()      # the process the harness started is the master
     assert int(e.pid_path.read_text()) == e.pid
+
+
+def test_refused_affinity_is_logged_and_the_worker_serves(edge):
+    """A mask naming a CPU the machine does not have: the kernel refuses it, the worker
+    logs the alert and serves (as nginx)."""
+    e = edge("worker_cpu_affinity 1000000000000000000000000000000000000000000000000000000000000000;\n"
+             "http { server { listen 127.0.0.1:@PORT@; location / { return 200 'ok'; } } }\n")
+    assert get(e.port, "/").status == 200
+    deadline = time.monotonic() + 5
+    while "sched_setaffinity([63]) failed" not in e.error_log and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "sched_setaffinity([63]) failed" in e.error_log
+    assert "[alert]" in e.error_log

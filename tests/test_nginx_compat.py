@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from support import get
+from support import Conn, Upstream, get
 from support.edge import EdgeProcess, children_of, control_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -296,11 +296,15 @@ def open_dir():
     procs = []
     yield path, procs
     for p in procs:
+        if isinstance(p, Upstream):
+            p.stop()
+            continue
         try:
             p.stop()
         finally:
             p.kill_group()
-    problems = [f"{p.conf_path}: {'; '.join(p.problems)}" for p in procs if p.problems]
+    problems = [f"{p.conf_path}: {'; '.join(p.problems)}" for p in procs
+                if getattr(p, "problems", None)]
     shutil.rmtree(path, ignore_errors=True)
     assert not problems, problems
 
@@ -311,10 +315,13 @@ worker_processes 2;
 http {
     admin_listen 127.0.0.1:@PORT2@;
     access_log @DIR@/access.log;
+    client_body_temp_path @DIR@/body;
+    client_body_buffer_size 1k;
     @ZONE@
     server {
         listen 127.0.0.1:@PORT@;
         location / { @LIMIT@ return 200 "ok"; }
+        location /up/ { proxy_pass http://@UP@; }
     }
 }
 """
@@ -324,7 +331,10 @@ http {
 def test_user_drops_workers_and_control(test_user, open_dir):
     uid, gid = test_user
     directory, procs = open_dir
-    e = EdgeProcess(directory / "edge", USER, {"DIR": directory, "ZONE": "", "LIMIT": ""})
+    up = Upstream("up").start()
+    procs.append(up)
+    e = EdgeProcess(directory / "edge", USER, {"DIR": directory, "ZONE": "", "LIMIT": "",
+                                               "UP": up.addr})
     procs.append(e)
     e.start()
     assert get(e.port, "/").status == 200
@@ -349,6 +359,14 @@ def test_user_drops_workers_and_control(test_user, open_dir):
         assert st["Groups"] == [str(gid)], (pid, st["Groups"])
     st = status_of(e.pid)
     assert st["Uid"][0] == "0"          # the master stays root
+    # a request body larger than client_body_buffer_size goes through a temp file in
+    # client_body_temp_path, which the master made and handed to the user
+    body = os.urandom(200_000)
+    with Conn(e.port) as c:
+        r = c.request("POST", "/up/echo", body=body)
+    assert r.status == 200, r
+    assert r.json()["body_len"] == len(body)
+    assert (directory / "body").stat().st_uid == uid
 
     # logs: written, and reopened after a rotation by the dropped workers
     access = directory / "access.log"

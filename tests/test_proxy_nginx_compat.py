@@ -46,6 +46,17 @@ http {
             proxy_set_header X-Set "from-config";
             proxy_pass http://g;
         }
+        location /nobody/ {
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_pass http://g;
+        }
+        location /nobody-edge/ {
+            proxy_pass_request_body off;
+            proxy_pass http://g;
+        }
         location /ignore/ {
             proxy_ignore_headers X-Accel-Buffering X-Accel-Expires Expires Cache-Control;
             proxy_pass http://g;
@@ -127,6 +138,37 @@ def test_pass_request_headers_off(edge, up):
     assert "x-client" in on_names and "accept" in on_names
     assert dict((k.lower(), v) for k, v in off["headers"])["x-set"] == "from-config"
     assert "host" in off_names
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["length", "chunked"])
+def test_pass_request_body_off(edge, up, chunked):
+    """The body is read (the client's connection goes on) but not sent upstream. With
+    `proxy_set_header Content-Length ""`, as nginx's docs pair them, nginx sends the
+    same; edge sends no length even without it (nginx would send the client's)."""
+    e = edge(CONFIG, UP=up)
+    body = os.urandom(50_000)
+    if chunked:
+        send = dict(headers=[("Transfer-Encoding", "chunked")], body=chunked_encode(body))
+    else:
+        send = dict(body=body)
+    with Conn(e.port) as c:
+        got = echo(c.request("POST", "/nobody/echo", **send))
+        again = echo(c.request("POST", "/v11/echo", **send))    # same connection
+    names = {k.lower() for k, _ in got["headers"]}
+    assert got["method"] == "POST" and got["body_len"] == 0
+    assert "content-length" not in names and "transfer-encoding" not in names
+    assert again["body_len"] == len(body)
+    assert again["body_sha256"] == hashlib.sha256(body).hexdigest()
+
+
+@pytest.mark.edge_only
+def test_pass_request_body_off_sends_no_length(edge, up):
+    e = edge(CONFIG, UP=up)
+    with Conn(e.port) as c:
+        got = echo(c.request("POST", "/nobody-edge/echo", body=b"x" * 3000))
+        assert c.request("GET", "/v11/echo").status == 200
+    names = {k.lower() for k, _ in got["headers"]}
+    assert got["body_len"] == 0 and "content-length" not in names
 
 
 def test_ignore_headers_accepted(edge, up):

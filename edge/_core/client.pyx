@@ -1751,8 +1751,10 @@ cdef class Client(Handle):
             prepare_mirrors(self)       # the copies' heads, while the fields are valid
         if ((loc.request_buffering or (self.mirror_heads is not None and loc.mirror_request_body))
                 and (self.body_kind == BODY_LENGTH or self.body_kind == BODY_CHUNKED)) or (
-                # HTTP/1.0 upstreams take no chunked body: read it whole, send its length
-                loc.proxy_http10 and self.body_kind == BODY_CHUNKED) or (
+                # HTTP/1.0 upstreams take no chunked body: read it whole, send its length;
+                # a body not passed (proxy_pass_request_body off) is read whole and kept
+                (loc.proxy_http10 or not loc.pass_request_body)
+                and (self.body_kind == BODY_CHUNKED or self.body_kind == BODY_LENGTH)) or (
                 # a body that came whole with the head is held whole even when buffering
                 # is off (as nginx does): it costs nothing and it can be sent again
                 self.body_kind == BODY_LENGTH and <int64_t>buf_len(&self.rb) >= self.body_left

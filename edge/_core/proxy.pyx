@@ -121,7 +121,7 @@ cdef class UpConn(Handle):
         self.buffering = False
         self.request_sent = False
         self.wrote = False
-        if c.body_buffered:
+        if c.body_buffered and c.loc.pass_request_body:
             # the whole body is here: from rb after the head, or from its temp file
             if c.body_fd >= 0:
                 self.file_fd = c.body_fd
@@ -984,7 +984,9 @@ cdef void finish_upstream_head(Client c, Location loc, Buf *out) noexcept:
     """The body's framing and the Connection field end the head. Apart from
     build_upstream_head because a buffered chunked body's length is known only once the
     body is read, while the fields it copies point into rb, which that read may move."""
-    if c.body_buffered:
+    if not loc.pass_request_body:
+        pass        # proxy_pass_request_body off: no body, so no length either
+    elif c.body_buffered:
         # a body read whole goes with its length, as nginx sends it (never chunked)
         buf_append_str(out, "Content-Length: ")
         buf_append_uint(out, <uint64_t>c.body_size)

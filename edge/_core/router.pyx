@@ -106,6 +106,7 @@ cdef class Location:
     cdef public bytes proxy_method   # proxy_method, or None
     cdef public bint proxy_http10    # proxy_http_version 1.0: HTTP/1.0 upstream, no keep-alive
     cdef public bint pass_request_headers   # proxy_pass_request_headers (default on)
+    cdef public bint pass_request_body      # proxy_pass_request_body (default on)
     cdef public bint ignore_accel_buffering # proxy_ignore_headers X-Accel-Buffering
     cdef public object redirects     # Redirects (proxy_redirect), or None
     cdef public bint pass_server     # proxy_pass_header Server / Date: the upstream's go through
@@ -141,6 +142,7 @@ cdef class Location:
         self.upgrade_protocols = b"websocket\0\0"
         self.request_buffering = True
         self.pass_request_headers = True
+        self.pass_request_body = True
         self.mirror_request_body = True
         self.next_upstream = 3          # error timeout
         self.client_body_buffer_size = 8192

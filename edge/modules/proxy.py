@@ -141,6 +141,12 @@ DIRECTIVES = [
               doc="`off`: none of the client's header fields go upstream; the fields of "
                   "`proxy_set_header` (and edge's defaults: Host, X-Forwarded-For, "
                   "X-Real-IP, X-Forwarded-Proto) still do, as in nginx."),
+    Directive("proxy_pass_request_body", HSL, (1, 1), parse=types.flag, default=True,
+              doc="`off`: the client's body is read (and limited by "
+                  "client_max_body_size) but not sent upstream; the upstream request "
+                  "carries no body and no Content-Length or Transfer-Encoding (nginx "
+                  "keeps the client's Content-Length unless `proxy_set_header "
+                  "Content-Length \"\"`, which leaves the upstream waiting for a body)."),
     Directive("proxy_ignore_headers", HSL, (1, None), parse=_ignore_headers,
               syntax="proxy_ignore_headers field ...;",
               doc="Upstream response fields not to act on. Of nginx's list, edge acts only "
@@ -234,6 +240,7 @@ def compile_location(conf, location, runtime):
     location.proxy_method = method.encode("latin-1") if method else None
     location.proxy_http10 = conf.get("proxy_http_version") == "1.0"
     location.pass_request_headers = conf.get("proxy_pass_request_headers")
+    location.pass_request_body = conf.get("proxy_pass_request_body")
     location.ignore_accel_buffering = "X-Accel-Buffering" in (conf.get("proxy_ignore_headers") or ())
     _response_headers(conf, location, authority, uri, dynamic is not None, scheme)
     location.proxy_connect_timeout_ms = int(conf.get("proxy_connect_timeout") * 1000)

@@ -19,6 +19,7 @@ test:
 
 docs:
 	$(PY) -m edge.config.docs > docs/directives.md
+	$(PY) -m edge.config.docs nginx > docs/nginx.md
 
 bench:
 	./perf/bench

@@ -209,6 +209,8 @@ def test_config(conf, dump=False, quiet=False):
     if cycle is None:
         print(f"edge: configuration file {conf} test failed", file=sys.stderr)
         return 1
+    for warning in cycle.warnings:
+        _say("warn", str(warning))
     if not quiet:
         print(f"edge: the configuration file {conf} syntax is ok", file=sys.stderr)
         print(f"edge: configuration file {conf} test is successful", file=sys.stderr)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from edge._core.reactor import Location, Plan
 from edge.config import ConfigError, build, parse_file
 from edge.modules import (access_log, admin, auth, auth_basic, buffering, consumers, core, cors,
-                          health, http_core, headers, ip_rules, limits, metrics, mirror, proxy, proxy_ssl, realip, redis,
+                          health, http_core, headers, ip_rules, limits, metrics, mirror, nginx_compat, proxy,
+                          proxy_ssl, realip, redis,
                           request_id, retries, return_, rewrite, ssl, ssl_session, upstream,
                           variables)
 
@@ -24,7 +25,7 @@ from edge.modules import (access_log, admin, auth, auth_basic, buffering, consum
 MODULES = [core, http_core, ssl, ssl_session, variables, realip, upstream, proxy, proxy_ssl, buffering,
            retries, mirror, return_,
            health, metrics, access_log, request_id, rewrite, headers, ip_rules, cors, auth_basic,
-           consumers, auth, limits, admin, redis]
+           consumers, auth, limits, admin, redis, nginx_compat]
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class Runtime:
         self.limit_redis_failure = "local"
         self.consumers = None           # ConsumerSet (modules/consumers.py) or None
         self.data_files = {}            # path -> bytes: ParsedConfig.data_files (see there)
+        self.server_name = b"edge"      # server_tokens (modules/http_core.py), set by compile
 
 
 class Cycle:
@@ -67,6 +69,7 @@ class Cycle:
         self.plan = runtime.plan
         self.listens = listens
         self.worker_processes = core.worker_count(root)
+        self.process = core.process_settings(root)    # user, rlimits, priority, affinity
         self.pid_path = root.get("pid")
         self.error_log = root.get("error_log")
         self.worker_shutdown_timeout = root.get("worker_shutdown_timeout")
@@ -79,6 +82,9 @@ class Cycle:
         self.limit_sync_interval = runtime.limit_sync_interval
         self.limit_redis_failure = runtime.limit_redis_failure
         self.consumers = runtime.consumers  # ConsumerSet or None (no `consumers` directive)
+        # ConfigWarning per documented no-op directive met (edge -t prints them, the
+        # master logs them at warn on start and reload)
+        self.warnings = list(root.warnings)
 
     def prepare_zones(self):
         """In the master, before this config is served: make or keep the files of its
@@ -98,6 +104,11 @@ def all_directives():
     return [d for module in MODULES for d in module.DIRECTIVES]
 
 
+def all_refused():
+    """The nginx directives edge refuses with a reason (``types.Refused`` rows)."""
+    return [r for module in MODULES for r in getattr(module, "REFUSED", ())]
+
+
 def load(path):
     return from_parsed(path, parse_file(path))
 
@@ -107,7 +118,7 @@ def from_parsed(path, parsed):
     ParsedConfig (not the files, which may have changed since the master tested them), so
     every process of a generation runs exactly the same text."""
     variables.declare(parsed.nodes)     # before any template is parsed
-    root = build(parsed, all_directives())
+    root = build(parsed, all_directives(), all_refused())
     runtime = Runtime()
     runtime.conf_dir = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
     data_files = getattr(parsed, "data_files", None)
@@ -116,6 +127,7 @@ def from_parsed(path, parsed):
     runtime.data_files = data_files
     core.compile_main(root, runtime)
     https = root.blocks("http")
+    runtime.server_name = http_core.server_name_shown(https[0] if https else None)
     listens = {}
     if https:
         _compile_http(https[0], runtime, listens)

@@ -56,7 +56,9 @@ plane starts.
 import asyncio
 import collections
 import ctypes
+import dataclasses
 import gc
+import glob
 import os
 import resource
 import signal
@@ -559,7 +561,148 @@ def same_listeners(old, new):
     it inherited at fork)."""
     return (old.worker_processes == new.worker_processes
             and {s.key: s for s in old.listens} == {s.key: s for s in new.listens}
-            and old.error_log == new.error_log)
+            and old.error_log == new.error_log
+            # user, rlimits, affinity: set at fork (daemon matters only at start)
+            and dataclasses.replace(old.process, daemon=False)
+            == dataclasses.replace(new.process, daemon=False))
+
+
+# ----------------------------------------------------------------- user and limits
+
+def check_user(cycle):
+    """``user`` needs a root master (to bind, open and then drop); refuse otherwise."""
+    user = cycle.process.user
+    if user is not None and os.geteuid() != 0:
+        raise StartupError(f'the "user {user[0]}" directive needs the master to run as '
+                           f'root (it runs as uid {os.geteuid()})')
+
+
+def user_paths(cycle, state_path=None):
+    """The files and directories the workers and the control process open by name
+    after they dropped to ``user``: the error log and the access logs (reopened on
+    USR1), the state file and the zone files next to it (mapped by name at reload),
+    the temp directories. The master hands them to the user (as nginx chowns its log
+    files and temp paths)."""
+    files, dirs = [], []
+    target = cycle.error_log[0]
+    if target != "stderr":
+        files.append(os.path.abspath(target))
+    stack = list(cycle.parsed.nodes)
+    while stack:
+        node = stack.pop()
+        if node.block:
+            stack.extend(node.block)
+        if node.name == "access_log" and node.args and node.args[0] != "off":
+            from edge.modules.access_log import REMOTE_PREFIXES
+            if not node.args[0].startswith(REMOTE_PREFIXES):
+                files.append(os.path.abspath(node.args[0]))
+        elif node.name in ("client_body_temp_path", "proxy_temp_path") and node.args:
+            dirs.append(os.path.abspath(node.args[0]))
+    if state_path:
+        files.extend(glob.glob(glob.escape(state_path) + "*"))
+    return files, dirs
+
+
+def give_to_user(cycle, state_path=None):
+    """chown what ``user_paths`` names to the configured user (no-op without ``user``).
+    Files are created first (as the workers would), so a reopen finds them owned."""
+    user = cycle.process.user
+    if user is None or os.geteuid() != 0:
+        return
+    _name, _group, uid, gid = user
+    files, dirs = user_paths(cycle, state_path)
+    for path in files:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                os.fchown(fd, uid, gid)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            log.error("alert", f'chown() "{path}" to "{user[0]}" failed {os_error_text(e)}')
+    for path in dirs:
+        try:
+            os.chown(path, uid, gid)
+        except OSError as e:
+            log.error("alert", f'chown() "{path}" to "{user[0]}" failed {os_error_text(e)}')
+
+
+def daemonize(keep_stderr):
+    """``daemon on``: fork, start a new session in the child and point stdin and stdout
+    (and stderr, unless the error log is stderr) at /dev/null. The parent waits until
+    the child reports it started (``daemon_ready``: the pid file is written, the zones
+    are made), then exits 0, or 1 if the child ended first, so that an init script or
+    systemd's Type=forking finds the pid file as soon as the command returns. Returns
+    the child's end of that pipe."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid != 0:
+        os.close(wfd)
+        try:
+            started = os.read(rfd, 1) == b"1"
+        except OSError:
+            started = False
+        os._exit(0 if started else 1)
+    os.close(rfd)
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    if not keep_stderr:
+        os.dup2(null, 2)
+    if null > 2:
+        os.close(null)
+    return wfd
+
+
+def daemon_ready(fd):
+    """In the background master: tell the waiting parent that it started."""
+    if fd is None:
+        return
+    try:
+        os.write(fd, b"1")
+    except OSError:
+        pass
+    os.close(fd)
+
+
+def configure_child(settings, index=None):
+    """In a freshly forked worker (``index``) or the control process (None): nice value,
+    rlimits and CPU affinity (workers), then drop to ``user`` (both), as nginx's
+    ngx_worker_process_init: setgid, initgroups, setuid, in that order (once the uid
+    is dropped nothing else may change). As nginx, a limit, priority or affinity that
+    the kernel refuses is logged and the worker serves anyway; a failed user change
+    raises OSError, which ends the child (serving as root instead is no option)."""
+    if index is not None:
+        from edge.modules import core
+        steps = []
+        if settings.priority:
+            steps.append((f"setpriority({settings.priority})",
+                          lambda: os.setpriority(os.PRIO_PROCESS, 0, settings.priority)))
+        if settings.rlimit_nofile is not None:
+            n = settings.rlimit_nofile
+            steps.append((f"setrlimit(RLIMIT_NOFILE, {n})",
+                          lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))))
+        if settings.rlimit_core is not None:
+            m = settings.rlimit_core
+            steps.append((f"setrlimit(RLIMIT_CORE, {m})",
+                          lambda: resource.setrlimit(resource.RLIMIT_CORE, (m, m))))
+        cpus = core.cpu_set(settings.affinity, index, sorted(os.sched_getaffinity(0)))
+        if cpus:
+            steps.append((f"sched_setaffinity({sorted(cpus)})",
+                          lambda: os.sched_setaffinity(0, cpus)))
+        for what, step in steps:
+            try:
+                step()
+            except (OSError, ValueError) as e:
+                log.error("alert", f"{what} failed ({e})")
+    if settings.user is not None and os.geteuid() == 0:
+        name, _group, uid, gid = settings.user
+        os.setgid(gid)
+        os.initgroups(name, gid)
+        os.setuid(uid)
 
 
 def monotonic_ms():
@@ -785,9 +928,10 @@ class Master:
             own = self.listeners.for_worker(gen.cycle, index)
             self.listeners.close_all_but(own.values())
             self._close_master_bookkeeping()
-            self._die_with_master()
             signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)
             set_process_title("edge: worker process")
+            configure_child(gen.cycle.process, index)
+            self._die_with_master()     # after the uid change, which clears the setting
 
             self.worker_module.run(gen.cycle, own, index, control=control,
                                    shared=self.shared, generation=gen.number, zones=self.zones)
@@ -1069,7 +1213,10 @@ class Master:
         """Load the config again and switch to it; on any failure keep the old one."""
         try:
             cycle = load_cycle(self.cycle.path)
+            for warning in cycle.warnings:
+                log.error("warn", str(warning))
             cycle.prepare_zones()      # before any worker compiles it: they map the zones
+            give_to_user(cycle, self.state_path)
         except ConfigError as e:
             log.error("emerg", f"{e}; the previous configuration keeps serving")
             self.last_reload_error = str(e)
@@ -1501,7 +1648,10 @@ class Master:
             # master prunes alive in the SO_REUSEPORT group with nobody accepting.
             self.listeners.close_all()
             self._close_master_bookkeeping()
-            self._die_with_master()
+            if cycle.process.user is not None:
+                self.control_module.preload()   # while the code is surely readable
+            configure_child(cycle.process)      # the user only
+            self._die_with_master()             # after the uid change, which clears it
             set_process_title("edge: control process")
             set_comm(CONTROL_COMM)     # setproctitle may have changed it
             self.control_module.run(cycle, channel, self.shared, self.zones, number)
@@ -1661,6 +1811,7 @@ class Master:
             log.reopen()
         except OSError as e:
             log.error("alert", f'reopen of "{log.target()}" failed {os_error_text(e)}')
+        give_to_user(self.cycle, self.state_path)   # the files the children reopen
         self._signal_workers(list(self.by_pid), signal.SIGUSR1)
         if self.control.pid is not None:
             self._signal_workers([self.control.pid], signal.SIGUSR1)
@@ -1843,6 +1994,8 @@ def run(config_path, exec_argv=None, exec_cwd=None):
     except OSError as e:
         log.console("emerg", f'open() "{target}" failed {os_error_text(e)}')
         return 1
+    for warning in cycle.warnings:
+        log.report("warn", str(warning))
 
     # Imported here, not at the top: `edge -t` and `edge -s` need neither.
     import uvloop
@@ -1862,10 +2015,12 @@ def run(config_path, exec_argv=None, exec_cwd=None):
     draining = os.environ.pop(DRAINING_ENV, None) == "1"
 
     listeners = Listeners()
+    ready_fd = None     # daemon on: the pipe to the waiting parent (see daemonize)
     pid = os.getpid()
     pid_written = None
     shared = None
     try:
+        check_user(cycle)
         check_not_running(cycle.pid_path)
         if inherited:
             adopted = parse_inherited(inherited)
@@ -1874,6 +2029,11 @@ def run(config_path, exec_argv=None, exec_cwd=None):
             log.error("notice", "using inherited sockets: " + ", ".join(
                 f"{key} ({len(socks)})" for key, socks in listeners.sockets.items()))
         listeners.provide(cycle)
+        if cycle.process.daemon and not inherited:
+            # as nginx: after binding (errors reach the console), before the pid file
+            # (which names the background master); a new binary stays where it is
+            ready_fd = daemonize(cycle.error_log[0] == "stderr")
+            pid = os.getpid()
         if cycle.pid_path:
             write_pid_file(cycle.pid_path, pid)
             pid_written = cycle.pid_path
@@ -1924,6 +2084,7 @@ def run(config_path, exec_argv=None, exec_cwd=None):
     set_ssl_zone_prefix(state_path + ".ssl.")
     try:
         cycle.prepare_zones()
+        give_to_user(cycle, state_path)
     except OSError as e:
         log.report("emerg", f"limit zones next to \"{state_path}\" could not be made {os_error_text(e)}")
         listeners.close_all()
@@ -1934,6 +2095,8 @@ def run(config_path, exec_argv=None, exec_cwd=None):
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
+        daemon_ready(ready_fd)      # before any fork: no child may hold the pipe
+        ready_fd = None
         loop.run_until_complete(master.main())
     finally:
         listeners.close_all()

@@ -18,7 +18,7 @@ import struct
 
 from edge import cycle as cycle_module
 from edge import log
-from edge._core.reactor import Loop
+from edge._core.reactor import Loop, set_server_tokens
 
 HEADER = struct.Struct(">I")
 
@@ -108,6 +108,8 @@ def run(cycle, sockets, index, control=None, shared=None, generation=0, zones=No
     try:
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         plan = cycle.build_runtime()
+        # server_tokens of this generation (the master's last compile may be another's)
+        set_server_tokens(getattr(cycle.runtime, "server_name", b"edge"))
         fds = {key: [sock.fileno() for sock in (socks if isinstance(socks, list) else [socks])]
                for key, socks in sockets.items()}
         run.sockets = sockets   # keep the socket objects alive: their fds belong to the loop

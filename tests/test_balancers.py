@@ -508,6 +508,9 @@ CONFIG_ERRORS = [
     ("random one;", 'invalid parameter "one"', "random", True),
     ("random two least_time;", 'invalid parameter "least_time"', "random", True),
     ("hash $remote_addr sometimes;", 'invalid parameter "sometimes"', "hash", True),
+    ("ip_hash;\n server 127.0.0.1:1 backup;", 'balancing method does not support parameter "backup"',
+     "backup", True),
+    ("ip_hash on;", 'invalid number of arguments in "ip_hash" directive', "ip_hash", True),
     ("hash;", 'invalid number of arguments in "hash" directive', "hash", True),
     ("least_conn now;", 'invalid number of arguments in "least_conn" directive', "least_conn", True),
     ("hash $no_such_variable;", 'unknown "no_such_variable" variable', "hash", True),
@@ -598,3 +601,78 @@ def test_a_status_also_retried_counts_once(edge, peers):
               "proxy_next_upstream error timeout http_503;")
     assert spread_statuses(e.port, 30) == {200: 30}
     assert bad.served == 2, bad.served
+
+
+# -- ip_hash ----------------------------------------------------------------------------
+
+def ip_hash_model(address, weights, unavailable=()):
+    """nginx's ip_hash (ngx_http_upstream_ip_hash_module.c), written from its rules: the
+    index of the server a client address goes to, or None for the round robin fallback."""
+    import ipaddress
+    ip = ipaddress.ip_address(address)
+    octets = ip.packed[:3] if ip.version == 4 else ip.packed
+    h, total = 89, sum(weights)
+    for _ in range(21):
+        for b in octets:
+            h = (h * 113 + b) % 6271
+        w, i = h % total, 0
+        while w >= weights[i]:
+            w -= weights[i]
+            i += 1
+        if i not in unavailable:
+            return i
+    return None
+
+
+def from_address(port, source):
+    """GET /echo from the client address `source` (any 127.x.y.z is ours on loopback)."""
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20, source_address=(source, 0))
+    try:
+        conn.request("GET", "/echo")
+        r = conn.getresponse()
+        r.read()
+        assert r.status == 200, (source, r.status)
+        return r.getheader("X-Upstream")
+    finally:
+        conn.close()
+
+
+IP_HASH_CLIENTS = [f"127.0.{x}.1" for x in range(40)]
+
+
+@pytest.mark.parametrize("params", [("weight=1", "weight=2", "weight=1"), ("", "down", "")],
+                         ids=["weights", "down"])
+def test_ip_hash_puts_clients_where_nginx_does(edge, peers, params):
+    ps = peers(3)
+    e = start(edge, group(list(zip(ps, params)), "ip_hash;"))
+    weights = [int(p.split("=")[1]) if p.startswith("weight=") else 1 for p in params]
+    unavailable = {i for i, p in enumerate(params) if p == "down"}
+    got = {src: from_address(e.port, src) for src in IP_HASH_CLIENTS}
+    want = {src: ps[ip_hash_model(src, weights, unavailable)].name for src in IP_HASH_CLIENTS}
+    assert got == want
+    # spread over every available server, none to a down one
+    assert set(got.values()) == {ps[i].name for i in range(3) if i not in unavailable}
+    # sticky: the last octet of an IPv4 address does not count, and it stays so
+    for x in (0, 7, 23):
+        for last in (2, 200):
+            assert from_address(e.port, f"127.0.{x}.{last}") == got[f"127.0.{x}.1"]
+
+
+def test_ip_hash_moves_on_from_a_dead_server(edge, peers):
+    """A server that refuses connections: its clients go where nginx's rehash puts
+    them (proxy_next_upstream error), the others stay."""
+    ps = peers(3)
+    dead = closed_port()
+    servers = [(ps[0], ""), (f"127.0.0.1:{dead}", ""), (ps[2], "")]
+    e = start(edge, group(servers, "ip_hash;", keepalive=False))
+    for src in IP_HASH_CLIENTS:
+        first = ip_hash_model(src, [1, 1, 1])
+        want = ip_hash_model(src, [1, 1, 1], {1})
+        got = from_address(e.port, src)
+        if first != 1:
+            assert got == ps[first].name, src
+        else:
+            assert got in (ps[0].name, ps[2].name), src
+            if want is not None:
+                assert got == ps[want].name, src

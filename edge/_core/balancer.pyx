@@ -141,6 +141,8 @@ cdef int pick_balanced(Upstream u, Client c, int64_t now, uint64_t tried) noexce
         return best
     if m == LB_HASH or m == LB_CHASH:
         best = pick_hash(u, c, now, tried)
+    elif m == LB_IP_HASH:
+        best = pick_ip_hash(u, c, now, tried)
     else:
         best = pick_random(u, now, tried, m == LB_RANDOM_TWO)
     if best == -2:
@@ -250,6 +252,45 @@ cdef int pick_hash(Upstream u, Client c, int64_t now, uint64_t tried) noexcept:
         best = u.pick_round_robin(now, tried, False, u.ring_server[(lo + step) % u.nring])
         if best >= 0:
             return best
+    return -2
+
+
+cdef int pick_ip_hash(Upstream u, Client c, int64_t now, uint64_t tried) noexcept:
+    """ip_hash: nginx's hash of the client address ($remote_addr's: the TCP peer, or
+    what realip put there): the first three octets of an IPv4 address, all sixteen of
+    an IPv6 one, hash = (hash * 113 + octet) % 6271 from 89, the peer whose share of the
+    primaries' weight holds hash % total; an unavailable or tried peer hashes on from
+    there, up to 20 times, then round robin (-2). A retry starts the chain again and
+    skips the peers tried, so it reaches the peer nginx's stored hash goes on to."""
+    cdef const unsigned char *addr
+    cdef unsigned char pseudo[3]
+    cdef int family, n, k, step, i
+    cdef uint32_t h = 89
+    if c is None or u.nprimary < 2 or u.primary_weight == 0:
+        return -2
+    if c.remote_replaced and c.realip_family:
+        family = c.realip_family
+        addr = c.realip_addr
+    elif c.remote_replaced and c.has_pp:
+        family = c.pp_family
+        addr = c.pp_addr
+    else:
+        family = c.peer_family
+        addr = c.peer_addr
+    if family == AF_INET:
+        n = 3
+    elif family == AF_INET6:
+        n = 16
+    else:                       # a unix socket: nginx hashes three zero octets
+        pseudo[0] = pseudo[1] = pseudo[2] = 0
+        addr = pseudo
+        n = 3
+    for step in range(HASH_MAX_STEPS + 1):
+        for k in range(n):
+            h = (h * 113 + addr[k]) % 6271
+        i = peer_by_weight(u, h % <uint32_t>u.primary_weight)
+        if i >= 0 and untried(tried, i) and u.peer_available(i, now):
+            return i
     return -2
 
 

@@ -1635,7 +1635,8 @@ cdef class Client(Handle):
         buf_append_uint(&self.wb, <uint64_t>status)
         buf_append_str(&self.wb, " ")
         buf_append_bytes(&self.wb, status_reason(status))
-        buf_append_str(&self.wb, "\r\nServer: edge\r\n")
+        buf_append_str(&self.wb, "\r\n")
+        buf_append_bytes(&self.wb, g_server_line)
         self.append_date()
         if headers:
             buf_append_bytes(&self.wb, headers)
@@ -1670,9 +1671,10 @@ cdef class Client(Handle):
         self.start_discard()
         self.begin_head(200 if code == 0 else 503)
         if code == 0:
-            buf_append_str(&self.wb, "HTTP/1.1 200 OK\r\nServer: edge\r\n")
+            buf_append_str(&self.wb, "HTTP/1.1 200 OK\r\n")
         else:
-            buf_append_str(&self.wb, "HTTP/1.1 503 Service Unavailable\r\nServer: edge\r\n")
+            buf_append_str(&self.wb, "HTTP/1.1 503 Service Unavailable\r\n")
+        buf_append_bytes(&self.wb, g_server_line)
         self.append_date()
         buf_append_str(&self.wb, "Content-Type: application/json\r\nCache-Control: no-store\r\nContent-Length: ")
         buf_append_uint(&self.wb, strlen(body))
@@ -1749,6 +1751,10 @@ cdef class Client(Handle):
             prepare_mirrors(self)       # the copies' heads, while the fields are valid
         if ((loc.request_buffering or (self.mirror_heads is not None and loc.mirror_request_body))
                 and (self.body_kind == BODY_LENGTH or self.body_kind == BODY_CHUNKED)) or (
+                # HTTP/1.0 upstreams take no chunked body: read it whole, send its length;
+                # a body not passed (proxy_pass_request_body off) is read whole and kept
+                (loc.proxy_http10 or not loc.pass_request_body)
+                and (self.body_kind == BODY_CHUNKED or self.body_kind == BODY_LENGTH)) or (
                 # a body that came whole with the head is held whole even when buffering
                 # is off (as nginx does): it costs nothing and it can be sent again
                 self.body_kind == BODY_LENGTH and <int64_t>buf_len(&self.rb) >= self.body_left

@@ -121,7 +121,7 @@ cdef class UpConn(Handle):
         self.buffering = False
         self.request_sent = False
         self.wrote = False
-        if c.body_buffered:
+        if c.body_buffered and c.loc.pass_request_body:
             # the whole body is here: from rb after the head, or from its temp file
             if c.body_fd >= 0:
                 self.file_fd = c.body_fd
@@ -588,7 +588,8 @@ cdef class UpConn(Handle):
                     self.upstream_keepalive = False
                 elif token_listed(h.value, h.value_len, "keep-alive", 10):
                     self.upstream_keepalive = True
-            elif name_is(h.name, h.name_len, "x-accel-buffering", 17):
+            elif name_is(h.name, h.name_len, "x-accel-buffering", 17) \
+                    and not c.loc.ignore_accel_buffering:
                 # the upstream decides for this response, as nginx lets it
                 if h.value_len == 2 and strncasecmp(h.value, "no", 2) == 0:
                     buffering = False
@@ -630,12 +631,13 @@ cdef class UpConn(Handle):
         buf_append_str(&c.wb, " ")
         buf_append(&c.wb, msg, msg_len)
         if c.loc.response_drop == RESPONSE_DROP:
-            buf_append_str(&c.wb, "\r\nServer: edge\r\n")
+            buf_append_str(&c.wb, "\r\n")
+            buf_append_bytes(&c.wb, g_server_line)
             c.append_date()
         else:
             buf_append_str(&c.wb, "\r\n")
             if not c.loc.pass_server:
-                buf_append_str(&c.wb, "Server: edge\r\n")
+                buf_append_bytes(&c.wb, g_server_line)
             if not c.loc.pass_date:
                 c.append_date()
         for i in range(nh):
@@ -682,7 +684,8 @@ cdef class UpConn(Handle):
         c.begin_head(101)
         buf_append_str(&c.wb, "HTTP/1.1 101 ")
         buf_append(&c.wb, msg, msg_len)
-        buf_append_str(&c.wb, "\r\nServer: edge\r\n")
+        buf_append_str(&c.wb, "\r\n")
+        buf_append_bytes(&c.wb, g_server_line)
         c.append_date()
         for i in range(nh):
             h = &hs[i]
@@ -924,8 +927,8 @@ cdef int build_upstream_head(Client c, Location loc, Buf *out) except -1:
         append_escaped_path(out, c.uri.data + prefix_len, buf_len(&c.uri) - prefix_len)
         if c.has_args:
             append_args(out, c, loc.hide_args)
-    buf_append_str(out, " HTTP/1.1\r\n")
-    for i in range(c.nheaders):
+    buf_append_str(out, " HTTP/1.0\r\n" if loc.proxy_http10 else " HTTP/1.1\r\n")
+    for i in range(c.nheaders if loc.pass_request_headers else 0):
         h = &c.headers[i]
         if name_in_list(h.name, h.name_len, HOP_BY_HOP):
             continue
@@ -981,7 +984,9 @@ cdef void finish_upstream_head(Client c, Location loc, Buf *out) noexcept:
     """The body's framing and the Connection field end the head. Apart from
     build_upstream_head because a buffered chunked body's length is known only once the
     body is read, while the fields it copies point into rb, which that read may move."""
-    if c.body_buffered:
+    if not loc.pass_request_body:
+        pass        # proxy_pass_request_body off: no body, so no length either
+    elif c.body_buffered:
         # a body read whole goes with its length, as nginx sends it (never chunked)
         buf_append_str(out, "Content-Length: ")
         buf_append_uint(out, <uint64_t>c.body_size)
@@ -992,7 +997,9 @@ cdef void finish_upstream_head(Client c, Location loc, Buf *out) noexcept:
         buf_append_str(out, "\r\n")
     elif c.body_kind == BODY_CHUNKED:
         buf_append_str(out, "Transfer-Encoding: chunked\r\n")
-    if c.upgrade:
+    if loc.proxy_http10:
+        buf_append_str(out, "Connection: close\r\n\r\n")     # HTTP/1.0: no keep-alive, no upgrade
+    elif c.upgrade:
         buf_append_str(out, "Upgrade: ")
         buf_append(out, c.headers[c.upgrade_index].value, c.headers[c.upgrade_index].value_len)
         buf_append_str(out, "\r\nConnection: upgrade\r\n\r\n")

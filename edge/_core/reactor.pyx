@@ -260,7 +260,8 @@ cdef class Loop:
                     self.full_logged = True
                     self.log_error("%d worker_connections are not enough" % self.max_clients)
                 continue
-            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(int))
+            if lst.binding.tcp_nodelay:
+                setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(int))
             c = self.new_client()
             self.nclients += 1
             if c.setup(fd, lst, &sa) < 0:

@@ -104,6 +104,10 @@ cdef class Location:
     # rewrites and headers (rewrite.pyx, modules/rewrite.py, modules/proxy.py)
     cdef public object dynamic       # DynamicUpstream: proxy_pass http://$var, or None
     cdef public bytes proxy_method   # proxy_method, or None
+    cdef public bint proxy_http10    # proxy_http_version 1.0: HTTP/1.0 upstream, no keep-alive
+    cdef public bint pass_request_headers   # proxy_pass_request_headers (default on)
+    cdef public bint pass_request_body      # proxy_pass_request_body (default on)
+    cdef public bint ignore_accel_buffering # proxy_ignore_headers X-Accel-Buffering
     cdef public object redirects     # Redirects (proxy_redirect), or None
     cdef public bint pass_server     # proxy_pass_header Server / Date: the upstream's go through
     cdef public bint pass_date
@@ -137,6 +141,8 @@ cdef class Location:
         self.proxy_tunnel_timeout_ms = 3600000
         self.upgrade_protocols = b"websocket\0\0"
         self.request_buffering = True
+        self.pass_request_headers = True
+        self.pass_request_body = True
         self.mirror_request_body = True
         self.next_upstream = 3          # error timeout
         self.client_body_buffer_size = 8192
@@ -216,7 +222,7 @@ cdef class Location:
         cdef bytes reason
         if self.content == CONTENT_RETURN:
             reason = status_reason(self.return_status)
-            self.return_head = b"HTTP/1.1 %d %s\r\nServer: edge\r\n" % (self.return_status, reason)
+            self.return_head = b"HTTP/1.1 %d %s\r\n%s" % (self.return_status, reason, g_server_line)
         if self.pass_server or self.pass_date:
             self.response_drop_b = b"connection\0keep-alive\0proxy-connection\0te\0trailer\0" \
                 b"transfer-encoding\0upgrade\0content-length\0" + \
@@ -598,6 +604,7 @@ cdef class ListenBinding:
     cdef public RealIP pp_trusted           # PROXY headers accepted only from these
     cdef public int64_t proxy_protocol_timeout_ms
     cdef public bint ssl                    # `listen ... ssl`: every connection starts with TLS
+    cdef public bint tcp_nodelay            # tcp_nodelay of the default server (default on)
     cdef public int64_t ssl_handshake_timeout_ms
     cdef TimerList t_header, t_pp, t_handshake
 
@@ -613,6 +620,7 @@ cdef class ListenBinding:
         self.pp_trusted = None
         self.proxy_protocol_timeout_ms = 30000
         self.ssl = False
+        self.tcp_nodelay = True
         self.ssl_handshake_timeout_ms = 60000
         host, _, port = key.rpartition(":")
         self.server_port = port.encode()

@@ -37,15 +37,38 @@ cdef inline int wire_status(int status) noexcept:
     return 400 if 495 <= status <= 497 else status
 
 
+# server_tokens (modules/http_core.py): the Server field edge writes on the responses it
+# makes, and the name at the foot of its error pages. "edge" (off) or "edge/VERSION".
+cdef bytes g_server_name = b"edge"
+cdef bytes g_server_line = b"Server: edge\r\n"
+
+
+def set_server_tokens(bytes name):
+    """Set the server name edge shows (server_tokens): b"edge" or b"edge/VERSION".
+    Prebuilt error pages are rebuilt on their next use."""
+    global g_server_name, g_server_line
+    if name == g_server_name:
+        return
+    g_server_name = name
+    g_server_line = b"Server: " + name + b"\r\n"
+    _error_heads.clear()
+    _error_bodies.clear()
+
+
+def server_tokens_name():
+    return g_server_name
+
+
 cdef bytes error_page_body(int status):
     text = TLS_ERROR_TEXTS.get(status)
     if text is not None:
         return (b"<html>\r\n<head><title>400 %s</title></head>\r\n<body>\r\n"
                 b"<center><h1>400 Bad Request</h1></center>\r\n<center>%s</center>\r\n"
-                b"<hr><center>edge</center>\r\n</body>\r\n</html>\r\n" % (text, text))
+                b"<hr><center>%s</center>\r\n</body>\r\n</html>\r\n" % (text, text, g_server_name))
     reason = status_reason(status)
     return (b"<html>\r\n<head><title>%d %s</title></head>\r\n<body>\r\n<center><h1>%d %s</h1></center>\r\n"
-            b"<hr><center>edge</center>\r\n</body>\r\n</html>\r\n" % (status, reason, status, reason))
+            b"<hr><center>%s</center>\r\n</body>\r\n</html>\r\n" % (status, reason, status, reason,
+                                                                   g_server_name))
 
 
 # status -> prebuilt "HTTP/1.1 ... Content-Length: N\r\n" (Date, Connection and the body follow)
@@ -57,8 +80,8 @@ cdef bytes error_head(int status):
     h = _error_heads.get(status)
     if h is None:
         body = error_page_body(status)
-        h = (b"HTTP/1.1 %d %s\r\nServer: edge\r\nContent-Type: text/html\r\nContent-Length: %d\r\n"
-             % (wire_status(status), status_reason(wire_status(status)), len(body)))
+        h = (b"HTTP/1.1 %d %s\r\n%sContent-Type: text/html\r\nContent-Length: %d\r\n"
+             % (wire_status(status), status_reason(wire_status(status)), g_server_line, len(body)))
         _error_heads[status] = h
         _error_bodies[status] = body
     return h

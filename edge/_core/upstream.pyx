@@ -29,6 +29,7 @@ cdef enum:
     LB_RANDOM = 4
     LB_RANDOM_TWO = 5       # random two [least_conn]
     LB_EWMA = 6
+    LB_IP_HASH = 7
 
 cdef struct Peer:
     sockaddr_storage addr
@@ -349,7 +350,7 @@ cdef class Upstream:
         "random_two" or "ewma"."""
         methods = {"round_robin": LB_ROUND_ROBIN, "least_conn": LB_LEAST_CONN, "hash": LB_HASH,
                    "hash_consistent": LB_CHASH, "random": LB_RANDOM, "random_two": LB_RANDOM_TWO,
-                   "ewma": LB_EWMA}
+                   "ewma": LB_EWMA, "ip_hash": LB_IP_HASH}
         self.method = methods[method]
         self.hash_key = key
         if self.method == LB_CHASH:
@@ -394,7 +395,7 @@ cdef class Upstream:
     def method_name(self):
         return {LB_ROUND_ROBIN: "round_robin", LB_LEAST_CONN: "least_conn", LB_HASH: "hash",
                 LB_CHASH: "hash_consistent", LB_RANDOM: "random", LB_RANDOM_TWO: "random_two",
-                LB_EWMA: "ewma"}.get(self.method, "?")
+                LB_EWMA: "ewma", LB_IP_HASH: "ip_hash"}.get(self.method, "?")
 
     cdef void publish_conns(self) noexcept:
         """Once a second (Loop.publish_gauges): this worker's connections in progress

@@ -6,10 +6,10 @@ declarations and builds ``Conf`` blocks (``build``). See docs/internals.md §1.
 """
 
 from . import types
-from .build import Conf, build
+from .build import Conf, ConfigWarning, build
 from .errors import ConfigError
 from .parser import Node, ParsedConfig, parse_file, parse_string
-from .types import Directive
+from .types import Directive, Refused
 
 # Context names. A block directive's ``block`` names the context its "{...}" opens.
 MAIN = "main"
@@ -21,5 +21,5 @@ UPSTREAM = "upstream"
 
 __all__ = [
     "parse_file", "parse_string", "build", "ConfigError", "Directive", "Node", "Conf",
-    "ParsedConfig", "types", "MAIN", "EVENTS", "HTTP", "SERVER", "LOCATION", "UPSTREAM",
+    "ParsedConfig", "types", "Refused", "ConfigWarning", "MAIN", "EVENTS", "HTTP", "SERVER", "LOCATION", "UPSTREAM",
 ]

@@ -1,16 +1,35 @@
 """Validate a parsed tree against the directive tables and build ``Conf`` blocks."""
 
 from .errors import ConfigError
+from .types import NGINX_DOCS
 
 MAIN = "main"
 
 
-class Registry:
-    """The directive tables, keyed by (name, context)."""
+class ConfigWarning:
+    """A warning about one directive occurrence (a documented no-op): ``str`` is
+    nginx's form, ``<message> in <file>:<line>``."""
 
-    def __init__(self, directives):
+    def __init__(self, message, file, line):
+        self.message = message
+        self.file = file
+        self.line = line
+
+    def __str__(self):
+        return str(ConfigError(self.message, self.file, self.line))
+
+    def __repr__(self):
+        return f"<ConfigWarning {self}>"
+
+
+class Registry:
+    """The directive tables, keyed by (name, context), and the nginx directives edge
+    refuses (``types.Refused`` rows)."""
+
+    def __init__(self, directives, refused=()):
         self.by_key = {}
         self.by_name = {}
+        self.refused = list(refused)
         for d in directives:
             for ctx in d.contexts:
                 if (d.name, ctx) in self.by_key:
@@ -58,6 +77,7 @@ class Conf:
         self._values = {}  # name -> value (a list of values for multi), in order set
         self._nodes = {}   # name -> Node (a list of Nodes for multi)
         self.sequence = []  # (name, value) of every directive of this block, in config order
+        self.warnings = []  # the root's: ConfigWarning per no-op directive met, in order
 
     def __repr__(self):
         args = " ".join(self.args)
@@ -108,16 +128,18 @@ class Conf:
         return [c for c in self.children if name is None or c.name == name]
 
 
-def build(parsed, directives):
-    """Validate ``parsed`` (a ParsedConfig) against ``directives``; return the root Conf."""
-    registry = Registry(directives)
+def build(parsed, directives, refused=()):
+    """Validate ``parsed`` (a ParsedConfig) against ``directives``; return the root Conf.
+    ``refused``: ``types.Refused`` rows, nginx directives edge declines with a reason.
+    The root's ``warnings`` lists the documented no-ops met, one per occurrence."""
+    registry = Registry(directives, refused)
     main_file = parsed.files[0][0] if parsed.files else None
     root = Conf(MAIN, None, [], main_file, None, None, registry)
-    _fill(root, parsed.nodes, registry)
+    _fill(root, parsed.nodes, registry, root.warnings)
     return root
 
 
-def _fill(conf, nodes, registry):
+def _fill(conf, nodes, registry, warnings):
     for node in nodes:
         d = _lookup(node, conf, registry)
 
@@ -140,6 +162,9 @@ def _fill(conf, nodes, registry):
             value = d.value(node)
         except ConfigError as e:
             raise e.locate(node.file, node.line)
+        if d.noop:
+            warnings.append(ConfigWarning(
+                f'"{node.name}" directive does nothing in edge: {d.noop}', node.file, node.line))
 
         conf.sequence.append((node.name, value))
         if d.multi:
@@ -153,7 +178,7 @@ def _fill(conf, nodes, registry):
             child = Conf(d.block, node.name, list(node.args), node.file, node.line,
                          conf, registry, value)
             conf.children.append(child)
-            _fill(child, node.block, registry)
+            _fill(child, node.block, registry, warnings)
 
 
 def _lookup(node, conf, registry):
@@ -167,4 +192,8 @@ def _lookup(node, conf, registry):
         note = f": {opener.inner_note}" if opener is not None and opener.inner_note else ""
         raise ConfigError(f'"{node.name}" directive is not allowed here{note}',
                           node.file, node.line)
+    for row in registry.refused:
+        if row.matches(node.name):
+            raise ConfigError(f'nginx directive "{node.name}" is not supported by edge: '
+                              f'{row.reason} (see {NGINX_DOCS})', node.file, node.line)
     raise ConfigError(f'unknown directive "{node.name}"', node.file, node.line)

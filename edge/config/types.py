@@ -33,6 +33,11 @@ class Directive:
       ``"listen address[:port] [reuseport];"``; derived from ``nargs`` when empty.
     - ``inner_note``: for a block directive, said after the error of a known directive
       that is not allowed inside its block (why, and where the docs are).
+    - ``noop``: for an nginx directive edge accepts but that changes nothing in edge
+      (tuning of nginx's own internals): why, in a few words. ``build`` checks and
+      stores it as any directive and records one warning per occurrence naming
+      file:line and this reason (``Conf.warnings`` of the root), which ``edge -t``
+      prints and the master logs at ``warn``.
     """
 
     name: str
@@ -46,6 +51,7 @@ class Directive:
     syntax: str = ""
     raw: bool = False
     inner_note: str = ""
+    noop: str = ""
 
     def __post_init__(self):
         # Accept a single context name or a list, store a tuple.
@@ -67,6 +73,30 @@ class Directive:
         if self.nargs == (0, 0):
             return True
         return list(node.args)
+
+
+@dataclass(frozen=True)
+class Refused:
+    """An nginx directive that edge knows and does not do, where accepting it would
+    change behaviour: ``build`` refuses it with an error naming the directive, its
+    file:line, ``reason`` and the docs page (docs/nginx.md lists these rows).
+
+    - ``name``: the directive, or a prefix ending in ``*`` (``perl_*``) for a family.
+    - ``reason``: why edge does not do it.
+    - ``instead``: the edge alternative, if any (for the docs page).
+    """
+
+    name: str
+    reason: str
+    instead: str = ""
+
+    def matches(self, name):
+        if self.name.endswith("*"):
+            return name.startswith(self.name[:-1])
+        return name == self.name
+
+
+NGINX_DOCS = "docs/nginx.md"
 
 
 # -- plain parsers ------------------------------------------------------------------

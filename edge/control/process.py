@@ -228,6 +228,13 @@ class ControlProcess:
                            f"{detail}".strip())
 
 
+def preload():
+    """Import what the control process runs (before it drops privileges: see
+    services.preload)."""
+    import uvloop  # noqa: F401
+    service_registry.preload()
+
+
 def run(cycle, channel_sock, shared, zones, generation):
     """Never returns. Runs the control process in the forked child: `cycle` is the
     master's current Cycle, `channel_sock` this end of the master's socketpair (or

@@ -119,6 +119,20 @@ def _tickets(ctx, cycle):
 # The registry. A new control-plane task is one factory added here.
 SERVICES = [_admin, _shipper, _limit_sync, _upstreams, _tickets]
 
+# The modules the factories import, for preload().
+MODULES = ["edge.control.admin", "edge.control.shipping", "edge.control.limit_sync",
+           "edge.control.upstreams", "edge.control.tickets"]
+
+
+def preload():
+    """Import the services' modules now. The control process does this before it
+    drops to the ``user`` of the config: after that, a Python installation the user
+    cannot read (one under /root) would fail the imports."""
+    import importlib
+    for name in MODULES:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name)
+
 
 def build(ctx, cycle):
     """The services of this build, in start order. A factory that fails is logged and

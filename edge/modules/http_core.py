@@ -2,7 +2,7 @@
 
 import socket
 
-from edge._core.reactor import Location, Server
+from edge._core.reactor import Location, Server, set_server_tokens
 from edge.config import HTTP, LOCATION, SERVER, ConfigError, Directive, types
 
 
@@ -153,7 +153,33 @@ DIRECTIVES = [
               doc="The largest request body accepted (413 beyond it); 0 disables the check."),
     Directive("default_type", HSL, (1, 1), default="text/plain",
               doc="Content-Type of responses made by `return` with a body."),
+    Directive("tcp_nodelay", (HTTP, SERVER), (1, 1), parse=types.flag, default=True,
+              doc="TCP_NODELAY on client connections (on by default, as nginx). edge sets "
+                  "it when it accepts the connection, so it is taken from the default "
+                  "server of each listen address (not per location, unlike nginx)."),
+    Directive("server_tokens", (HTTP,), (1, 1), parse=types.enum("on", "off", "build"),
+              default="on", syntax="server_tokens on | off | build;",
+              doc="The `Server` field of the responses edge makes (and the foot of its "
+                  "error pages): `edge/VERSION` with `on` (the default, as nginx's), "
+                  "`edge` with `off`. `build` is `on` (edge has no build name). Set in the "
+                  "http block only (nginx also takes it per server and location). A "
+                  "proxied response carries edge's Server unless `proxy_pass_header "
+                  "Server`."),
 ]
+
+
+def server_name_shown(http):
+    """What `server_tokens` makes edge show: b"edge" or b"edge/VERSION"."""
+    import edge
+    if http is None or http.get("server_tokens") == "off":
+        return b"edge"
+    return b"edge/" + edge.__version__.encode()
+
+
+def compile_http(http, runtime):
+    # before any location is prepared: prebuilt `return` heads carry the Server field
+    runtime.server_name = server_name_shown(http)
+    set_server_tokens(runtime.server_name)
 
 
 def compile_location(conf, location, runtime):
@@ -174,6 +200,7 @@ def configure_binding(binding, server_conf):
     binding.large_header_buffer_size = size
     binding.max_headers = server_conf.get("max_request_headers")
     binding.proxy_protocol_timeout_ms = int(server_conf.get("proxy_protocol_timeout") * 1000)
+    binding.tcp_nodelay = server_conf.get("tcp_nodelay")
     from edge.modules import ssl
     ssl.configure_binding(binding, server_conf)
     if binding.proxy_protocol:

@@ -94,6 +94,20 @@ def _method(node):
     return m
 
 
+IGNORABLE = ("X-Accel-Redirect", "X-Accel-Expires", "X-Accel-Limit-Rate", "X-Accel-Buffering",
+             "X-Accel-Charset", "Expires", "Cache-Control", "Set-Cookie", "Vary")
+
+
+def _ignore_headers(node):
+    known = {name.lower(): name for name in IGNORABLE}
+    out = []
+    for arg in node.args:
+        if arg.lower() not in known:
+            raise ConfigError(f'invalid value "{arg}" in "proxy_ignore_headers" directive')
+        out.append(known[arg.lower()])
+    return out
+
+
 DIRECTIVES = [
     Directive("proxy_pass", (LOCATION,), (1, 1), parse=_proxy_pass,
               syntax="proxy_pass http[s]://upstream_name[/uri] | http[s]://host[:port][/uri];",
@@ -116,6 +130,31 @@ DIRECTIVES = [
               syntax="proxy_pass_header field;",
               doc="Pass a header edge hides by default: `Server` or `Date` (the upstream's "
                   "is sent instead of edge's own)."),
+    Directive("proxy_http_version", HSL, (1, 1), parse=types.enum("1.0", "1.1"), default="1.1",
+              doc="The HTTP version spoken to the upstream. edge's default is 1.1, with "
+                  "keep-alive to `upstream` groups that set `keepalive` (nginx's default is "
+                  "1.0). `1.0`: the request line says HTTP/1.0 with `Connection: close`, "
+                  "nothing is kept alive or upgraded, a chunked request body is read whole "
+                  "and sent with its length, and a response without a length is read to "
+                  "the close. See docs/http.md."),
+    Directive("proxy_pass_request_headers", HSL, (1, 1), parse=types.flag, default=True,
+              doc="`off`: none of the client's header fields go upstream; the fields of "
+                  "`proxy_set_header` (and edge's defaults: Host, X-Forwarded-For, "
+                  "X-Real-IP, X-Forwarded-Proto) still do, as in nginx."),
+    Directive("proxy_pass_request_body", HSL, (1, 1), parse=types.flag, default=True,
+              doc="`off`: the client's body is read (and limited by "
+                  "client_max_body_size) but not sent upstream; the upstream request "
+                  "carries no body and no Content-Length or Transfer-Encoding (nginx "
+                  "keeps the client's Content-Length unless `proxy_set_header "
+                  "Content-Length \"\"`, which leaves the upstream waiting for a body)."),
+    Directive("proxy_ignore_headers", HSL, (1, None), parse=_ignore_headers,
+              syntax="proxy_ignore_headers field ...;",
+              doc="Upstream response fields not to act on. Of nginx's list, edge acts only "
+                  "on X-Accel-Buffering (turning proxy_buffering off or on for the "
+                  "response), so naming it makes edge ignore it; the others (X-Accel-"
+                  "Redirect, X-Accel-Expires, X-Accel-Limit-Rate, X-Accel-Charset, Expires, "
+                  "Cache-Control, Set-Cookie, Vary) are accepted and change nothing, since "
+                  "edge does not act on them anyway (it has no cache)."),
     Directive("proxy_method", HSL, (1, 1), parse=_method,
               syntax="proxy_method method;",
               doc="The method of the request sent upstream, instead of the client's."),
@@ -199,6 +238,10 @@ def compile_location(conf, location, runtime):
         keep_request_head(location)
     method = conf.get("proxy_method")
     location.proxy_method = method.encode("latin-1") if method else None
+    location.proxy_http10 = conf.get("proxy_http_version") == "1.0"
+    location.pass_request_headers = conf.get("proxy_pass_request_headers")
+    location.pass_request_body = conf.get("proxy_pass_request_body")
+    location.ignore_accel_buffering = "X-Accel-Buffering" in (conf.get("proxy_ignore_headers") or ())
     _response_headers(conf, location, authority, uri, dynamic is not None, scheme)
     location.proxy_connect_timeout_ms = int(conf.get("proxy_connect_timeout") * 1000)
     location.proxy_read_timeout_ms = int(conf.get("proxy_read_timeout") * 1000)

@@ -2,7 +2,7 @@
 from DNS, keep-alive pools.
 
 Per worker: peers are picked by smooth weighted round robin (the default), `least_conn`,
-`hash KEY [consistent]`, `random [two [least_conn]]` or `ewma`; `backup` peers serve only
+`hash KEY [consistent]`, `ip_hash`, `random [two [least_conn]]` or `ewma`; `backup` peers serve only
 when no primary is available and `down` peers never; a peer is skipped after max_fails
 failures within fail_timeout (connection errors, timeouts, and the statuses listed by
 `passive_fail_status`); idle connections are pooled for reuse. The control process runs
@@ -17,7 +17,8 @@ from edge.config import HTTP, UPSTREAM, ConfigError, Directive, types
 
 # the balancing directives, and whether each allows `backup` servers (nginx refuses them
 # with hash and random)
-BALANCERS = {"least_conn": True, "hash": False, "random": False, "ewma": True}
+BALANCERS = {"least_conn": True, "hash": False, "random": False, "ewma": True,
+             "ip_hash": False}
 
 
 @dataclass(frozen=True)
@@ -223,6 +224,12 @@ DIRECTIVES = [
                   "`$remote_addr`, `$cookie_session`) to the same server. `consistent` uses "
                   "a ketama ring: when a server leaves, only its keys move. nginx's hashes, "
                   "so keys land where nginx puts them."),
+    Directive("ip_hash", (UPSTREAM,), (0, 0),
+              doc="Send requests from the same client address to the same server: nginx's "
+                  "ip_hash (the first three octets of an IPv4 address, the whole IPv6 "
+                  "address; `$remote_addr` after realip), so a client lands where nginx "
+                  "would put it. When that server is unavailable the hash moves on, as "
+                  "nginx's does. No `backup` servers (as nginx). See docs/traffic.md."),
     Directive("random", (UPSTREAM,), (0, 2), parse=_random, syntax="random [two [least_conn]];",
               doc="Send each request to a server drawn at random by weight; with `two`, "
                   "draw two and take the one with fewer requests in progress."),

@@ -375,7 +375,11 @@ cdef void serve_static(Client c, StaticConf sc):
                 eval_template(t, c, &name)
                 if buf_len(&name) == 0:
                     continue
-                want_dir = name.data[name.end - 1] == 47
+                # a name written with a final "/" must be a directory; the URI it gives
+                # has no "/" (so a directory named without one is then redirected)
+                want_dir = t.source.endswith("/")
+                if want_dir and buf_len(&name) > 1 and name.data[name.end - 1] == 47:
+                    name.end -= 1
                 if map_path(c, sc, name.data + name.start, buf_len(&name), &path) < 0:
                     continue
                 if edge_stat(path.data + path.start, &st) != 0:
@@ -413,14 +417,11 @@ cdef void serve_uri(Client c, StaticConf sc):
     cdef size_t n = buf_len(&c.uri)
     cdef bint get_head = method_is(c, "GET", 3) or c.is_head
     cdef bint post = method_is(c, "POST", 4)
-    if n and c.uri.data[n - 1] == 47:
-        if not get_head and not post:
-            c.finish_without_body(403)     # nginx: no content handler for a directory
-            return
-        serve_index(c, sc)
-        return
     if not get_head and not post:
         c.finish_without_body(405)
+        return
+    if n and c.uri.data[n - 1] == 47:
+        serve_index(c, sc)
         return
     buf_init(&path, 256)
     try:
@@ -597,6 +598,8 @@ cdef bint etag_listed(const char *v, size_t n, const char *etag, size_t elen, bi
         i += 1
     if n - i == 1 and v[i] == 42:
         return True
+    if elen == 0:
+        return False
     while i < n:
         while i < n and (v[i] == 32 or v[i] == 9 or v[i] == 44):
             i += 1
@@ -723,7 +726,7 @@ cdef void send_file(Client c, StaticConf sc, int fd, edge_stat_t *st):
             c.finish_without_body(412)
             return
     h = find_header(c, "if-match", 8)
-    if h != NULL and not (elen and etag_listed(h.value, h.value_len, etag, elen, False)):
+    if h != NULL and not etag_listed(h.value, h.value_len, etag, elen, False):
         close(fd)
         c.finish_without_body(412)
         return
@@ -739,7 +742,7 @@ cdef void send_file(Client c, StaticConf sc, int fd, edge_stat_t *st):
                 if t < 0 or (sc.ims == IMS_EXACT and t != mtime) or (sc.ims == IMS_BEFORE and t < mtime):
                     not_modified = False
         if not_modified and range_h != NULL:
-            if not (elen and etag_listed(range_h.value, range_h.value_len, etag, elen, True)):
+            if not etag_listed(range_h.value, range_h.value_len, etag, elen, True):
                 not_modified = False
         if not_modified:
             close(fd)

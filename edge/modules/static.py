@@ -145,10 +145,6 @@ DIRECTIVES = [
               doc="Content types by file extension (case-insensitive), e.g. `include "
                   "/etc/nginx/mime.types;`. A block that sets `types` replaces the "
                   "inherited table, as in nginx; the default knows html, gif and jpg."),
-    Directive("types_hash_max_size", HSL, (1, 1), parse=types.number, default=1024,
-              doc="Accepted for nginx configs; edge's table has no size to tune."),
-    Directive("types_hash_bucket_size", HSL, (1, 1), parse=types.size, default=64,
-              doc="Accepted for nginx configs; edge's table has no size to tune."),
     Directive("charset", HSL, (1, 1), parse=_charset, default=None,
               syntax="charset name | off;",
               doc="Add `; charset=name` to the Content-Type of static files whose type is in "

@@ -60,6 +60,11 @@ http {
         location /exp/max/ { expires max; }
         location /exp/mod/ { expires modified 2h; }
         location /nosf/ { sendfile off; }
+        location /types/ {
+            types { text/x-custom foo FOO2; }
+            types { image/x-two two; }
+            default_type text/x-default;
+        }
 
         location /app/ { try_files $uri $uri/ @backend; }
         location @backend { proxy_pass http://@UP@; }
@@ -97,6 +102,8 @@ def root(tmp_path):
     for d in ("cs", "noetag", "before", "imsoff", "exp/time", "exp/neg", "exp/zero",
               "exp/epoch", "exp/max", "exp/mod"):
         _write(w / d / "a.txt", A_TXT)
+    for name in ("a.foo", "a.FOO", "b.foo2", "c.two", "d.html"):
+        _write(w / "types" / name, b"t\n")
     _write(w / "cs" / "page.html", b"<p>x</p>\n")
     _write(w / "cs" / "img.png", b"\x89PNG\r\n")
     _write(w / "cs" / "data.json", b"{}\n")
@@ -134,6 +141,11 @@ def _get(srv, target, method="GET", headers=()):
     ("/cs/a.txt", "text/plain; charset=utf-8"),
     ("/cs/img.png", "image/png"),               # not in charset_types
     ("/cs/data.json", "application/json"),
+    ("/types/a.foo", "text/x-custom"),        # a location's types replace the inherited
+    ("/types/a.FOO", "text/x-custom"),
+    ("/types/b.foo2", "text/x-custom"),       # extensions in the block are lowercased too
+    ("/types/c.two", "image/x-two"),          # two blocks in one context add up
+    ("/types/d.html", "text/x-default"),
 ])
 def test_content_type_from_debian_mime_types(srv, target, ctype):
     r = _get(srv, target)
@@ -534,6 +546,9 @@ def test_access_log_counts_static_responses(srv, root):
     ("source_charset koi8-r;", "source_charset"),
     ("location /t/ { try_files $uri @nowhere; }", "@nowhere"),
     ("location /t/ { alias /tmp; proxy_pass http://127.0.0.1:9; }", "alias"),
+    ("location /t/ { charset utf-8; proxy_pass http://127.0.0.1:9; }", "charset"),
+    ("location /t/ { expires 1h; return 200; }", "expires"),
+    ("location /t/ { expires @15h; }", "expires"),
 ])
 @pytest.mark.edge_only   # edge's refusals (nginx would list directories or convert charsets)
 def test_config_refusals(edge, snippet, message):

@@ -301,6 +301,12 @@ cdef void enter_location(Client c, Location loc):
         c.finish_without_body(404)
         return
     if loc is not c.loc:
+        if loc.phases.keep_head and loc.content == CONTENT_PROXY and not \
+                (c.loc.phases.keep_head and c.loc.content == CONTENT_PROXY):
+            # as handle_request does: a log format reads the head after the body used rb
+            c.rb.start -= c.head_len
+            c.keep_request_head(c.head_len)
+            c.rb.start += c.head_len
         c.loc = loc
         if loc.phases.nrewrite:
             r = run_handlers(loc.phases.rewrite, c)

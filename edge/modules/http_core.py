@@ -152,7 +152,8 @@ DIRECTIVES = [
     Directive("client_max_body_size", HSL, (1, 1), parse=types.size, default=1024 * 1024,
               doc="The largest request body accepted (413 beyond it); 0 disables the check."),
     Directive("default_type", HSL, (1, 1), default="text/plain",
-              doc="Content-Type of responses made by `return` with a body."),
+              doc="Content-Type of responses made by `return` with a body, and of static "
+                  "files whose extension `types` does not know."),
 ]
 
 

@@ -199,7 +199,7 @@ def _named(runtime):
 
 def compile_location(conf, location, runtime):
     named = _named(runtime)
-    modifier, uri = conf.value
+    modifier, uri = conf.value if conf.context == LOCATION else ("", "/")
     if uri.startswith("@"):
         if modifier:
             raise ConfigError(f'named location "{uri}" cannot have a modifier', conf.file, conf.line)

@@ -70,6 +70,7 @@ http {
         location @backend { proxy_pass http://@UP@; }
         location /strict/ { try_files $uri =404; }
         location /spa/ { try_files $uri /spa/index.html; }
+        location /fall/ { try_files $uri /api/fallback?from=fall; }
 
         location /img/ { alias @ROOT@/data/images/; }
         location /pic { alias @ROOT@/data/images; }
@@ -223,6 +224,13 @@ def test_try_files_to_named_proxy_location(srv, upstream):
     echo = r.json()
     assert echo["target"] == "/app/nothing?q=1"     # the request as it came
     assert echo["method"] == "GET"
+
+
+def test_try_files_uri_to_proxy_location(srv, upstream):
+    """The fallback URI is searched again; the proxy sends it, with its own arguments."""
+    r = _get(srv, "/fall/nothing?orig=1")
+    assert r.status == 200
+    assert r.json()["target"] == "/api/fallback?from=fall"
 
 
 def test_try_files_code_and_uri(srv):

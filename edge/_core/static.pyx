@@ -269,15 +269,16 @@ cdef inline bint method_is(Client c, const char *m, size_t n) noexcept:
     return c.method_len == n and memcmp(c.method, m, n) == 0
 
 
-cdef void set_uri(Client c, const char *p, size_t n):
-    """The request's URI becomes p[0:n]; a "?" starts new arguments (try_files, index)."""
+cdef void set_uri(Client c, const char *p, size_t n, bint split_args):
+    """The request's URI becomes p[0:n]; with split_args, a "?" starts new arguments (an
+    internal redirect's URI, not a file name that was found)."""
     cdef const char *q
     cdef Buf t
     memset(&t, 0, sizeof(Buf))
     buf_init(&t, n + 1)
     buf_append(&t, p, n)        # p may point into c.uri
     p = t.data + t.start
-    q = <const char *>memchr(p, 63, n)
+    q = <const char *>memchr(p, 63, n) if split_args else NULL
     if q != NULL:
         buf_reset(&c.argbuf)
         buf_append(&c.argbuf, q + 1, n - <size_t>(q + 1 - p))
@@ -329,7 +330,7 @@ cdef void enter_location(Client c, Location loc):
     c.run_content()
 
 
-cdef void internal_redirect(Client c, const char *p, size_t n):
+cdef void internal_redirect(Client c, const char *p, size_t n, bint split_args=True):
     if c.uri_changes <= 0:
         if g_log_fn is not None:
             g_log_fn("error", "rewrite or internal redirection cycle while internally redirecting to \"%s\""
@@ -337,7 +338,8 @@ cdef void internal_redirect(Client c, const char *p, size_t n):
         c.finish_without_body(500)
         return
     c.uri_changes -= 1
-    set_uri(c, p, n)
+    set_uri(c, p, n, split_args)
+    c.rewritten = True          # a proxy location reached this way sends the new URI
     c.cap_base = NULL
     enter_location(c, c.server.find_location(c.uri.data, buf_len(&c.uri), c.caps))
 
@@ -393,7 +395,7 @@ cdef void serve_static(Client c, StaticConf sc):
                 if S_ISDIR(st.st_mode) != want_dir:
                     continue
                 found = True
-                set_uri(c, name.data + name.start, buf_len(&name))
+                set_uri(c, name.data + name.start, buf_len(&name), False)
                 break
             if not found:
                 if sc.try_code:
@@ -486,7 +488,7 @@ cdef void serve_index(Client c, StaticConf sc):
             if map_path(c, sc, name.data + name.start, buf_len(&name), &path) < 0:
                 continue
             if edge_stat(path.data + path.start, &st) == 0:
-                internal_redirect(c, name.data + name.start, buf_len(&name))
+                internal_redirect(c, name.data + name.start, buf_len(&name), False)
                 return
             err = errno
             if err == ENOENT:

@@ -76,6 +76,8 @@ http {
         location /pic { alias @ROOT@/data/images; }
         location ~ ^/re/(.+\\.txt)$ { alias @ROOT@/data/images/$1; }
         location /api/ { proxy_pass http://@UP@; }
+        location /ret/ { charset utf-8; default_type text/plain; return 200 "text"; }
+        location /retjson/ { charset utf-8; default_type application/json; return 200 "{}"; }
     }
 }
 """
@@ -152,6 +154,11 @@ def test_content_type_from_debian_mime_types(srv, target, ctype):
     r = _get(srv, target)
     assert r.status == 200, r
     assert r.header("Content-Type") == ctype
+
+
+def test_charset_on_return_text(srv):
+    assert _get(srv, "/ret/").header("Content-Type") == "text/plain; charset=utf-8"
+    assert _get(srv, "/retjson/").header("Content-Type") == "application/json"
 
 
 def test_file_headers_and_head(srv):

@@ -147,8 +147,8 @@ DIRECTIVES = [
                   "inherited table, as in nginx; the default knows html, gif and jpg."),
     Directive("charset", HSL, (1, 1), parse=_charset, default=None,
               syntax="charset name | off;",
-              doc="Add `; charset=name` to the Content-Type of static files whose type is in "
-                  "`charset_types`. No conversion between charsets."),
+              doc="Add `; charset=name` to the Content-Type of static files and `return` texts "
+                  "whose type is in `charset_types`. No conversion between charsets."),
     Directive("charset_types", HSL, (1, None), parse=types.strings,
               default=list(DEFAULT_CHARSET_TYPES), syntax="charset_types type ...;",
               doc="The types that `charset` applies to (`*` for all); text/html always."),
@@ -219,11 +219,20 @@ def compile_location(conf, location, runtime):
             node = conf.node("alias")
             raise ConfigError('"alias" cannot be used with proxy_pass, return or health here',
                               node.file, node.line)
-        for name in ("charset", "expires"):
-            value = conf.get(name)
-            if value is not None and value != ("off", 0) and conf.local(name) is not None:
+        charset = conf.get("charset")
+        if location.content == 1 and charset:
+            # `return` with a text: its default_type gets the charset, as nginx's filter does
+            ctypes = set(t.lower() for t in conf.get("charset_types")) | {"text/html"}
+            dtype = conf.get("default_type")
+            if "*" in ctypes or dtype.lower() in ctypes:
+                location.default_type = (dtype + "; charset=" + charset).encode("latin-1")
+        refused = [("expires", location.content in (1, 2)), ("charset", location.content == 2)]
+        for name, applies in refused:
+            value = conf.local(name)
+            if applies and value is not None and value != ("off", 0):
                 node = conf.node(name)
-                raise ConfigError(f'"{name}" is honoured for static files only in edge; '
+                raise ConfigError(f'"{name}" is honoured for static files only in edge'
+                                  f'{" (and `return` texts)" if name == "charset" else ""}; '
                                   f'remove it from this location (docs/static.md)',
                                   node.file, node.line)
         return

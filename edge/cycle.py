@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 from edge._core.reactor import Location, Plan
 from edge.config import ConfigError, build, parse_file
-from edge.modules import (access_log, admin, auth, buffering, consumers, core, cors, health, http_core,
-                          headers, ip_rules, limits, metrics, mirror, proxy, proxy_ssl, realip, redis,
-                          request_id, retries, return_, rewrite, ssl, ssl_session, static,
-                          upstream, variables)
+from edge.modules import (access_log, admin, auth, auth_basic, buffering, consumers, core, cors,
+                          health, http_core, headers, ip_rules, limits, metrics, mirror, proxy, proxy_ssl, realip, redis,
+                          request_id, retries, return_, rewrite, ssl, ssl_session, static, upstream,
+                          variables)
 
 # The single list of features. A new module is a file in edge/modules/ added here.
 # Within a phase, handlers run in this order: the access phase runs the IP rules, then
@@ -23,8 +23,8 @@ from edge.modules import (access_log, admin, auth, buffering, consumers, core, c
 # limits (so a limit can be keyed on $consumer).
 MODULES = [core, http_core, ssl, ssl_session, variables, realip, upstream, proxy, proxy_ssl, buffering,
            retries, mirror, return_,
-           health, static, metrics, access_log, request_id, rewrite, headers, ip_rules, cors, consumers,
-           auth, limits, admin, redis]
+           health, static, metrics, access_log, request_id, rewrite, headers, ip_rules, cors, auth_basic,
+           consumers, auth, limits, admin, redis]
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@
 DEF AUTH_IDENTIFIED = 0
 DEF AUTH_NONE = 1           # no credential of this kind in the request
 DEF AUTH_INVALID = 2        # a credential, but a wrong one
+DEF AUTH_ERROR = 3          # the method cannot check it now: answer its `status`
 
 
 cdef class ConsumerRef:
@@ -84,6 +85,7 @@ cdef class AuthMethod:
     cdef readonly str name
     cdef bytes challenge_missing
     cdef bytes challenge_invalid
+    cdef int status                 # with AUTH_ERROR: 403 or 500
 
     cdef int identify(self, Client c, AuthRegistry reg) except -1:
         return AUTH_NONE
@@ -131,23 +133,87 @@ cdef Buf g_auth_value
 cdef bint g_auth_ready = False
 
 
+cdef class Htpasswd:
+    """An auth_basic_user_file. nginx reads the file at every request; edge stats it at
+    every request (one stat(2)) and reads it again only when it changed (mtime, ctime,
+    size, inode), so an edit takes effect at the next request, as with nginx, without
+    reading the file each time. `load` (Python) parses it; `verify` checks a password
+    against one line's hash (passlib), raising ValueError for a hash it cannot read."""
+    cdef readonly bytes path
+    cdef object load                # (path) -> {user bytes: hash bytes}, OSError
+    cdef readonly object verify     # (hash bytes, password bytes) -> bool
+    cdef readonly dict users        # user bytes -> (None, hash, b"")
+    cdef readonly bytes dummy       # checked for an unknown user (same timing)
+    cdef readonly int generation    # one more at every (re)load
+    cdef int64_t stamp[6]
+
+    def __init__(self, bytes path, load, verify):
+        self.path = path
+        self.load = load
+        self.verify = verify
+        self.users = None
+        self.generation = 0
+
+    cdef int refresh(self) except -1:
+        """0 when the users are current, else the errno of the file."""
+        cdef struct_stat st
+        cdef int i
+        cdef int64_t now[6]
+        if posix_stat(<const char *>self.path, &st) != 0:
+            i = errno
+            self.users = None
+            if g_log_fn is not None:
+                g_log_fn("error" if i == ENOENT else "crit", 'open() "%s" failed (%d)'
+                         % (self.path.decode("latin-1"), i))
+            return i
+        now[0] = st.st_mtim.tv_sec
+        now[1] = st.st_mtim.tv_nsec
+        now[2] = st.st_ctim.tv_sec
+        now[3] = st.st_ctim.tv_nsec
+        now[4] = st.st_size
+        now[5] = st.st_ino
+        if self.users is not None and memcmp(now, self.stamp, sizeof(now)) == 0:
+            return 0
+        try:
+            found = self.load(self.path)
+        except OSError as e:
+            self.users = None
+            if g_log_fn is not None:
+                g_log_fn("crit", 'open() "%s" failed (%s)' % (self.path.decode("latin-1"), e))
+            return e.errno or EIO
+        self.users = {user: (None, h, b"") for user, h in found.items()}
+        self.dummy = next(iter(found.values())) if found else b""
+        memcpy(self.stamp, now, sizeof(now))
+        self.generation += 1
+        return 0
+
+
 cdef class BasicAuth(AuthMethod):
-    """basic_auth [REALM]: RFC 7617 credentials against the consumers' password hashes.
-    A verified header value is cached (bounded), so the hash runs once per credential."""
+    """basic_auth [REALM]: RFC 7617 credentials against the consumers' password hashes;
+    with an Htpasswd, nginx's auth_basic against that file. A verified header value is
+    cached (bounded), so the hash runs once per credential (for an htpasswd file, until
+    the file changes)."""
     cdef dict verified              # header value bytes -> (ConsumerRef, credential id)
     cdef int cache_max
+    cdef Htpasswd htpasswd          # auth_basic_user_file, or None (the consumers)
+    cdef int seen_generation
 
-    def __init__(self, str realm, int cache_max=10000):
+    def __init__(self, str realm, int cache_max=10000, Htpasswd htpasswd=None):
         self.name = "basic_auth"
-        self.challenge_missing = ('Basic realm="%s", charset="UTF-8"' % realm).encode("utf-8")
+        if htpasswd is None:
+            self.challenge_missing = ('Basic realm="%s", charset="UTF-8"' % realm).encode("utf-8")
+        else:
+            self.challenge_missing = ('Basic realm="%s"' % realm).encode("utf-8")
         self.challenge_invalid = self.challenge_missing
         self.verified = {}
         self.cache_max = cache_max
+        self.htpasswd = htpasswd
 
     cdef int identify(self, Client c, AuthRegistry reg) except -1:
         cdef const char *v
         cdef size_t vlen
         cdef int count
+        cdef int err
         if not header_lookup(c, "authorization", 13, &v, &vlen, &count):
             return AUTH_NONE
         if vlen < 6 or strncasecmp(v, "basic ", 6) != 0:
@@ -155,11 +221,26 @@ cdef class BasicAuth(AuthMethod):
         if count > 1:
             c.auth_message = b"several credentials in the request"
             return AUTH_INVALID
+        users = reg.basic if reg is not None else None
+        verify = reg.verify_password if reg is not None else None
+        dummy = reg.dummy_hash if reg is not None else None
+        if self.htpasswd is not None:
+            err = self.htpasswd.refresh()
+            if err:
+                self.status = 403 if err == ENOENT else 500     # nginx's answers
+                return AUTH_ERROR
+            if self.htpasswd.generation != self.seen_generation:
+                self.verified.clear()       # the file changed: verify again
+                self.seen_generation = self.htpasswd.generation
+            users = self.htpasswd.users
+            verify = self.htpasswd.verify
+            dummy = self.htpasswd.dummy
         header = v[:vlen]
         hit = self.verified.get(header)
         if hit is not None:
-            c.consumer = hit[0]
-            c.credential_id = hit[1]
+            if hit[0] is not None:
+                c.consumer = hit[0]
+                c.credential_id = hit[1]
             return AUTH_IDENTIFIED
         import base64
         import binascii
@@ -168,18 +249,35 @@ cdef class BasicAuth(AuthMethod):
         except (binascii.Error, ValueError):
             c.auth_message = b"invalid Basic credentials"
             return AUTH_INVALID
-        entry = reg.basic.get(user) if sep else None
-        if entry is None:
-            # an unknown user costs a hash too: the timing does not tell who exists
-            reg.verify_password(reg.dummy_hash, password)
-        if entry is None or not reg.verify_password(entry[1], password):
+        entry = users.get(user) if sep else None
+        try:
+            if entry is None:
+                # an unknown user costs a hash too: the timing does not tell who exists
+                if dummy:
+                    try:
+                        verify(dummy, password)
+                    except ValueError:
+                        pass
+            if entry is None or not verify(entry[1], password):
+                c.auth_message = b"invalid username or password"
+                return AUTH_INVALID
+        except ValueError as e:
+            # a hash no scheme reads matches no password (nginx's crypt() fails the same way)
+            if g_log_fn is not None:
+                g_log_fn("error", 'auth_basic: the hash of user "%s" in "%s" cannot be read (%s)'
+                         % (user.decode("latin-1"), self.htpasswd.path.decode("latin-1")
+                            if self.htpasswd is not None else "", e))
             c.auth_message = b"invalid username or password"
             return AUTH_INVALID
         if len(self.verified) >= self.cache_max:
             del self.verified[next(iter(self.verified))]
         self.verified[header] = (entry[0], entry[2])
-        c.consumer = entry[0]
-        c.credential_id = entry[2]
+        if self.htpasswd is not None and g_log_fn is not None:
+            g_log_fn("debug", 'auth_basic: verified the password of user "%s" in "%s"'
+                     % (user.decode("latin-1"), self.htpasswd.path.decode("latin-1")))
+        if entry[0] is not None:
+            c.consumer = entry[0]
+            c.credential_id = entry[2]
         return AUTH_IDENTIFIED
 
 
@@ -278,16 +376,18 @@ cdef class AuthChain(PhaseHandler):
     cdef AuthRegistry registry
     cdef ConsumerRef anonymous
     cdef bint optional              # jwt_auth optional: no credential at all passes
+    cdef bint html                  # nginx's auth_basic: its HTML 401 page
     cdef readonly int64_t failures
 
     def __init__(self, list methods, AuthRegistry registry, ConsumerRef anonymous=None,
-                 bint optional=False):
+                 bint optional=False, bint html=False):
         global g_auth_ready
         self.name = "auth"
         self.methods = methods
         self.registry = registry
         self.anonymous = anonymous
         self.optional = optional
+        self.html = html
         if not g_auth_ready:
             buf_init(&g_auth_value, 256)
             g_auth_ready = True
@@ -300,6 +400,9 @@ cdef class AuthChain(PhaseHandler):
             r = m.identify(c, self.registry)
             if r == AUTH_IDENTIFIED:
                 return PH_CONTINUE
+            if r == AUTH_ERROR:
+                self.failures += 1
+                return m.status
             if r == AUTH_INVALID and failed is None:
                 failed = m
         if failed is None and self.anonymous is not None:
@@ -312,6 +415,10 @@ cdef class AuthChain(PhaseHandler):
         self.failures += 1
         m = failed if failed is not None else <AuthMethod>self.methods[0]
         message = c.auth_message if failed is not None else b"authentication required"
+        if self.html:
+            c.respond_simple(401, b"WWW-Authenticate: " + m.challenge_missing + b"\r\n",
+                             error_body(401), b"text/html")
+            return PH_DONE
         c.respond_simple(401, b"WWW-Authenticate: " + (m.challenge_invalid if failed is not None
                                                        else m.challenge_missing) + b"\r\n",
                          b'{"message":"' + message + b'"}\n', b"application/json")

@@ -13,10 +13,24 @@
 # server rewrite phase); a location's runs in its rewrite phase and answers PH_RELOCATE
 # when the URI changed without `break` (nginx's post-rewrite phase: the location is
 # searched again, at most 10 times, then 500).
+#
+# `if (condition) { ... }` is part of the script, as nginx compiles it: an IfOp followed
+# by the ops of its block, which it skips when the condition is false. Only rewrite, set,
+# return and break may be inside (the config refuses the rest), so a true condition
+# changes nothing else about the request: nginx would switch to the if's implicit
+# location, which with these directives alone inherits everything from the enclosing
+# one. Regexes are compiled at config time; the file tests are one stat(2).
 
 DEF OP_REWRITE = 1
 DEF OP_SET = 2
 DEF OP_RETURN = 3
+DEF OP_IF = 4
+DEF OP_BREAK = 5
+
+DEF COND_VAR = 0            # `if ($v)`: true unless empty or "0"
+DEF COND_EQ = 1             # = and != (negate)
+DEF COND_RX = 2             # ~ ~* !~ !~*
+DEF COND_FILE = 3           # -f -d -e -x and their !
 
 DEF FLAG_NONE = 0
 DEF FLAG_LAST = 1
@@ -335,6 +349,75 @@ cdef class ReturnOp(ScriptOp):
         spec.prepare()
 
 
+cdef class BreakOp(ScriptOp):
+    def __init__(self):
+        self.kind = OP_BREAK
+
+
+cdef class IfOp(ScriptOp):
+    """`if (condition)`: the next `skip` ops are its block, skipped when it is false."""
+    cdef int cond
+    cdef Template subject       # the variable; the path of a file test
+    cdef Template value         # the right side of = and !=
+    cdef Regex rx
+    cdef bint negate            # != !~ !~* and the !- file tests
+    cdef int fileop             # 'f' 'd' 'e' 'x'
+    cdef public int skip
+
+    def __init__(self, int cond, Template subject, Template value, Regex rx, bint negate,
+                 str fileop):
+        self.kind = OP_IF
+        self.cond = cond
+        self.subject = subject
+        self.value = value
+        self.rx = rx
+        self.negate = negate
+        self.fileop = ord(fileop) if fileop else 0
+        self.skip = 0
+
+    cdef bint test(self, Client c) except -1:
+        cdef bytes v = template_bytes(self.subject, c)
+        cdef regmatch_t m[MAX_CAPTURES]
+        cdef struct_stat st
+        cdef bint r
+        cdef int err
+        if self.cond == COND_VAR:
+            return len(v) > 0 and v != b"0"
+        if self.cond == COND_EQ:
+            r = v == template_bytes(self.value, c)
+        elif self.cond == COND_RX:
+            r = regexec(&self.rx.rx, v, MAX_CAPTURES, m, 0) == 0
+            if r:
+                # $1..$9 from here on come from this match (of a copy of the value)
+                buf_reset(&c.capsrc)
+                buf_append(&c.capsrc, <const char *>v, len(v) + 1)
+                memcpy(c.caps, m, sizeof(regmatch_t) * MAX_CAPTURES)
+                c.cap_base = c.capsrc.data
+                c.cap_n = self.rx.nsub
+            else:
+                c.cap_n = 0         # nginx: a regex that failed leaves $1..$9 empty
+        else:
+            err = ENOENT
+            if len(v) and memchr(<const char *>v, 0, len(v)) == NULL:
+                err = 0 if posix_stat(<const char *>v, &st) == 0 else errno
+            if err:
+                if err != ENOENT and err != ENOTDIR and err != ENAMETOOLONG and \
+                        g_log_fn is not None:
+                    import os
+                    g_log_fn("crit", 'stat() "%s" failed (%d: %s)'
+                             % (v.decode("latin-1"), err, os.strerror(err)))
+                r = False
+            elif self.fileop == 102:        # f
+                r = S_ISREG(st.st_mode)
+            elif self.fileop == 100:        # d
+                r = S_ISDIR(st.st_mode)
+            elif self.fileop == 101:        # e: what nginx counts: a file or a directory
+                r = S_ISREG(st.st_mode) or S_ISDIR(st.st_mode)
+            else:                           # x: the owner's execute bit, as nginx
+                r = (st.st_mode & S_IXUSR) == S_IXUSR
+        return r != self.negate
+
+
 cdef class RewriteScript(PhaseHandler):
     cdef list ops
     cdef bint server_level
@@ -348,8 +431,20 @@ cdef class RewriteScript(PhaseHandler):
         cdef ScriptOp op
         cdef bint changed = False
         cdef int r
-        for op in self.ops:
-            if op.kind == OP_SET:
+        cdef Py_ssize_t i = 0
+        cdef Py_ssize_t n = len(self.ops)
+        while i < n:
+            op = <ScriptOp>self.ops[i]
+            i += 1
+            if op.kind == OP_IF:
+                if not (<IfOp>op).test(c):
+                    i += (<IfOp>op).skip
+            elif op.kind == OP_BREAK:
+                # nginx's break: the script ends, and a changed URI stays in this location
+                if changed and not self.server_level:
+                    c.rw_break = True
+                return PH_CONTINUE
+            elif op.kind == OP_SET:
                 request_values((<SetOp>op).var, c)[(<SetOp>op).var.index] = \
                     template_bytes((<SetOp>op).value, c)
             elif op.kind == OP_RETURN:

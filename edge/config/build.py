@@ -119,7 +119,7 @@ def build(parsed, directives):
 
 def _fill(conf, nodes, registry):
     for node in nodes:
-        d = _lookup(node, conf.context, registry)
+        d = _lookup(node, conf, registry)
 
         if (d.block is not None or d.raw) and node.block is None:
             raise ConfigError(f'directive "{node.name}" has no opening "{{"',
@@ -156,12 +156,15 @@ def _fill(conf, nodes, registry):
             _fill(child, node.block, registry)
 
 
-def _lookup(node, context, registry):
-    """The declaration of ``node`` for ``context``, or the nginx error."""
-    d = registry.by_key.get((node.name, context))
+def _lookup(node, conf, registry):
+    """The declaration of ``node`` for the block ``conf``, or the nginx error."""
+    d = registry.by_key.get((node.name, conf.context))
     if d is not None:
         return d
     if node.name in registry.by_name:
-        raise ConfigError(f'"{node.name}" directive is not allowed here',
+        opener = registry.by_key.get((conf.name, conf.parent.context)) \
+            if conf.parent is not None else None
+        note = f": {opener.inner_note}" if opener is not None and opener.inner_note else ""
+        raise ConfigError(f'"{node.name}" directive is not allowed here{note}',
                           node.file, node.line)
     raise ConfigError(f'unknown directive "{node.name}"', node.file, node.line)

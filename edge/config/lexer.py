@@ -13,7 +13,8 @@ The rules follow nginx's reader:
 - ``#`` starts a comment to the end of the line only at the start of a token
   (``a#b`` is one word, and so is ``"#"``).
 - A word may be single- or double-quoted; a quoted word may be empty and may span lines.
-  A closing quote must be followed by whitespace, ``;`` or ``{`` (``"a"b`` is an error).
+  A closing quote must be followed by whitespace, ``;``, ``{`` or ``)`` (``"a"b`` is an
+  error; ``"a")`` is the word ``a`` and the word ``)``, for ``if`` conditions).
 - ``$name`` and ``${name}`` are plain text; the ``{`` right after ``$`` does not open a
   block.
 - A backslash escapes the next character, quoted or not: ``\\"`` ``\\'`` ``\\\\`` give the
@@ -83,8 +84,9 @@ def tokenize(text, file=None):
                 out.append(c)
                 i += 1
             tokens.append((WORD, "".join(out), start_line))
-            # Like nginx, a quoted word must be separated from what follows.
-            if i < n and text[i] not in _SPACE and text[i] not in ";{":
+            # Like nginx, a quoted word must be separated from what follows, except by
+            # ")", which starts the next word (`if ($a ~ "x")`).
+            if i < n and text[i] not in _SPACE and text[i] not in ";{)":
                 raise ConfigError(f'unexpected "{text[i]}"', file, line)
 
         else:

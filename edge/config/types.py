@@ -31,6 +31,8 @@ class Directive:
       ``split_clients``): ``parse`` reads them from ``node.block``.
     - ``syntax``: optional human syntax for the docs, e.g.
       ``"listen address[:port] [reuseport];"``; derived from ``nargs`` when empty.
+    - ``inner_note``: for a block directive, said after the error of a known directive
+      that is not allowed inside its block (why, and where the docs are).
     """
 
     name: str
@@ -43,6 +45,7 @@ class Directive:
     multi: bool = False
     syntax: str = ""
     raw: bool = False
+    inner_note: str = ""
 
     def __post_init__(self):
         # Accept a single context name or a list, store a tuple.

@@ -32,7 +32,7 @@ def _return(node):
 
 
 DIRECTIVES = [
-    Directive("return", (SERVER, LOCATION), (1, 2), parse=_return,
+    Directive("return", (SERVER, LOCATION, "if"), (1, 2), parse=_return,
               syntax="return code [text]; return code URL; return URL;",
               doc="Stop processing and answer: `code text` sends the text (variables "
                   "allowed) with `default_type`; 301/302/303/307/308 with a URL redirect; "
@@ -46,8 +46,8 @@ DIRECTIVES = [
 
 def compile_location(conf, location, runtime):
     value = conf.local("return")
-    if value is None and conf.parent is not None and conf.parent.local("rewrite") is None \
-            and conf.parent.local("set") is None:
+    if value is None and conf.parent is not None and \
+            not any(conf.parent.local(n) is not None for n in ("rewrite", "set", "if", "break")):
         value = conf.parent.local("return")     # server-level return applies to every location
     if value is None:
         return

@@ -15,7 +15,7 @@ from edge.config import ConfigError, build, parse_file
 from edge.modules import (access_log, admin, auth, auth_basic, buffering, consumers, core, cors,
                           health, http_core, headers, ip_rules, limits, metrics, mirror, nginx_compat, proxy,
                           proxy_ssl, realip, redis,
-                          request_id, retries, return_, rewrite, ssl, ssl_session, upstream,
+                          request_id, retries, return_, rewrite, ssl, ssl_session, static, upstream,
                           variables)
 
 # The single list of features. A new module is a file in edge/modules/ added here.
@@ -24,7 +24,7 @@ from edge.modules import (access_log, admin, auth, auth_basic, buffering, consum
 # limits (so a limit can be keyed on $consumer).
 MODULES = [core, http_core, ssl, ssl_session, variables, realip, upstream, proxy, proxy_ssl, buffering,
            retries, mirror, return_,
-           health, metrics, access_log, request_id, rewrite, headers, ip_rules, cors, auth_basic,
+           health, static, metrics, access_log, request_id, rewrite, headers, ip_rules, cors, auth_basic,
            consumers, auth, limits, admin, redis, nginx_compat]
 
 

@@ -20,6 +20,11 @@
 
 from libc.errno cimport EOPNOTSUPP, EISDIR
 
+cdef extern from "<netinet/tcp.h>" nogil:
+    enum:
+        TCP_CORK
+
+DEF COPY_CHUNK = 32768          # sendfile off: one read of a static file (nginx's output_buffers)
 DEF BODY_SPILL_UNIT = 65536     # body bytes gathered in memory per write to the temp file
 DEF SENDFILE_CHUNK = 1048576    # the most one sendfile() moves, so one transfer cannot
                                 # hold the loop (nginx's sendfile_max_chunk)
@@ -75,6 +80,30 @@ cdef int send_file_range(int sock, int fd, int64_t *offset, int64_t end, bint *w
         offset[0] = off
         return 0 if errno == EAGAIN else -1
     offset[0] = off
+    return 1
+
+
+cdef int copy_file_range_to(int sock, int fd, int64_t *offset, int64_t end, bint *wrote) noexcept:
+    """send_file_range() without sendfile (`sendfile off`): one bounded pread, then write,
+    until the socket is full. A short write reads the rest again from the file."""
+    cdef char chunk[COPY_CHUNK]
+    cdef ssize_t got, w
+    cdef int64_t left
+    while offset[0] < end:
+        left = end - offset[0]
+        got = pread(fd, chunk, <size_t>(left if left < COPY_CHUNK else COPY_CHUNK), offset[0])
+        if got <= 0:
+            if got < 0 and errno == EINTR:
+                continue
+            return -1
+        w = write(sock, chunk, <size_t>got)
+        if w > 0:
+            offset[0] += w
+            wrote[0] = True
+            continue
+        if w < 0 and errno == EINTR:
+            continue
+        return 0 if w < 0 and errno == EAGAIN else -1
     return 1
 
 
@@ -218,6 +247,12 @@ cdef class ResponseSpool:
     cdef int64_t mem_hard_max   # memory when the temp file cannot take more: then pause
     cdef int64_t file_max
     cdef bytes temp_path
+    # a static file (static.pyx): fd is the file itself, kept until the response ends;
+    # segments are the further (start, end, bytes after) of a multipart/byteranges body
+    cdef bint keep_fd
+    cdef bint plain_copy        # sendfile off: pread + write
+    cdef bint corked            # TCP_CORK set for this response (tcp_nopush)
+    cdef list segments
 
     def __cinit__(self):
         self.fd = -1
@@ -303,6 +338,8 @@ cdef int spool_drain(Client c) noexcept:
     cdef int64_t before
     cdef ssize_t w
     cdef int r
+    cdef int zero = 0
+    cdef bytes after
     if not c.writable:
         return 0
     while True:
@@ -310,6 +347,8 @@ cdef int spool_drain(Client c) noexcept:
             before = s.file_read
             if c.ssl != NULL:
                 r = tls_send_file_range(c.ssl, s.fd, &s.file_read, s.file_write, &wrote)
+            elif s.plain_copy:
+                r = copy_file_range_to(c.fd, s.fd, &s.file_read, s.file_write, &wrote)
             else:
                 r = send_file_range(c.fd, s.fd, &s.file_read, s.file_write, &wrote)
             c.out_written += s.file_read - before
@@ -317,6 +356,8 @@ cdef int spool_drain(Client c) noexcept:
                 return -1
             if r == 0:
                 break
+            if s.keep_fd:
+                continue
             # drained: the next spill goes to a new file. Never write over this one:
             # sendfile leaves references to its pages in the socket's queue, so bytes
             # not yet on the wire would change with them
@@ -326,7 +367,15 @@ cdef int spool_drain(Client c) noexcept:
             s.file_write = 0
             continue
         if buf_len(&s.mem) == 0:
+            if s.segments:
+                s.file_read, s.file_write, after = s.segments.pop(0)
+                buf_reset(&s.mem)
+                buf_append_bytes(&s.mem, after)
+                continue
             buf_reset(&s.mem)
+            if s.corked:
+                s.corked = False
+                setsockopt(c.fd, IPPROTO_TCP, TCP_CORK, &zero, sizeof(int))
             s.active = False
             c.output_caught_up()
             return 1

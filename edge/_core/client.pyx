@@ -766,6 +766,7 @@ cdef class Client(Handle):
         self.tries = 0
         self.routed = False
         self.mirror_heads = None
+        self.uri_changes = 10           # internal redirects left (rewrite, index, try_files)
         if self.uvals is not None:
             self.uvals = None           # user variables are per request
         if self.body_buffered or self.body_fd >= 0:
@@ -1462,6 +1463,8 @@ cdef class Client(Handle):
             self.respond_return(loc)
         elif loc.content == CONTENT_HEALTH:
             self.respond_health(loc)
+        elif loc.content == CONTENT_STATIC:
+            serve_static(self, <StaticConf>loc.static)
         else:
             self.finish_without_body(404)
 

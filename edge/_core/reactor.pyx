@@ -39,6 +39,7 @@ include "buffering.pyx"
 include "retries.pyx"
 include "mirror.pyx"
 include "rewrite.pyx"
+include "static.pyx"
 
 DEF MAX_EVENTS = 512
 DEF FREE_CLIENTS_MAX = 4096

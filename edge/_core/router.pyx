@@ -15,6 +15,7 @@ cdef enum ContentKind:
     CONTENT_RETURN = 1
     CONTENT_PROXY = 2
     CONTENT_HEALTH = 3      # liveness / readiness answered by the data plane itself
+    CONTENT_STATIC = 4      # files from root / alias (static.pyx)
 
 cdef enum LocationKind:
     LOC_PREFIX = 0
@@ -113,6 +114,7 @@ cdef class Location:
     cdef public bint pass_date
     cdef bytes response_drop_b
     cdef const char *response_drop  # upstream response headers never copied
+    cdef public object static        # StaticConf (static.pyx) for CONTENT_STATIC, or None
 
     def __cinit__(self):
         self.has_regex = False
@@ -187,6 +189,11 @@ cdef class Location:
         if self.children is None:
             self.children = LocationLevel()
         self.children.add(loc)
+
+    def set_static(self, static):
+        """Serve files (root / alias, index, try_files: static.pyx)."""
+        self.content = CONTENT_STATIC
+        self.static = static
 
     def set_health(self, bint readiness):
         """`health live` answers 200 while this worker's loop runs; `health ready` answers

@@ -152,7 +152,8 @@ DIRECTIVES = [
     Directive("client_max_body_size", HSL, (1, 1), parse=types.size, default=1024 * 1024,
               doc="The largest request body accepted (413 beyond it); 0 disables the check."),
     Directive("default_type", HSL, (1, 1), default="text/plain",
-              doc="Content-Type of responses made by `return` with a body."),
+              doc="Content-Type of responses made by `return` with a body, and of static "
+                  "files whose extension `types` does not know."),
     Directive("tcp_nodelay", (HTTP, SERVER), (1, 1), parse=types.flag, default=True,
               doc="TCP_NODELAY on client connections (on by default, as nginx). edge sets "
                   "it when it accepts the connection, so it is taken from the default "

@@ -227,7 +227,6 @@ cdef class Loop:
         cdef sockaddr_storage sa
         cdef socklen_t salen
         cdef int fd
-        cdef int one = 1
         cdef Client c
         while lst.pending and not self.quitting:
             salen = sizeof(sa)
@@ -256,7 +255,6 @@ cdef class Loop:
                     self.full_logged = True
                     self.log_error("%d worker_connections are not enough" % self.max_clients)
                 continue
-            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(int))
             if self.free_clients:
                 c = <Client>self.free_clients.pop()
             else:

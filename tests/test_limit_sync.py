@@ -367,6 +367,24 @@ def compile_text(text):
     return runtime
 
 
+def test_nothing_to_sync_idles():
+    """Without cluster-scope zones the loop does not wake ten times a second (each
+    wake-up of the control process costs CPU on the workers' cores)."""
+    rounds = []
+
+    async def main():
+        sync = LimitSync(None, StandInCycle(None, [], 0.1, "local"), open_zone={}.__getitem__, node="idle")
+
+        async def counted():
+            rounds.append(time.monotonic())
+        sync.sync_once = counted
+        sync.start()
+        await asyncio.sleep(1.2)
+        await sync.stop()
+    run(main())
+    assert 1 <= len(rounds) <= 3, f"{len(rounds)} rounds in 1.2 s with nothing to sync (every 0.1 s makes 12)"
+
+
 def test_directives():
     r = compile_text("redis 10.0.0.5 password=s db=3 timeout=250ms;")
     assert r.redis == RedisSettings(host="10.0.0.5", port=6379, password="s", db=3, timeout=0.25)

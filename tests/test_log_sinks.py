@@ -552,6 +552,37 @@ def test_shipper_without_log_sinks_counts_unknown_targets(error_log):
     assert error_log.read_text().count("unknown sink http://gone:1/") == 1
 
 
+def test_shipper_without_sinks_idles_then_ships_after_a_reload():
+    """No remote sink: the workers write no records for one, so the pump looks at the
+    rings once a second, not every 20 ms (wake-ups of the control process cost CPU on
+    the workers' cores). A reload that brings a sink starts shipping."""
+    class CountingRings(Rings):
+        calls = 0
+
+        def drain(self, max_records=1000):
+            self.calls += 1
+            return super().drain(max_records)
+
+    async def main():
+        collector = await HttpCollector().start()
+        rings = CountingRings()
+        shipper = Shipper(rings, cycle())
+        shipper.start()
+        await asyncio.sleep(1.2)
+        idle_calls = rings.calls
+        spec = parse_target(f"http://127.0.0.1:{collector.port}/", {"flush": "10ms"})
+        await shipper.reload(cycle(spec))
+        rings.write(spec.target, record(1))
+        await collector.wait_until(lambda: len(collector.lines()) == 1)
+        await shipper.stop()
+        await collector.stop()
+        return idle_calls, collector
+
+    idle_calls, collector = run(main())
+    assert idle_calls <= 3, f"{idle_calls} drains in 1.2 s without a sink (a 20 ms pace makes ~60)"
+    assert collector.lines() == [record(1)]
+
+
 # -- Redis Streams -----------------------------------------------------------------
 
 needs_redis = pytest.mark.skipif(redis_server_path() is None, reason="redis-server is not installed")

@@ -603,6 +603,23 @@ def test_pipelined_proxied_requests(px, upstream):
                    "/echo?i=5", "/echo?i=6", "/echo?i=7"]
 
 
+def test_connection_close_lingers_over_unread_pipelined_bytes(px, upstream):
+    """A `Connection: close` request followed by bytes the server does not read (a large
+    pipelined tail), and a large response the client reads late: the server must
+    half-close and drain the tail (lingering close), or its close would reset the
+    connection and throw away the part of the response still in flight."""
+    size = 3_000_000
+    with Conn(px.port, timeout=30) as c:
+        tail = build_request("POST", "/echo", body=b"p" * 300_000)
+        c.send(build_request("GET", f"/bytes/{size}", headers=[("Connection", "close")]) + tail)
+        time.sleep(0.5)             # the response fills the socket buffers meanwhile
+        r = c.read_response()
+        assert r.status == 200
+        assert len(r.body) == size and r.body == body_pattern(size)
+        assert "close" in r.connection_tokens()
+        assert c.wait_closed(10)
+
+
 def test_client_abort_mid_response(px, upstream):
     c = Conn(px.port, timeout=10)
     c.send_request("GET", "/bytes/50000000")

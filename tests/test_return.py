@@ -221,6 +221,29 @@ def test_connection_close_from_client(srv):
         assert c.wait_closed(5)
 
 
+def test_connection_close_without_unread_input_closes_at_once(srv):
+    """A `Connection: close` request read whole, nothing after it: the server closes its
+    socket with the response, without a lingering close (nginx's `lingering_close on`
+    lingers only when unread input may remain). Bytes the client sends afterwards meet a
+    closed socket, which answers them with a reset; a lingering server would read and
+    drop them instead."""
+    with Conn(srv.port) as c:
+        r = c.request("GET", "/hello", headers=[("Connection", "close")])
+        assert (r.status, r.body) == (200, b"hello world")
+        assert c.wait_closed(5)
+        reset = False
+        for _ in range(20):         # bounded: a lingering server never resets
+            try:
+                c.sock.send(b"x")
+                time.sleep(0.05)
+                if c.sock.recv(16) == b"":
+                    continue
+            except (ConnectionResetError, BrokenPipeError):
+                reset = True
+                break
+        assert reset, "the server kept reading after its Connection: close response"
+
+
 def test_keepalive_requests_limit(edge):
     e = edge("""
 http {

@@ -72,6 +72,22 @@ cdef void log_connection(str level, Client c, const char *reason, int status):
         pass
 
 
+cdef inline size_t format_uint(char *out, unsigned int v) noexcept nogil:
+    """v in decimal at out (no NUL); its length."""
+    cdef char tmp[12]
+    cdef size_t n = 0
+    cdef size_t i
+    while True:
+        tmp[n] = <char>(48 + v % 10)
+        n += 1
+        v //= 10
+        if v == 0:
+            break
+    for i in range(n):
+        out[i] = tmp[n - 1 - i]
+    return n
+
+
 cdef inline const char *rebase(const char *p, const char *base, const char *end,
                                const char *new_base) noexcept nogil:
     if p != NULL and p >= base and p <= end:
@@ -232,6 +248,8 @@ cdef class Client(Handle):
     cdef bint readable
     cdef bint writable
     cdef bint peer_closed   # the client shut its write side (RDHUP)
+    cdef bint pipelined     # a request came from bytes left after the previous one
+    cdef bint nodelay       # TCP_NODELAY is set on the socket
     cdef int state
     cdef Listener listener
     cdef ListenBinding binding  # of the generation this request runs on
@@ -391,6 +409,8 @@ cdef class Client(Handle):
         self.readable = False
         self.writable = True
         self.peer_closed = False
+        self.pipelined = False
+        self.nodelay = False
         self.requests = 0
         self.win_len = 0
         self.suf_len = 0
@@ -470,12 +490,27 @@ cdef class Client(Handle):
 
     cdef void set_address(self, int family, const unsigned char *addr, uint16_t port,
                           char *text, size_t *text_len, char *port_text, size_t *port_len) noexcept:
-        if family == AF_INET or family == AF_INET6:
-            inet_ntop(family, addr, text, 64)
+        # once per connection: IPv4 and the port are written by hand (glibc's inet_ntop
+        # formats IPv4 with sprintf, and snprintf costs more than the rest of accept)
+        cdef size_t n = 0
+        cdef int i
+        if family == AF_INET:
+            for i in range(4):
+                if i:
+                    text[n] = 46
+                    n += 1
+                n += format_uint(text + n, addr[i])
+            text[n] = 0
+            text_len[0] = n
         else:
-            text[0] = 0
-        text_len[0] = strlen(text)
-        port_len[0] = snprintf(port_text, 8, "%u", port)
+            if family == AF_INET6:
+                inet_ntop(family, addr, text, 64)
+            else:
+                text[0] = 0
+            text_len[0] = strlen(text)
+        n = format_uint(port_text, port)
+        port_text[n] = 0
+        port_len[0] = n
 
     cdef void restore_remote(self) noexcept:
         memcpy(self.remote, self.conn_remote, self.conn_remote_len + 1)
@@ -981,8 +1016,10 @@ cdef class Client(Handle):
     cdef void start_linger(self, int flush_result):
         """Half-close and read what the client still sends for a moment, so our response
         is not destroyed by a reset when unread request bytes remain (nginx's lingering
-        close)."""
-        if flush_result < 0:
+        close). Like nginx's `lingering_close on`, only when such bytes may remain: else
+        the connection closes at once (the client's FIN then meets an orphaned socket,
+        which is not a reset)."""
+        if flush_result < 0 or not self.input_may_remain():
             self.close()
             return
         if self.ssl != NULL:
@@ -992,6 +1029,27 @@ cdef class Client(Handle):
         self.state = CS_LINGER
         timer_arm(self, t_linger, g_now)
         self.linger_read()
+
+    cdef inline void set_nodelay(self) noexcept:
+        """TCP_NODELAY, once per connection, where Nagle could hold back a write behind
+        an unacknowledged small one (nginx's tcp_nodelay): a connection that goes
+        keep-alive, a proxied response (written as the upstream sends it), TLS. A
+        Connection: close response written in one go does not need it. `tcp_nodelay off`
+        (of the listen address's default server) leaves Nagle on."""
+        cdef int one = 1
+        if not self.nodelay:
+            self.nodelay = True
+            if self.listener is not None and self.listener.binding.tcp_nodelay:
+                setsockopt(self.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(int))
+
+    cdef inline bint input_may_remain(self) noexcept:
+        """After the last response: may client bytes we have not read still arrive or
+        wait in the socket? A body not read to its end (or being discarded), bytes after
+        the request in rb, a socket not known to be drained (the last read filled its
+        room, or TLS, where a short read proves nothing), or a connection that pipelined
+        before (more may be in flight). nginx lingers in the same cases."""
+        return (not self.body_done or self.discarding or buf_len(&self.rb) > 0
+                or self.readable or self.pipelined)
 
     cdef void linger_read(self):
         cdef char scratch[4096]
@@ -1059,11 +1117,13 @@ cdef class Client(Handle):
         cdef size_t nh
         cdef size_t limit = self.binding.large_header_buffer_size * self.binding.large_header_buffers
         cdef int flushed
+        cdef bint fresh
         while True:
             if self.state == CS_DISCARD:
                 self.discard_body()
             if self.state != CS_HEAD:
                 return
+            fresh = False
             if self.output_pending():
                 flushed = self.flush()
                 if flushed < 0:
@@ -1089,7 +1149,10 @@ cdef class Client(Handle):
                 # a new request head starts: client_header_timeout runs from here and is
                 # not restarted by each further byte, so a slowloris client is cut
                 timer_arm(self, self.binding.t_header, g_now)
+                fresh = True
             if self.logged:
+                if not fresh and self.requests > 0:
+                    self.pipelined = True   # its bytes came with the previous request
                 self.begin_request()
             nh = self.binding.max_headers
             ret = edge_parse_request(self.rb.data + self.rb.start, buf_len(&self.rb),
@@ -1718,6 +1781,7 @@ cdef class Client(Handle):
             self.state = CS_CLOSING
             self.drive()
             return
+        self.set_nodelay()              # keep-alive: the next response may follow a small one
         if self.discarding:
             self.state = CS_DISCARD     # serve_heads drops the body, then goes on
             return
@@ -1783,6 +1847,7 @@ cdef class Client(Handle):
             self.tried_peers |= (<uint64_t>1) << peer
         if self.tries == 0:
             self.first_try_us = g_now_us
+            self.set_nodelay()      # the response goes out as the upstream sends it
         self.tries += 1
         up = upstream_connection(ups, peer, self)
         if up is None:

@@ -31,6 +31,7 @@ cdef class IdleConn(Handle):
     cdef uint8_t pp_family
     cdef bint has_pp
     cdef bint peer_closed
+    cdef bint nodelay               # TCP_NODELAY is already set on the socket
 
     cdef void on_events(self, uint32_t events):
         cdef Client c = resume_client(self)
@@ -117,6 +118,7 @@ cdef IdleConn park_client(Client c):
         i.pp_port = c.pp_port_num
         i.pp_family = <uint8_t>c.pp_family
     i.peer_closed = c.peer_closed
+    i.nodelay = c.nodelay
     timer_take_place(c, i)
     g_loop.handles[c.fd] = i
     c.ssl = NULL
@@ -140,6 +142,7 @@ cdef Client resume_client(IdleConn i):
     c.conn_serial = i.conn_serial
     c.out_written = i.out_written
     c.peer_closed = i.peer_closed
+    c.nodelay = i.nodelay
     c.peer_family = i.peer_family
     memcpy(c.peer_addr, i.peer_addr, 16)
     c.peer_port = i.peer_port

@@ -860,7 +860,7 @@ cdef UpConn upstream_connection(Upstream ups, int peer, Client c):
             up.writable = True
             up.peer_closed = False
             if up.rb.data == NULL:
-                buf_init(&up.rb, READ_CHUNK)
+                buf_init(&up.rb, UP_HEAD_MAX)     # what its first read_some() would grow it to
                 buf_init(&up.wb, 2048)
             up.counted = True
             p.conns += 1
@@ -881,7 +881,9 @@ cdef UpConn upstream_connection(Upstream ups, int peer, Client c):
     up.peer_closed = False
     up.file_fd = -1
     up.tls = tls
-    buf_init(&up.rb, READ_CHUNK)
+    # read_some() reads up to UP_HEAD_MAX at once, so a READ_CHUNK buffer was grown (a
+    # realloc and a copy) on the first read of every new connection: take that size now
+    buf_init(&up.rb, UP_HEAD_MAX)
     buf_init(&up.wb, 2048)
     if connect(fd, <sockaddr *>&p.addr, p.addrlen) < 0 and errno != EINPROGRESS:
         close(fd)

@@ -232,7 +232,6 @@ cdef class Loop:
         cdef sockaddr_storage sa
         cdef socklen_t salen
         cdef int fd
-        cdef int one = 1
         cdef Client c
         while lst.pending and not self.quitting:
             salen = sizeof(sa)
@@ -261,8 +260,6 @@ cdef class Loop:
                     self.full_logged = True
                     self.log_error("%d worker_connections are not enough" % self.max_clients)
                 continue
-            if lst.binding.tcp_nodelay:
-                setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(int))
             c = self.new_client()
             self.nclients += 1
             if c.setup(fd, lst, &sa) < 0:

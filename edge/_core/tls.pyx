@@ -602,7 +602,10 @@ cdef int pp_consume(int fd, int n) noexcept:
 
 
 cdef void client_tls_begin(Client c) noexcept:
-    """A connection on a TLS listener waits for its handshake (ssl_handshake_timeout)."""
+    """A connection on a TLS listener waits for its handshake (ssl_handshake_timeout).
+    TCP_NODELAY from here, as nginx sets it when a handshake begins (handshake flights
+    are small writes in a row)."""
+    c.set_nodelay()
     c.state = CS_HANDSHAKE
     timer_arm(c, c.binding.t_handshake, g_now)
 

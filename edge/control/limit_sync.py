@@ -50,6 +50,7 @@ HEARTBEAT_MIN = 1.0       # seconds: the heartbeat's TTL is at least this
 HEARTBEAT_INTERVALS = 5   # ... and at least this many sync intervals
 REQ_TTL_MS = 60000        # a req counter lives this long after its last increment (at least)
 BACKOFF_MAX = 1.0         # seconds between retries while Redis is unreachable, at most
+IDLE_WAIT = 1.0           # seconds between looks while there is nothing to sync
 STOP_TIMEOUT = 0.5        # seconds the last push at stop may take
 REOPEN_INTERVAL = 1.0     # seconds between attempts to map a zone that failed to open
 
@@ -302,6 +303,7 @@ class LimitSync:
         self._zones = {}                  # name -> _Zone
         self._client = None
         self._task = None
+        self._wake = None                 # asyncio.Event: a reload ends an idle wait
         self._up = None                   # None: no round trip yet; True / False
         self._down_since = None
         self._next_try = 0.0
@@ -315,6 +317,7 @@ class LimitSync:
     # -- service -------------------------------------------------------------------
 
     def start(self):
+        self._wake = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="limit sync")
 
     async def reload(self, cycle):
@@ -327,6 +330,8 @@ class LimitSync:
         self._policy = getattr(cycle, "limit_redis_failure", "local") or "local"
         self._cycle = cycle
         self._sync_zones(cycle)
+        if self._wake is not None:
+            self._wake.set()              # zones or redis may have come: leave an idle wait
         if self._up is False:
             for z in self._zones.values():
                 z.set_mode(self._policy, self.live_nodes)
@@ -368,6 +373,15 @@ class LimitSync:
                 raise
             except Exception as e:   # a bug here must not end the sync for good
                 log.error("alert", f"limit sync: round failed: {e!r}")
+            if not self._zones or self._settings is None:
+                # nothing to sync: no wake-up ten times a second on the workers' cores;
+                # a reload that brings zones or redis ends the wait
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), IDLE_WAIT)
+                except asyncio.TimeoutError:
+                    pass
+                continue
             # a fixed rhythm: a slow round trip does not push the next one further away
             await asyncio.sleep(max(0.0, started + self._interval - time.monotonic()))
 

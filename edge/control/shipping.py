@@ -3,7 +3,8 @@ ships each record to its remote sink (docs/logging-sinks.md).
 
 The workers write records for remote sinks into per-worker rings in shared memory and
 never wait on a sink. This service's pump calls ``zones.drain(max_records)`` every
-~20 ms, at once again while it returns full batches, and puts each record into the
+~20 ms (once a second while no remote sink is configured, until a reload brings one),
+at once again while it returns full batches, and puts each record into the
 bounded queue of its sink (``edge/control/sinks/queue.py``). Each sink's own task
 ships from its queue. Nothing here blocks the event loop: ``drain`` is a copy out of
 shared memory and ``submit`` is an append.
@@ -32,6 +33,7 @@ REMOVED_FLUSH = 1.0       # seconds a sink removed by a reload gets to flush
 STOP_FLUSH = 2.0          # seconds all sinks together get to flush at stop
 STOP_DRAIN_ROUNDS = 100   # drain calls at most at stop (bounded even if workers keep writing)
 RING_REPORT_INTERVAL = 1.0  # seconds between looks at the rings' drop counters
+IDLE_INTERVAL = 1.0       # seconds between drains while no remote sink is configured
 # On a reload the master switches the workers first and tells this process afterwards,
 # so records for a new sink come out of the rings before its sink exists here. They
 # wait for that reload, bounded in time and number; then they are dropped and counted.
@@ -57,6 +59,7 @@ class Shipper:
         self._removed = set()     # targets a reload removed (and none re-added): not waited for
         self._held = {}           # target -> (records, monotonic time of the first) awaiting a reload
         self._pump_task = None
+        self._wake = None         # asyncio.Event: a reload ends the pump's idle wait
         self._ring_reported = None    # target -> ring drops already logged; None: not looked yet
         self._ring_checked = float("-inf")
         # drops counted by earlier control processes of this master (kept in the zone)
@@ -69,6 +72,7 @@ class Shipper:
         """Create and start the sinks of the cycle and the pump (needs a running loop)."""
         for target, spec in _sink_specs(self._cycle).items():
             self._add(target, spec)
+        self._wake = asyncio.Event()
         self._pump_task = asyncio.get_running_loop().create_task(self._pump(), name="log shipping pump")
 
     async def reload(self, cycle):
@@ -105,6 +109,8 @@ class Shipper:
                 if held is not None:
                     for record in held[0]:
                         sink.submit(record)
+        if self._wake is not None:
+            self._wake.set()      # new sinks: the pump leaves its idle pace now
         if removed:
             self._retiring.update(removed)
             await asyncio.gather(*(sink.stop(REMOVED_FLUSH) for sink in removed))
@@ -277,4 +283,14 @@ class Shipper:
             if self._held:
                 self._expire_held()
             # Rings still full: go again at once, but let the sinks' tasks run first.
-            await asyncio.sleep(0 if full else self._interval)
+            if full or self._sinks or self._retiring or self._held:
+                await asyncio.sleep(0 if full else self._interval)
+                continue
+            # No remote sink: the workers write no records for one, so the rings are
+            # looked at once a second rather than 50 times (the wake-ups cost CPU on the
+            # workers' cores); a reload that brings a sink ends the wait.
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), IDLE_INTERVAL)
+            except asyncio.TimeoutError:
+                pass

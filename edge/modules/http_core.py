@@ -155,9 +155,10 @@ DIRECTIVES = [
               doc="Content-Type of responses made by `return` with a body, and of static "
                   "files whose extension `types` does not know."),
     Directive("tcp_nodelay", (HTTP, SERVER), (1, 1), parse=types.flag, default=True,
-              doc="TCP_NODELAY on client connections (on by default, as nginx). edge sets "
-                  "it when it accepts the connection, so it is taken from the default "
-                  "server of each listen address (not per location, unlike nginx)."),
+              doc="TCP_NODELAY on client connections (on by default, as nginx), set where "
+                  "nginx sets it: when a connection goes keep-alive, a proxied response "
+                  "starts or a TLS handshake begins. Taken from the default server of each "
+                  "listen address (not per location, unlike nginx)."),
     Directive("server_tokens", (HTTP,), (1, 1), parse=types.enum("on", "off", "build"),
               default="on", syntax="server_tokens on | off | build;",
               doc="The `Server` field of the responses edge makes (and the foot of its "

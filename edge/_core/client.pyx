@@ -282,6 +282,7 @@ cdef class Client(Handle):
     # TLS (tls.pyx): the session when the listener has `ssl`, and the name the client sent
     cdef SSL *ssl
     cdef bint tls_read_wants_write  # SSL_read must send first: a writable event reads on
+    cdef bint out_armed             # registered for EPOLLOUT (TLS always; plain once a write blocked)
     cdef bint plain_on_tls          # plain HTTP arrived on a TLS port: nginx's 400 follows
     cdef char sni[256]
     cdef size_t sni_len
@@ -979,10 +980,26 @@ cdef class Client(Handle):
             timer_stop(self)
 
     cdef void wait_writable(self, bint wrote) noexcept:
-        """The socket is full: send_timeout runs between two writes that made progress."""
+        """The socket is full: send_timeout runs between two writes that made progress,
+        and the writable event is asked for if it was not yet."""
         cdef TimerList send_timer = self.loc.t_send_client if self.loc is not None else self.binding.t_header
+        if not self.out_armed:
+            self.arm_write_event()
         if wrote or self.tlist is not send_timer:
             timer_arm(self, send_timer, g_now)
+
+    cdef void arm_write_event(self) noexcept:
+        """A plain connection is registered for reading only (as nginx registers it): most
+        responses go out in one write, and a registered EPOLLOUT would make the kernel
+        queue an event for every ACK that frees socket space. The first write that meets
+        a full socket adds EPOLLOUT; EPOLL_CTL_MOD reports it at once if the socket has
+        room again already, so no wake-up is lost."""
+        cdef epoll_event ev
+        ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
+        ev.data.u64 = 0
+        ev.data.fd = self.fd
+        self.out_armed = True
+        epoll_ctl(g_loop.epfd, EPOLL_CTL_MOD, self.fd, &ev)
 
     cdef void append_date(self) noexcept:
         buf_append(&self.wb, g_date, g_date_len)

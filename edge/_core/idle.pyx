@@ -32,6 +32,7 @@ cdef class IdleConn(Handle):
     cdef bint has_pp
     cdef bint peer_closed
     cdef bint nodelay               # TCP_NODELAY is already set on the socket
+    cdef bint out_armed             # registered for EPOLLOUT
 
     cdef void on_events(self, uint32_t events):
         cdef Client c = resume_client(self)
@@ -119,6 +120,7 @@ cdef IdleConn park_client(Client c):
         i.pp_family = <uint8_t>c.pp_family
     i.peer_closed = c.peer_closed
     i.nodelay = c.nodelay
+    i.out_armed = c.out_armed
     timer_take_place(c, i)
     g_loop.handles[c.fd] = i
     c.ssl = NULL
@@ -143,6 +145,7 @@ cdef Client resume_client(IdleConn i):
     c.out_written = i.out_written
     c.peer_closed = i.peer_closed
     c.nodelay = i.nodelay
+    c.out_armed = i.out_armed
     c.peer_family = i.peer_family
     memcpy(c.peer_addr, i.peer_addr, 16)
     c.peer_port = i.peer_port

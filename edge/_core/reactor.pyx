@@ -211,8 +211,17 @@ cdef class Loop:
     cdef int register(self, Handle h) except -1:
         cdef epoll_event ev
         ev.events = EPOLLIN | EPOLLET
-        if h.kind == K_CLIENT or h.kind == K_UPSTREAM or h.kind == K_MIRROR:
+        if h.kind == K_UPSTREAM or h.kind == K_MIRROR:
             ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
+        elif h.kind == K_CLIENT:
+            # plain: reading only until a write blocks (Client.arm_write_event); TLS
+            # handshakes and reads may need to write at any time
+            if (<Client>h).listener.binding.ssl:
+                ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
+                (<Client>h).out_armed = True
+            else:
+                ev.events = EPOLLIN | EPOLLRDHUP | EPOLLET
+                (<Client>h).out_armed = False
         ev.data.u64 = 0
         ev.data.fd = h.fd
         while h.fd >= len(self.handles):

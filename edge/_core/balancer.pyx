@@ -268,15 +268,7 @@ cdef int pick_ip_hash(Upstream u, Client c, int64_t now, uint64_t tried) noexcep
     cdef uint32_t h = 89
     if c is None or u.nprimary < 2 or u.primary_weight == 0:
         return -2
-    if c.remote_replaced and c.realip_family:
-        family = c.realip_family
-        addr = c.realip_addr
-    elif c.remote_replaced and c.has_pp:
-        family = c.pp_family
-        addr = c.pp_addr
-    else:
-        family = c.peer_family
-        addr = c.peer_addr
+    addr = c.remote_address(&family)
     if family == AF_INET:
         n = 3
     elif family == AF_INET6:

@@ -626,6 +626,18 @@ cdef class Client(Handle):
             self.remote_port_len = 0
         self.remote_replaced = True
 
+    cdef const unsigned char *remote_address(self, int *family) noexcept:
+        """The binary address $remote_addr shows: what realip found, the PROXY
+        protocol's client when realip took it from there, else the TCP peer."""
+        if self.remote_replaced and self.realip_family:
+            family[0] = self.realip_family
+            return self.realip_addr
+        if self.remote_replaced and self.has_pp:
+            family[0] = self.pp_family
+            return self.pp_addr
+        family[0] = self.peer_family
+        return self.peer_addr
+
     cdef bint realip_walk(self, RealIP realip, const char *value, size_t vlen) noexcept:
         """Walk one header value from the right (commas and spaces separate). Returns
         True when the client is found (or the walk must stop), False to go on with the
@@ -1494,6 +1506,13 @@ cdef class Client(Handle):
                     self.rb.start -= head_len
                     self.keep_request_head(head_len)
                     self.rb.start += head_len
+        self.access_then_content()
+
+    cdef void access_then_content(self):
+        """The access phase of self.loc, then its content phase (or, for limit_req
+        without nodelay, the wait on a timer that runs the content phase after)."""
+        cdef PhasePlan phases = self.loc.phases
+        cdef int r
         if phases.naccess:
             r = run_handlers(phases.access, self)
             if r != PH_CONTINUE:

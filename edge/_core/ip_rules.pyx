@@ -65,16 +65,7 @@ cdef class IPRules(PhaseHandler):
     cdef int run(self, Client c) except -1:
         cdef int family
         cdef const unsigned char *addr
-        # the address $remote_addr shows (client.pyx: apply_realip)
-        if c.remote_replaced and c.realip_family:
-            family = c.realip_family
-            addr = c.realip_addr
-        elif c.remote_replaced and c.has_pp:
-            family = c.pp_family
-            addr = c.pp_addr
-        else:
-            family = c.peer_family
-            addr = c.peer_addr
+        addr = c.remote_address(&family)       # what $remote_addr shows
         if self.decide(family, addr):
             log_forbidden(c)
             return 403

@@ -317,16 +317,8 @@ cdef void enter_location(Client c, Location loc):
                 if r != PH_DONE:
                     c.finish_without_body(r)
                 return
-        if c.loc.phases.naccess:
-            r = run_handlers(c.loc.phases.access, c)
-            if r != PH_CONTINUE:
-                if r != PH_DONE:
-                    c.finish_without_body(r)
-                return
-            if c.limit_delay_us > 0:
-                c.state = CS_DELAY
-                timer_arm_at(c, t_delay, g_now + (c.limit_delay_us + 999) // 1000)
-                return
+        c.access_then_content()     # a new location: its access phase runs first
+        return
     c.run_content()
 
 

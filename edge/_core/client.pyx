@@ -1920,8 +1920,9 @@ cdef class Client(Handle):
         if self.state == CS_HEAD:
             self.serve_heads()
 
-    cdef void proxy_finished(self):
-        """Called by the upstream side once the whole response is queued and sent."""
+    cdef bint response_sent(self):
+        """The whole response went out (proxied or static): log it, then close the
+        connection, or keep it for the next request (True)."""
         self.up = None
         self.log_request(False)
         if not self.body_done or self.peer_closed or g_loop.quitting:
@@ -1929,7 +1930,12 @@ cdef class Client(Handle):
         if not self.keepalive:
             self.state = CS_CLOSING
             self.drive()
-            return
+            return False
         self.state = CS_HEAD
         self.reset_request()
-        self.serve_heads()
+        return True
+
+    cdef void proxy_finished(self):
+        """Called by the upstream side once the whole response is queued and sent."""
+        if self.response_sent():
+            self.serve_heads()

@@ -890,12 +890,4 @@ cdef void send_file(Client c, StaticConf sc, int fd, edge_stat_t *st):
         return
     # all sent at once: end the request here, so that a pipelined one is read by the
     # serve_heads loop that called us (not by a nested one)
-    c.log_request(False)
-    if not c.body_done or c.peer_closed or g_loop.quitting:
-        c.keepalive = False
-    if not c.keepalive:
-        c.state = CS_CLOSING
-        c.drive()
-        return
-    c.state = CS_HEAD
-    c.reset_request()
+    c.response_sent()

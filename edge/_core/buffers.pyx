@@ -322,19 +322,21 @@ cdef int read_room(Buf *b, size_t limit, size_t chunk, size_t *room) noexcept:
 
 cdef int read_into(int fd, Buf *b, size_t limit, size_t chunk, bint *readable,
                    bint peer_closed) noexcept:
-    """One read() into b, which may then hold at most `limit` bytes, reading at most
+    """One recv() into b, which may then hold at most `limit` bytes, reading at most
     `chunk` bytes at once. RD_* (RD_FULL when b already holds `limit`).
     A short read means the socket was drained: more data raises a new edge-triggered
     event, so *readable is cleared and the read that would say EAGAIN is skipped (as nginx
     does); that also serves one request per connection per wake-up, so busy connections
-    do not starve the others. Not after RDHUP: a pending end of stream raises no event."""
+    do not starve the others. Not after RDHUP: a pending end of stream raises no event.
+    recv() rather than read(): on a socket, read() first goes through the VFS layer
+    (file checks, fsnotify) before reaching the same socket code; nginx calls recv() too."""
     cdef ssize_t r
     cdef size_t room
     cdef int full = read_room(b, limit, chunk, &room)
     if full != RD_DATA:
         return full
     while True:
-        r = read(fd, b.data + b.end, room)
+        r = recv(fd, b.data + b.end, room, 0)
         if r > 0:
             b.end += r
             if <size_t>r < room and not peer_closed:

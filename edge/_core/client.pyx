@@ -1087,7 +1087,7 @@ cdef class Client(Handle):
             if self.ssl != NULL:
                 r = tls_read_discard(self.ssl, scratch, 4096)
             else:
-                r = read(self.fd, scratch, 4096)
+                r = recv(self.fd, scratch, 4096, 0)
             if r > 0:
                 continue
             if r < 0 and errno == EINTR:

@@ -306,7 +306,7 @@ cdef class MirrorConn(Handle):
             if self.ssl != NULL:
                 r = tls_read_discard(self.ssl, scratch, MIRROR_READ_CHUNK)
             else:
-                r = read(self.fd, scratch, MIRROR_READ_CHUNK)
+                r = recv(self.fd, scratch, MIRROR_READ_CHUNK, 0)
             if r > 0:
                 timer_arm(self, self.copy.target.loc.t_read, g_now)
                 continue

@@ -592,7 +592,7 @@ cdef int pp_consume(int fd, int n) noexcept:
     cdef int want
     while n > 0:
         want = n if n < 512 else 512
-        r = read(fd, scratch, want)
+        r = recv(fd, scratch, want, 0)
         if r <= 0:
             if r < 0 and errno == EINTR:
                 continue

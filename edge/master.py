@@ -27,8 +27,9 @@ its workers, which finish their in-flight requests, and KILL for any still alive
 meanwhile fold into one more reload, so a burst ends on the last config.
 
 Binary upgrade (USR2), as nginx does it: the pid file becomes ``<pid>.oldbin``, and a
-forked child execs the same command line with the listening sockets inherited (their
-descriptors are listed in ``EDGE_INHERITED_SOCKETS``). The new master adopts them and
+forked child execs edge again (``new_binary_argv``: a stable entry point such as
+``/usr/bin/edge``, never the running interpreter alone) with the listening sockets
+inherited (their descriptors are listed in ``EDGE_INHERITED_SOCKETS``). The new master adopts them and
 its workers accept alongside ours. WINCH then stops our workers (not respawned), QUIT
 ends this master. Rollback: HUP brings our workers back, and when the new master exits
 (QUIT or TERM to it, or a failed start) we take the pid file back.

@@ -48,8 +48,8 @@ def need(*tools):
     assert not missing, f"{missing} missing: ./scripts/test installs them"
 
 
-def build(kind, version=None):
-    env = dict(os.environ, EDGE_REUSE_INPLACE="1")
+def build(kind, version=None, lint=True):
+    env = dict(os.environ, EDGE_REUSE_INPLACE="1", EDGE_LINT="1" if lint else "0")
     if version:
         env["EDGE_VERSION"] = version
     r = subprocess.run(["make", "-s", kind], cwd=REPO, env=env, capture_output=True,
@@ -63,7 +63,7 @@ def debs():
     need("nfpm", "lintian", "dpkg-shlibdeps")
     out = {}
     for version in ("0.1.0", "0.2.0", "0.3.0"):
-        r = build("deb", version)
+        r = build("deb", version, lint=version == "0.1.0")   # one lintian run is enough
         out[version] = (REPO / "dist" / f"edge_{version}_amd64.deb", r.stderr)
     return out
 
@@ -197,6 +197,11 @@ def test_deb_install_upgrade_under_load_refused_upgrade_remove(debs, chroot):
     assert "version 0.1.0" in c.edge("status").stdout
     assert get(port, "/").status == 200
 
+    # Older releases left by earlier upgrades: after the next one, the newest 3 stay
+    # (by version: 0.0.10 is newer than 0.0.9).
+    for old in ("0.0.9", "0.0.10"):
+        c.path(f"/opt/edge/releases/{old}/bin").mkdir(parents=True)
+
     # -- 0.2.0 under load -------------------------------------------------------------------
     load = wrk(port)
     try:
@@ -217,6 +222,7 @@ def test_deb_install_upgrade_under_load_refused_upgrade_remove(debs, chroot):
     assert "version 0.2.0" in c.edge("status").stdout
     assert os.readlink(c.path("/opt/edge/current")) == "releases/0.2.0"
     assert c.path("/opt/edge/releases/0.1.0/bin/edge").exists(), "the old release is kept"
+    assert sorted(os.listdir(c.path("/opt/edge/releases"))) == ["0.0.10", "0.1.0", "0.2.0"]
 
     # -- 0.3.0 whose config test fails: refused, nothing changes ----------------------------
     good = conf.read_text()

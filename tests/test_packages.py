@@ -69,13 +69,26 @@ def debs():
 
 
 @pytest.fixture(scope="session")
-def debian_root(tmp_path_factory):
+def mmdebstrap(tmp_path_factory):
+    """mmdebstrap started in the background (it mostly waits on the mirror), so that it
+    runs while the packages build."""
     need("mmdebstrap")
     root = tmp_path_factory.mktemp("debian12") / "root"
-    r = subprocess.run(["mmdebstrap", "--quiet", "--variant=minbase",
-                        "--include=python3,ca-certificates", "bookworm", str(root), MIRROR],
-                       capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-4000:]
+    proc = subprocess.Popen(["mmdebstrap", "--quiet", "--variant=minbase",
+                             "--include=python3,ca-certificates", "bookworm", str(root), MIRROR],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    yield root, proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def debian_root(mmdebstrap):
+    """A clean Debian 12 root (minbase + python3), made once per session."""
+    root, proc = mmdebstrap
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-4000:]
     return root
 
 
@@ -165,7 +178,7 @@ def wrk_totals(proc):
     return int(m.group(1)), out
 
 
-def test_deb_install_upgrade_under_load_refused_upgrade_remove(debs, chroot):
+def test_deb_install_upgrade_under_load_refused_upgrade_remove(mmdebstrap, debs, chroot):
     c = chroot
     for version, (deb, _) in debs.items():
         shutil.copy(deb, c.path(f"/tmp/{deb.name}"))

@@ -288,7 +288,13 @@ def test_rpm_rpmlint_reports_no_errors():
     assert "python3.11" in info and "openssl-libs" in info, info
 
 
-def test_wheel_is_manylinux_and_tarball_is_relocated(tmp_path):
+@pytest.fixture(scope="session")
+def tarball():
+    build("tarball")
+    return REPO / "dist" / "edge-0.1.0-venv-linux-x86_64.tar.gz"
+
+
+def test_wheel_is_manylinux_and_tarball_is_relocated(tarball, tmp_path):
     need("auditwheel")
     r = build("wheel")
     wheels = list((REPO / "dist").glob("edge-0.1.0-cp311-cp311-manylinux_*_x86_64.whl"))
@@ -296,8 +302,6 @@ def test_wheel_is_manylinux_and_tarball_is_relocated(tmp_path):
     show = subprocess.run(["auditwheel", "show", str(wheels[0])], capture_output=True,
                           text=True, timeout=120)
     assert "manylinux_" in show.stdout, show.stdout
-    build("tarball")
-    tarball = REPO / "dist" / "edge-0.1.0-venv-linux-x86_64.tar.gz"
     subprocess.run(["tar", "-xzf", str(tarball), "-C", str(tmp_path)], check=True)
     release = tmp_path / "0.1.0"
     shebang = (release / "bin/edge").read_text().splitlines()[0]
@@ -306,3 +310,29 @@ def test_wheel_is_manylinux_and_tarball_is_relocated(tmp_path):
     # no path of the build machine left in it
     leftover = subprocess.run(["grep", "-rlI", str(REPO), str(release)], capture_output=True, text=True)
     assert leftover.stdout == "", leftover.stdout
+
+
+def test_venv_tarball_air_gapped_install(tarball, debian_root, chroot):
+    """docs/install.md's air-gapped procedure, as written there, in the Debian root
+    (after the package test purged edge, or fresh): nothing downloaded in the root."""
+    c = chroot
+    shutil.copy(tarball, c.path(f"/tmp/{tarball.name}"))
+    doc = (REPO / "docs" / "install.md").read_text()
+    script = doc.split("### Air-gapped machines", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    assert "edge-release activate" in script
+    # systemd does not run in the root: edge-release starts edge instead
+    script = script.replace("systemctl enable --now edge", "/opt/edge/current/share/edge/edge-release start")
+    port = free_port()
+    script = ("cd /tmp\nset -e\n" + script.replace(
+        "[ -e /etc/edge/edge.conf ] || cp /opt/edge/releases/$V/share/edge/edge.conf /etc/edge/",
+        "[ -e /etc/edge/edge.conf ] || cp /opt/edge/releases/$V/share/edge/edge.conf /etc/edge/\n"
+        f"sed -i 's/listen 8080 default_server;/listen 127.0.0.1:{port} default_server;/' /etc/edge/edge.conf")
+        .replace("V=0.2.0", "V=0.1.0").replace("/lib/systemd/system/", "/tmp/"))
+    c.run(script)
+    assert os.readlink(c.path("/opt/edge/current")) == "releases/0.1.0"
+    assert os.readlink(c.path("/usr/bin/edge")) == "/opt/edge/current/bin/edge"
+    assert "version 0.1.0" in c.edge("status").stdout
+    assert get(port, "/").status == 200
+    c.run("/opt/edge/current/share/edge/edge-release stop")
+    assert c.edge("status", check=False).returncode == 3
+    c.run("rm -rf /opt/edge /usr/bin/edge /etc/edge")

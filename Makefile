@@ -1,7 +1,7 @@
 # Developer shortcuts. `make` builds the extensions in place for running from the tree.
 PY ?= python3
 
-.PHONY: build debug test annotate clean docs bench
+.PHONY: build debug test annotate clean docs bench wheel tarball deb rpm packages
 
 build:
 	$(PY) setup.py -q build_ext --inplace
@@ -23,6 +23,22 @@ docs:
 
 bench:
 	./perf/bench
+
+# Release artifacts into dist/ (docs/install.md). EDGE_VERSION=V stamps another version.
+wheel:
+	PYTHON=$(PY) packaging/build wheel
+
+tarball:
+	PYTHON=$(PY) packaging/build tarball
+
+deb:
+	PYTHON=$(PY) packaging/build deb
+
+rpm:
+	PYTHON=$(PY) packaging/build rpm
+
+packages:
+	PYTHON=$(PY) packaging/build all
 
 clean:
 	rm -rf build edge/_core/*.so edge/_core/reactor.c edge/*.so edge/_http_cffi.c edge/_core/*.html

@@ -18,8 +18,8 @@
     edge admin apply FILE | rollback GEN;  edge config rollback GEN
                                the running edge over its admin API (edge/admin_cli.py)
 
-Messages go to stderr in nginx's form (``edge: [emerg] ...``); only ``-T``'s dump and
-``status`` write to stdout. Exit status: 0 on success, 1 on any error; ``status`` exits
+Messages go to stderr in nginx's form (``edge: [emerg] ...``); only ``-T``'s dump,
+``status`` and ``-s upgrade``'s closing ``OLD -> NEW`` versions line write to stdout. Exit status: 0 on success, 1 on any error; ``status`` exits
 3 when edge is not running (the LSB convention that init scripts expect).
 """
 
@@ -136,18 +136,41 @@ def main(argv=None):
         return set_draining(conf, args.command == "drain")
 
     from edge import master
-    return master.run(conf, exec_argv=_exec_argv(conf), exec_cwd=START_CWD)
+    return master.run(conf, exec_argv=_exec_argv(conf), exec_cwd=START_CWD,
+                      exec_args=list(argv))
 
 
 def _exec_argv(conf):
-    """The command line a binary upgrade execs: this one, as the interpreter got it
-    (``python -m edge ...`` or the ``edge`` script), so the new code is imported the
-    same way. Without it, ``python -m edge -c CONF``."""
+    """The command line a binary upgrade execs (``edge.master.new_binary_argv`` lets
+    ``EDGE_BINARY`` and ``edge_binary`` win over it).
+
+    - started as the ``edge`` script from a path outside the venv (or prefix) that runs
+      it, such as ``/usr/bin/edge`` -> ``/opt/edge/current/bin/edge``: that path itself,
+      exec'd directly, so its shebang picks the interpreter of the release the path
+      leads to *then* (the new release after ``current`` was flipped);
+    - started as a script inside the running venv (``/opt/edge/releases/0.1.0/bin/edge``):
+      this interpreter and that script again (the same release: the path pins it);
+    - ``python -m edge``: this command line, as the interpreter got it.
+    """
+    args = sys.argv[1:]
+    main_module = sys.modules.get("__main__")
+    script = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    if getattr(main_module, "__spec__", None) is None and script not in ("", "-c") \
+            and os.path.exists(script):
+        path = os.path.abspath(script)      # symlinks kept: they are the stable part
+        if not _inside(path, sys.prefix) and os.access(path, os.X_OK):
+            return [path] + args
+        return [sys.executable, path] + args
     argv = list(getattr(sys, "orig_argv", None) or [])
     if len(argv) < 2:
         return [sys.executable, "-m", "edge", "-c", conf]
     argv[0] = sys.executable
     return argv
+
+
+def _inside(path, prefix):
+    prefix = os.path.abspath(prefix)
+    return path == prefix or path.startswith(prefix.rstrip(os.sep) + os.sep)
 
 
 def config_path(given):
@@ -278,14 +301,16 @@ def status(conf):
         print(f"edge is not running: {e}")
         return EXIT_NOT_RUNNING
     workers = worker_pids(pid)
+    state = _open_state(cycle.pid_path, quiet=True)
+    running = (state.version if state is not None and state.master_pid == pid else "") or "unknown"
     print(f"edge master process {pid} is running (pid file {cycle.pid_path})")
+    print(f"  version {running}")
     for worker in workers:
         print(f"  worker process {worker}")
     if not workers:
         print("  no worker processes")
     for control in control_pids(pid):
         print(f"  control process {control}")
-    state = _open_state(cycle.pid_path, quiet=True)
     if state is not None:
         ready, reason = state.ready()
         print(f"  generation {state.generation}, workers {state.workers_up}/"
@@ -296,7 +321,11 @@ def status(conf):
         state.close()
     oldbin = f"{cycle.pid_path}.oldbin"
     if os.path.exists(oldbin):
-        print(f"  binary upgrade under way: old master in {oldbin}")
+        old = _open_state(oldbin, quiet=True)
+        old_version = (old.version if old is not None else "") or "unknown"
+        if old is not None:
+            old.close()
+        print(f"  binary upgrade under way: old master in {oldbin} (version {old_version})")
     return 0
 
 
@@ -369,6 +398,7 @@ def upgrade(conf):
     oldbin = f"{pid_path}.oldbin"
     before = _stat_key(pid_path)
     limit = (cycle.worker_shutdown_timeout or 0) + UPGRADE_MARGIN
+    old_version = _master_version(pid_path, old)
 
     _say("notice", f"upgrade: sending USR2 to master {old}")
     if not _kill(old, signal.SIGUSR2):
@@ -414,7 +444,12 @@ def upgrade(conf):
                           f"after {UPGRADE_START_TIMEOUT:g}s; the old master {old} still runs "
                           f"(QUIT {new} to roll back, or WINCH and QUIT {old} to go on)")
         return 1
-    _say("notice", f"upgrade: new master {new} serves")
+    new_version = _master_version(pid_path, new)
+    _say("notice", f"upgrade: new master {new} serves: {old_version} -> {new_version}")
+    if new_version == old_version:
+        _say("warn", f"upgrade: the new master runs the same version {new_version}: was the "
+                     "new release installed, and does the master exec it (the edge script "
+                     "from a stable path, EDGE_BINARY or edge_binary; docs/install.md)?")
 
     # Step 3: the old workers finish what they have and exit; the new ones serve.
     _say("notice", f"upgrade: sending WINCH to old master {old}")
@@ -437,7 +472,19 @@ def upgrade(conf):
         _say("error", f"upgrade: old master {old} still runs after {limit:g}s")
         return 1
     _say("notice", f"upgrade: done, master {new} serves")
+    print(f"{old_version} -> {new_version}")
     return 0
+
+
+def _master_version(pid_path, pid):
+    """The version the master ``pid`` wrote in its state block, or "unknown"."""
+    state = _open_state(pid_path, quiet=True)
+    if state is None:
+        return "unknown"
+    try:
+        return (state.version if state.master_pid == pid else "") or "unknown"
+    finally:
+        state.close()
 
 
 def _stat_key(path):

@@ -71,6 +71,7 @@ class Cycle:
         self.worker_processes = core.worker_count(root)
         self.process = core.process_settings(root)    # user, rlimits, priority, affinity
         self.pid_path = root.get("pid")
+        self.edge_binary = root.get("edge_binary")   # what a binary upgrade execs
         self.error_log = root.get("error_log")
         self.worker_shutdown_timeout = root.get("worker_shutdown_timeout")
         self.log_sinks = runtime.log_sinks              # for the control process's shipper

@@ -27,8 +27,9 @@ its workers, which finish their in-flight requests, and KILL for any still alive
 meanwhile fold into one more reload, so a burst ends on the last config.
 
 Binary upgrade (USR2), as nginx does it: the pid file becomes ``<pid>.oldbin``, and a
-forked child execs the same command line with the listening sockets inherited (their
-descriptors are listed in ``EDGE_INHERITED_SOCKETS``). The new master adopts them and
+forked child execs edge again (``new_binary_argv``: a stable entry point such as
+``/usr/bin/edge``, never the running interpreter alone) with the listening sockets
+inherited (their descriptors are listed in ``EDGE_INHERITED_SOCKETS``). The new master adopts them and
 its workers accept alongside ours. WINCH then stops our workers (not respawned), QUIT
 ends this master. Rollback: HUP brings our workers back, and when the new master exits
 (QUIT or TERM to it, or a failed start) we take the pid file back.
@@ -214,6 +215,30 @@ def running_master_pid(path):
         raise PidFileError(
             f'no edge process with pid {pid} (stale pid file "{path}"?)')
     return pid
+
+
+# The program a binary upgrade execs, when set: wins over the `edge_binary` directive.
+BINARY_ENV = "EDGE_BINARY"
+
+
+def new_binary_argv(exec_argv, exec_args, cycle):
+    """The command line a binary upgrade execs (argv[0] is what is exec'd).
+
+    Never simply ``sys.executable``: a release installed in its own venv behind a stable
+    path (``/usr/bin/edge`` -> ``/opt/edge/current/bin/edge``) would start the old
+    release's interpreter and code again. In order: ``EDGE_BINARY`` from the master's
+    environment, the ``edge_binary`` directive (each exec'd with edge's own arguments),
+    else ``exec_argv`` as the command line worked it out (``edge.cli.exec_argv``: the
+    invoked script when it lies outside the running venv), else ``python -m edge``.
+    """
+    binary = os.environ.get(BINARY_ENV)
+    if binary and not os.path.isabs(binary):
+        log.error("alert", f'{BINARY_ENV}="{binary}" ignored: not an absolute path')
+        binary = None
+    binary = binary or getattr(cycle, "edge_binary", None)
+    if binary:
+        return [binary] + list(exec_args if exec_args is not None else ["-c", cycle.path])
+    return list(exec_argv or [sys.executable, "-m", "edge", "-c", cycle.path])
 
 
 def state_path_for(pid_path):
@@ -723,7 +748,7 @@ class Master:
     """The running master: generations of workers, signal handling, reload, upgrade."""
 
     def __init__(self, cycle, listeners, worker_module, shared=None, notifier=None,
-                 state_path=None, exec_argv=None, exec_cwd=None, upgrade_from=None,
+                 state_path=None, exec_argv=None, exec_cwd=None, upgrade_from=None, exec_args=None,
                  control_module=None):
         self.cycle = cycle                # the config now in force
         self.listeners = listeners
@@ -742,6 +767,7 @@ class Master:
         self.state_path = state_path      # where the shared state file is now
         self.exec_argv = exec_argv        # how to exec a new binary (USR2)
         self.exec_cwd = exec_cwd
+        self.exec_args = exec_args        # edge's own arguments, for EDGE_BINARY/edge_binary
         self.upgrade_from = upgrade_from  # pid of the old master, when exec'd by USR2
         self.new_binary = None            # NewBinary while an upgrade is under way
         self.noaccepting = False          # WINCH: the old master's workers were stopped
@@ -1460,7 +1486,7 @@ class Master:
             env[DRAINING_ENV] = "1"
         else:
             env.pop(DRAINING_ENV, None)
-        argv = self.exec_argv or [sys.executable, "-m", "edge", "-c", self.cycle.path]
+        argv = new_binary_argv(self.exec_argv, self.exec_args, self.cycle)
         fds = [sock.fileno() for socks in self.listeners.sockets.values() for sock in socks]
 
         sys.stdout.flush()
@@ -1975,11 +2001,12 @@ def previous_draining(state_path):
         old.close()
 
 
-def run(config_path, exec_argv=None, exec_cwd=None):
+def run(config_path, exec_argv=None, exec_cwd=None, exec_args=None):
     """Run the master in the foreground for the config at ``config_path``.
 
     ``exec_argv`` / ``exec_cwd``: the command line (and the directory it ran in) that a
-    binary upgrade execs again. Returns the process exit status: 0 after a stop, 1 if
+    binary upgrade execs again; ``exec_args``: edge's own arguments in it, which follow
+    ``EDGE_BINARY`` or ``edge_binary`` when one is set (see ``new_binary_argv``). Returns the process exit status: 0 after a stop, 1 if
     it could not start.
     """
     try:
@@ -2054,6 +2081,7 @@ def run(config_path, exec_argv=None, exec_cwd=None):
         except OSError as e:
             raise StartupError(f'open() "{state_path}" failed {os_error_text(e)}') from None
         shared.draining = draining
+        shared.version = version()   # what `edge status` and `edge -s upgrade` report
         # Before the first fork: the first worker may answer `health ready` before the
         # master has counted anyone, and 0 of 0 would read as ready.
         shared.workers_expected = cycle.worker_processes
@@ -2074,6 +2102,7 @@ def run(config_path, exec_argv=None, exec_cwd=None):
     master = Master(cycle, listeners, edge.worker, shared=shared,
                     notifier=sd_notify.Notifier(), state_path=state_path,
                     exec_argv=exec_argv, exec_cwd=exec_cwd, upgrade_from=upgrade_from,
+                    exec_args=exec_args,
                     control_module=edge.control.process)
     master.zones = create_zones(cycle)
     # limit zones are files next to the state file: workers map them by name, so a zone a

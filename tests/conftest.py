@@ -49,6 +49,9 @@ def pytest_configure(config):
                                        " skipped when EDGE_TEST_IMPL=nginx")
     config.addinivalue_line("markers", "timeout(seconds): hard time limit of one integration test")
     config.addinivalue_line("markers", "fuzz: a short atheris run of the parser fuzz target")
+    config.addinivalue_line("markers", "slow: minutes, not seconds (pytest -m 'not slow' leaves them out)")
+    config.addinivalue_line("markers", "packages: builds the .deb/.rpm and installs them in a Debian 12 "
+                                       "root made with mmdebstrap (tests/test_packages.py)")
 
 
 def pytest_generate_tests(metafunc):

@@ -29,7 +29,8 @@ cdef struct SharedBlock:
     int64_t worker_restarts     # master: workers respawned after an unexpected exit
     int64_t control_pid         # master: the live control process, 0 while there is none
     int64_t started_ms          # master: wall-clock ms when it started (uptime)
-    int64_t reserved[4]
+    char version[32]            # master: its edge version, NUL-terminated (was reserved,
+                                # zeros: a master older than the field reads as "")
     int64_t heartbeat_ms[SHM_MAX_WORKERS]    # worker i: last loop iteration (monotonic ms)
     int64_t worker_generation[SHM_MAX_WORKERS]
     int64_t worker_pid[SHM_MAX_WORKERS]      # master: worker i's pid, 0 when it has none
@@ -133,6 +134,16 @@ cdef class SharedState:
 
     property started_ms:
         def __get__(self): return self.block.started_ms
+
+    property version:
+        """The master's edge version (``edge status``, ``edge -s upgrade``)."""
+        def __get__(self):
+            cdef bytes raw = (<char *>self.block.version)[:sizeof(self.block.version)]
+            return raw.split(b"\0", 1)[0].decode("ascii", "replace")
+        def __set__(self, str value):
+            cdef bytes raw = value.encode("ascii", "replace")[:sizeof(self.block.version) - 1]
+            memset(self.block.version, 0, sizeof(self.block.version))
+            memcpy(self.block.version, <char *>raw, len(raw))
 
     # Master counters, exported by the control process's /metrics.
     property reloads_ok:

@@ -89,6 +89,14 @@ def _master_process(node):
     return True
 
 
+def _edge_binary(node):
+    path = node.args[0]
+    if not path.startswith("/"):
+        raise ConfigError(f'"edge_binary" must be an absolute path, not "{path}"',
+                          node.file, node.line)
+    return path
+
+
 DIRECTIVES = [
     Directive("user", (MAIN,), (1, 2), parse=_user, syntax="user user [group];",
               doc="Workers and the control process run as this user and group (the group "
@@ -123,6 +131,14 @@ DIRECTIVES = [
     Directive("worker_processes", (MAIN,), (1, 1), parse=_worker_processes, default="auto",
               syntax="worker_processes number | auto;",
               doc="How many worker processes serve traffic; `auto` is one per CPU core."),
+    Directive("edge_binary", (MAIN,), (1, 1), parse=_edge_binary, default=None,
+              syntax="edge_binary path;",
+              doc="The program a binary upgrade (`edge -s upgrade`, USR2) execs for the new "
+                  "master, with the same arguments: a stable path such as `/usr/bin/edge`, "
+                  "which follows `/opt/edge/current` to the newest release. The "
+                  "`EDGE_BINARY` environment variable of the master wins over it. Without "
+                  "either, the `edge` script the master was started as, when it lies "
+                  "outside the release it runs (docs/install.md)."),
     Directive("pid", (MAIN,), (1, 1), default=None, syntax="pid file;",
               doc="Where the master writes its process id (used by `edge -s`)."),
     Directive("error_log", (MAIN,), (1, 2), parse=_error_log, default=("stderr", "error"),

@@ -131,7 +131,13 @@ def main(argv=None):
     if args.signal:
         return send_signal(conf, args.signal)
     if args.command == "status":
-        return status(conf)
+        try:
+            return status(conf)
+        except BrokenPipeError:
+            # `edge status | head`: the reader left. Point stdout at /dev/null so the
+            # interpreter's final flush does not raise again, and exit as `cat` would.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
     if args.command in ("drain", "undrain"):
         return set_draining(conf, args.command == "drain")
 

@@ -317,6 +317,23 @@ def test_status_lists_the_master_and_its_workers(edge):
         assert f"worker process {pid}" in r.stdout
 
 
+
+def test_status_into_a_closed_pipe_exits_quietly(edge):
+    # `edge status | head -1`: the reader may be gone before edge writes. A closed pipe
+    # gets the shell's 141 and no traceback, not a BrokenPipeError dump.
+    e = edge(SERVER)
+    e.wait_workers(1)
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        r = subprocess.run([sys.executable, "-m", "edge", "status", "-c", e.conf_path],
+                           stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=30)
+    finally:
+        os.close(write_end)
+    assert r.returncode == 141
+    assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr
+
+
 # --------------------------------------------------------------------------- starting
 
 

@@ -343,6 +343,10 @@ cdef class Client(Handle):
     cdef int tries
     cdef int64_t first_try_us   # for proxy_next_upstream_timeout
     cdef bint idempotent        # the method may be replayed on another peer (retries.pyx)
+    # error_page (error_page.pyx): the status the next response head gets (0: its own),
+    # and whether an error page was chosen already (recursive_error_pages off)
+    cdef int err_status
+    cdef bint error_paged
 
     # the request as the log phase and metrics see it
     cdef bint logged            # nothing left to log: between requests
@@ -815,6 +819,8 @@ cdef class Client(Handle):
         self.routed = False
         self.mirror_heads = None
         self.uri_changes = 10           # internal redirects left (rewrite, index, try_files)
+        self.err_status = 0
+        self.error_paged = False
         if self.uvals is not None:
             self.uvals = None           # user variables are per request
         if self.body_buffered or self.body_fd >= 0:
@@ -1023,6 +1029,12 @@ cdef class Client(Handle):
         cdef bytes body = error_body(status)
         if reason != NULL and g_log_info:
             log_connection("info", self, reason, status)
+        if (self.routed and self.parsed and self.up is None and not self.response_started
+                and self.state != CS_CLOSING and self.state != CS_LINGER):
+            # once a server is chosen, its error_page may answer (error_page.pyx)
+            self.keepalive = False
+            if run_error_page(self, status):
+                return
         if self.up is not None:
             self.up.client = None
             self.up.close()
@@ -1532,7 +1544,6 @@ cdef class Client(Handle):
         self.loc set, PH_DONE when answered, or a status."""
         cdef Location loc
         cdef int r = PH_RELOCATE
-        self.uri_changes = 10
         while r == PH_RELOCATE:
             if self.uri_changes == 0:
                 if g_log_fn is not None:
@@ -1641,8 +1652,12 @@ cdef class Client(Handle):
 
     cdef void finish_without_body(self, int status):
         """A built-in page (404 where no content handler applies) that keeps the
-        connection alive when the request body allows it."""
-        cdef bytes head = error_head(status)
+        connection alive when the request body allows it; or the error_page in force
+        for that status (error_page.pyx)."""
+        cdef bytes head
+        if run_error_page(self, status):
+            return
+        head = error_head(status)
         self.start_discard()
         self.begin_head(status)
         buf_append_bytes(&self.wb, head)
@@ -1662,6 +1677,8 @@ cdef class Client(Handle):
         then what the log phase keeps of it."""
         cdef PhasePlan phases = self.loc.phases if self.loc is not None else None
         cdef size_t n
+        if self.err_status:
+            patch_status_line(self)     # a response to an error_page: the error's status
         if phases is None and self.routed:
             phases = self.server.phases     # a server-level answer, or no location matched
         if phases is not None and phases.nheader_filter:
@@ -1683,6 +1700,10 @@ cdef class Client(Handle):
         cdef int status = loc.return_status
         cdef size_t mark, body_start
         cdef bytes body
+        if loc.return_body is None and (loc.return_location is not None or status >= 400):
+            # nginx's special response: the error_page in force may answer it
+            if run_error_page(self, status):
+                return
         self.start_discard()
         self.begin_head(status)
         buf_append_bytes(&self.wb, loc.return_head)

@@ -447,6 +447,9 @@ cdef class UpConn(Handle):
                 if r == -4:
                     self.next_after_status()
                     return
+                if r == -5:
+                    self.intercepted()
+                    return
                 if r < 0:
                     self.fail(FAIL_HEAD_TOO_BIG if r == -3 else FAIL_BAD_RESPONSE)
                     return
@@ -620,6 +623,8 @@ cdef class UpConn(Handle):
         self.buffering = buffering and not sse
         self.chunk_to_client = (self.resp_kind == RESP_CHUNKED or self.resp_kind == RESP_CLOSE) \
             and c.minor == 1
+        if c.loc.error_pages is not None and intercepts(c, status):
+            return self.intercept(ret)      # proxy_intercept_errors (error_page.pyx)
         if (self.resp_kind == RESP_CHUNKED or self.resp_kind == RESP_CLOSE) and c.minor == 0:
             c.keepalive = False     # an HTTP/1.0 client learns the end from the close
 
@@ -727,16 +732,62 @@ cdef class UpConn(Handle):
         c.up = None
         c.connect_next_peer()
 
+    cdef int intercept(self, int head_len):
+        """proxy_intercept_errors: this response is replaced by an error page. Its head is
+        dropped, and so is its body when it is already here whole (the connection can
+        then be pooled); otherwise the connection is closed. -5 for pump_response."""
+        cdef size_t avail
+        self.header_us = g_now_us
+        self.rb.start += <size_t>head_len
+        avail = buf_len(&self.rb)
+        if self.resp_kind == RESP_LENGTH and <int64_t>avail >= self.resp_left:
+            self.rb.start += <size_t>self.resp_left
+            self.resp_left = 0
+        elif self.resp_kind != RESP_NONE:
+            self.upstream_keepalive = False
+        if buf_len(&self.rb):
+            self.upstream_keepalive = False
+        self.head_done = True
+        self.resp_done = True
+        return -5
+
+    cdef void intercepted(self):
+        """The intercepted response is dropped: free this connection, then the client
+        runs the error page (or the built-in page, when an error page ran already)."""
+        cdef Client c = self.client
+        cdef int status = self.status
+        self.client = None
+        timer_stop(self)
+        self.record_try(c, status)
+        self.end_try()
+        self.recycle(c)
+        c.up = None
+        c.state = CS_HEAD
+        c.finish_without_body(status)
+        if c.state == CS_HEAD or c.state == CS_DISCARD:
+            c.serve_heads()
+
     cdef void finish(self):
         """The response is complete and sent: pool or close this connection, then let the
         client go on with its next request."""
         cdef Client c = self.client
-        cdef Upstream ups = self.ups
-        cdef UpConn oldest
         self.client = None
         timer_stop(self)
         self.record_try(c, self.status)
         self.end_try()
+        self.recycle(c)
+        if spool_pending(c):
+            # the upstream is free; the client reads the rest from the spool and
+            # Client.drive ends the request once it is sent
+            c.up = None
+            return
+        c.proxy_finished()
+
+    cdef void recycle(self, Client c):
+        """A response is over on this connection: back to its group's pool when it can
+        carry another request, else closed."""
+        cdef Upstream ups = self.ups
+        cdef UpConn oldest
         if (ups.keepalive > 0 and self.upstream_keepalive and c.body_done
                 and buf_len(&self.rb) == 0 and self.nrequests < ups.keepalive_requests
                 and not g_loop.quitting
@@ -756,12 +807,6 @@ cdef class UpConn(Handle):
                 oldest.close()
         else:
             self.close()
-        if spool_pending(c):
-            # the upstream is free; the client reads the rest from the spool and
-            # Client.drive ends the request once it is sent
-            c.up = None
-            return
-        c.proxy_finished()
 
     cdef void record_try(self, Client c, int status) noexcept:
         if self.ups.method == LB_EWMA:

@@ -115,6 +115,7 @@ cdef class Location:
     cdef bytes response_drop_b
     cdef const char *response_drop  # upstream response headers never copied
     cdef public object static        # StaticConf (static.pyx) for CONTENT_STATIC, or None
+    cdef public object error_pages   # ErrorPages (error_page.pyx) in force here, or None
 
     def __cinit__(self):
         self.has_regex = False
@@ -476,6 +477,7 @@ cdef class Server:
     cdef public PhasePlan phases     # for requests that no location took (404) or no server parsed
     cdef public PhaseHandler script  # the server-level rewrite directives (rewrite.pyx), or None
     cdef public object tls           # its TlsContext (tls.pyx) when it has certificates, or None
+    cdef public object error_pages   # ErrorPages for requests no location took, or None
 
     def __init__(self, list names, str file="", int line=0):
         # regex names keep their case (they match case-insensitively); others fold

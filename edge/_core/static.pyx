@@ -536,6 +536,7 @@ cdef void append_expires(Client c, StaticConf sc, int64_t mtime) noexcept:
 cdef void redirect_to_directory(Client c, StaticConf sc):
     """A directory named without its "/": 301 to the URI with it (and the arguments)."""
     cdef bytes body = error_body(301)
+    c.err_status = 0            # nginx's special response: the redirect keeps its 301
     c.start_discard()
     c.begin_head(301)
     buf_append_str(&c.wb, "HTTP/1.1 301 Moved Permanently\r\nServer: edge\r\n")
@@ -714,24 +715,30 @@ cdef void send_file(Client c, StaticConf sc, int fd, edge_stat_t *st):
     cdef int64_t length = 0
     cdef ResponseSpool s
     cdef int one = 1
+    cdef bint plain
     if sc.etag:
         elen = <size_t>snprintf(etag, 64, "\"%llx-%llx\"", <unsigned long long>mtime,
                                 <unsigned long long>size)
+    if c.err_status == 200:
+        c.err_status = 0        # error_page ... =200: the file's own response, as usual
+    # an error page (error_page.pyx) goes out with the error's status: nginx's
+    # not_modified, range and expires filters leave such a response alone
+    plain = c.err_status == 0
     # conditionals (nginx's not_modified filter)
-    h = find_header(c, "if-unmodified-since", 19)
+    h = find_header(c, "if-unmodified-since", 19) if plain else NULL
     if h != NULL:
         t = parse_http_date(h.value, h.value_len)
         if t < 0 or mtime > t:
             close(fd)
             c.finish_without_body(412)
             return
-    h = find_header(c, "if-match", 8)
+    h = find_header(c, "if-match", 8) if plain else NULL
     if h != NULL and not etag_listed(h.value, h.value_len, etag, elen, False):
         close(fd)
         c.finish_without_body(412)
         return
-    h = find_header(c, "if-modified-since", 17)
-    range_h = find_header(c, "if-none-match", 13)
+    h = find_header(c, "if-modified-since", 17) if plain else NULL
+    range_h = find_header(c, "if-none-match", 13) if plain else NULL
     if h != NULL or range_h != NULL:
         not_modified = True
         if h != NULL:
@@ -762,7 +769,7 @@ cdef void send_file(Client c, StaticConf sc, int fd, edge_stat_t *st):
             c.response_done()
             return
     # ranges (nginx's range filter): If-Range must name this file's etag or mtime
-    range_h = find_header(c, "range", 5)
+    range_h = find_header(c, "range", 5) if plain else NULL
     if range_h != NULL and range_h.value_len >= 7 and strncasecmp(range_h.value, "bytes=", 6) == 0:
         h = find_header(c, "if-range", 8)
         if h != NULL:
@@ -837,8 +844,9 @@ cdef void send_file(Client c, StaticConf sc, int fd, edge_stat_t *st):
         buf_append_str(&c.wb, "ETag: ")
         buf_append(&c.wb, etag, elen)
         buf_append_str(&c.wb, "\r\n")
-    append_expires(c, sc, mtime)
-    if nranges == 0:
+    if plain:
+        append_expires(c, sc, mtime)
+    if nranges == 0 and plain:
         buf_append_str(&c.wb, "Accept-Ranges: bytes\r\n")
     c.append_connection()
     if c.is_head or length == 0:

@@ -236,6 +236,65 @@ cdef bint token_listed(const char *value, size_t vn, const char *name, size_t n)
     return False
 
 
+cdef const char *find_text(const char *p, size_t n, const char *needle, size_t nn) noexcept nogil:
+    """The first place of `needle` in p[0:n] (case-sensitive, as nginx's ngx_strstrn)."""
+    cdef size_t i
+    if nn == 0 or n < nn:
+        return NULL
+    for i in range(n - nn + 1):
+        if p[i] == needle[0] and memcmp(p + i, needle, nn) == 0:
+            return p + i
+    return NULL
+
+
+DEF KEEPALIVE_DISABLE_MSIE6 = 1
+DEF KEEPALIVE_DISABLE_SAFARI = 2
+
+
+cdef bint agent_disables_keepalive(Client c, int mask) noexcept:
+    """keepalive_disable: nginx's User-Agent checks. msie6 (MSIE 4 and 5, 6 without SV1,
+    not Opera) for POST requests only; safari (Safari/ with Mac OS X, and neither MSIE,
+    Opera, Gecko/ nor Chrome/)."""
+    cdef size_t i
+    cdef edge_header *h = NULL
+    cdef const char *ua
+    cdef const char *end
+    cdef const char *msie
+    cdef size_t n
+    cdef bint is_msie = False
+    cdef bint msie6 = False
+    cdef bint post = c.method_len == 4 and memcmp(c.method, "POST", 4) == 0
+    if not (mask & KEEPALIVE_DISABLE_SAFARI) and not post:
+        return False
+    for i in range(c.nheaders):
+        if name_is(c.headers[i].name, c.headers[i].name_len, "user-agent", 10):
+            h = &c.headers[i]
+            break
+    if h == NULL:
+        return False
+    ua = h.value
+    n = h.value_len
+    end = ua + n
+    msie = find_text(ua, n, "MSIE ", 5)
+    if msie != NULL and msie + 7 < end:
+        is_msie = True
+        if msie[6] == 46:
+            if msie[5] == 52 or msie[5] == 53:
+                msie6 = True
+            elif msie[5] == 54 and find_text(msie + 8, <size_t>(end - (msie + 8)), "SV1", 3) == NULL:
+                msie6 = True
+    if find_text(ua, n, "Opera", 5) != NULL:
+        return False
+    if msie6 and post and (mask & KEEPALIVE_DISABLE_MSIE6):
+        return True
+    if is_msie or not (mask & KEEPALIVE_DISABLE_SAFARI):
+        return False
+    if find_text(ua, n, "Gecko/", 6) != NULL or find_text(ua, n, "Chrome/", 7) != NULL:
+        return False
+    return (find_text(ua, n, "Safari/", 7) != NULL and
+            find_text(ua, n, "Mac OS X", 8) != NULL)
+
+
 cdef class Client(Handle):
     cdef Buf rb             # bytes from the client
     cdef Buf wb             # bytes to the client
@@ -347,6 +406,7 @@ cdef class Client(Handle):
     # and whether an error page was chosen already (recursive_error_pages off)
     cdef int err_status
     cdef bint error_paged
+    cdef int64_t resp_mtime     # a proxied response's Last-Modified (expires modified), or -1
 
     # the request as the log phase and metrics see it
     cdef bint logged            # nothing left to log: between requests
@@ -821,6 +881,7 @@ cdef class Client(Handle):
         self.uri_changes = 10           # internal redirects left (rewrite, index, try_files)
         self.err_status = 0
         self.error_paged = False
+        self.resp_mtime = -1
         if self.uvals is not None:
             self.uvals = None           # user variables are per request
         if self.body_buffered or self.body_fd >= 0:
@@ -1488,6 +1549,8 @@ cdef class Client(Handle):
         if loc.realip is not None:
             self.apply_realip(loc.realip)
         if self.requests + (0 if consumed else 1) >= loc.keepalive_requests or g_loop.quitting:
+            self.keepalive = False
+        elif loc.keepalive_disable and self.keepalive and agent_disables_keepalive(self, loc.keepalive_disable):
             self.keepalive = False
         if loc.client_max_body_size and content_length > loc.client_max_body_size:
             self.send_error(413, "client intended to send too large body")

@@ -540,6 +540,7 @@ cdef class UpConn(Handle):
         cdef bint no_body
         cdef bint sse = False
         cdef int retry
+        cdef bint cache_headers, charset
         cdef size_t head_max = <size_t>c.loc.proxy_buffer_size
         cdef bint buffering = c.loc.proxy_buffering
         ret = edge_parse_response(self.rb.data + self.rb.start, buf_len(&self.rb), &minor,
@@ -630,6 +631,8 @@ cdef class UpConn(Handle):
 
         # the client's head
         self.header_us = g_now_us
+        cache_headers = c.loc.proxy_expires and expires_status(status)
+        charset = c.loc.proxy_charset is not None and status != 301 and status != 302
         c.begin_head(status)
         buf_append_str(&c.wb, "HTTP/1.1 ")
         buf_append_uint(&c.wb, <uint64_t>status)
@@ -659,6 +662,16 @@ cdef class UpConn(Handle):
             if c.loc.redirects is not None and (name_is(h.name, h.name_len, "location", 8)
                                                 or name_is(h.name, h.name_len, "refresh", 7)):
                 append_redirected(c, <Redirects>c.loc.redirects, h, &c.wb)
+                continue
+            if cache_headers:
+                # `expires` replaces them (static.pyx ExpiresFilter adds its own)
+                if name_is(h.name, h.name_len, "expires", 7) or \
+                        name_is(h.name, h.name_len, "cache-control", 13):
+                    continue
+                if name_is(h.name, h.name_len, "last-modified", 13):
+                    c.resp_mtime = parse_http_date(h.value, h.value_len)
+            if charset and name_is(h.name, h.name_len, "content-type", 12):
+                append_content_type_charset(c, h, &c.wb)
                 continue
             buf_append(&c.wb, h.name, h.name_len)
             buf_append_str(&c.wb, ": ")
@@ -884,6 +897,38 @@ cdef class UpConn(Handle):
         c.retry_or_fail(status, NU_TIMEOUT if why == FAIL_TIMEOUT else
                         NU_INVALID_HEADER if why == FAIL_BAD_RESPONSE or why == FAIL_HEAD_TOO_BIG
                         else NU_ERROR, request_sent and not was_connecting)
+
+
+cdef void append_content_type_charset(Client c, edge_header *h, Buf *out) noexcept:
+    """nginx's charset filter on a proxied Content-Type: `; charset=X` is added when the
+    value names no charset and is (whole, case-insensitively) one of charset_types."""
+    cdef const char *p = h.value
+    cdef size_t n = h.value_len
+    cdef size_t i = 0
+    cdef size_t j
+    cdef bint add = True
+    cdef bytes name
+    while i < n:
+        if p[i] == 59:
+            j = i + 1
+            while j < n and p[j] == 32:
+                j += 1
+            if j + 8 <= n and strncasecmp(p + j, "charset=", 8) == 0:
+                add = False
+                break
+        i += 1
+    if add and c.loc.proxy_charset_types is not None:
+        try:
+            add = p[:n].lower() in c.loc.proxy_charset_types
+        except Exception:
+            add = False
+    buf_append_str(out, "Content-Type: ")
+    buf_append(out, p, n)
+    if add:
+        name = <bytes>c.loc.proxy_charset
+        buf_append_str(out, "; charset=")
+        buf_append(out, <const char *>name, len(name))
+    buf_append_str(out, "\r\n")
 
 
 cdef UpConn upstream_connection(Upstream ups, int peer, Client c):
@@ -1188,6 +1233,8 @@ cdef bint append_variable(Segment *s, Client c, Buf *out) noexcept:
         buf_append(out, c.conn_port, c.conn_port_len)
     elif v == VAR_USER:
         return append_user(s, c, out)
+    elif v == VAR_DOCUMENT_ROOT or v == VAR_REQUEST_FILENAME:
+        return append_path_variable(v, c, out)
     elif v == VAR_CAPTURE:
         if c.cap_base != NULL:
             if s.index <= c.cap_n and c.caps[s.index].rm_so >= 0:

@@ -90,6 +90,7 @@ cdef class Location:
     # client-side limits and timeouts that may differ per location
     cdef public int64_t keepalive_timeout_ms
     cdef public int64_t keepalive_requests
+    cdef public int keepalive_disable      # keepalive_disable: 1 msie6, 2 safari (client.pyx)
     cdef public int64_t client_body_timeout_ms
     cdef public int64_t send_timeout_ms
     cdef public int64_t client_max_body_size
@@ -112,6 +113,10 @@ cdef class Location:
     cdef public object redirects     # Redirects (proxy_redirect), or None
     cdef public bint pass_server     # proxy_pass_header Server / Date: the upstream's go through
     cdef public bint pass_date
+    # charset and expires on proxied responses (modules/static.py, proxy.pyx)
+    cdef public object proxy_charset        # bytes, or None: charset off
+    cdef public object proxy_charset_types  # set of lowercase types, or None for "*"
+    cdef public bint proxy_expires          # an upstream's Expires / Cache-Control are replaced
     cdef bytes response_drop_b
     cdef const char *response_drop  # upstream response headers never copied
     cdef public object static        # StaticConf (static.pyx) for CONTENT_STATIC, or None

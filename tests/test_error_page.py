@@ -253,3 +253,54 @@ def test_config_errors(edge, snippet, message):
     with pytest.raises(Exception):
         e.start()
     assert message in e.output()
+
+
+# -- errors before a server is chosen: the default server's pages, as nginx --------------
+
+UNROUTED = """
+http {
+    log_format st '$status $request';
+    large_client_header_buffers 2 1k;
+    server {
+        listen 127.0.0.1:@PORT@;
+        server_name other.example;
+        root @ROOT@/www;
+        location / { }
+    }
+    server {
+        listen 127.0.0.1:@PORT@ default_server;
+        root @ROOT@/www;
+        access_log @ROOT@/unrouted.log st;
+        error_page 400 414 /errors/400.html;
+        location / { }
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("raw,status", [
+    (b"GARBAGE\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+    (b"GET /" + b"a" * 1400 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414),
+])
+def test_default_server_page_before_routing(edge, root, raw, status):
+    (root / "www" / "errors" / "400.html").write_bytes(b"custom 400\n")
+    srv = edge(UNROUTED, ROOT=root)
+    with Conn(srv.port) as c:
+        c.send(raw)
+        r = c.read_response()
+    assert r.status == status
+    assert r.body == b"custom 400\n"
+
+
+def test_unrouted_page_is_logged(edge, root):
+    (root / "www" / "errors" / "400.html").write_bytes(b"custom 400\n")
+    srv = edge(UNROUTED, ROOT=root)
+    with Conn(srv.port) as c:
+        c.send(b"GARBAGE\r\n\r\n")
+        assert c.read_response().status == 400
+    srv.stop()
+    assert (root / "unrouted.log").read_text().splitlines()[-1] == "400 GARBAGE"

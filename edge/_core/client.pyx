@@ -1096,6 +1096,13 @@ cdef class Client(Handle):
             self.keepalive = False
             if run_error_page(self, status):
                 return
+        elif (not self.routed and status != 408 and self.state == CS_HEAD and self.up is None
+                and self.binding is not None and self.binding.default is not None
+                and self.binding.default.error_pages is not None):
+            # a request refused before a server was chosen: nginx answers it with the
+            # error_page of the address's default server
+            if run_unrouted_error_page(self, status):
+                return
         if self.up is not None:
             self.up.client = None
             self.up.close()

@@ -218,6 +218,47 @@ cdef bint start_internal(Client c):
     return True
 
 
+cdef bint run_unrouted_error_page(Client c, int status):
+    """A request refused before a server was chosen (a head that does not parse, too
+    large, a bad Host...): as nginx, the default server's error_page for the status,
+    with what is known of the request (the parsed head, if it parsed; else none). The
+    bytes not read yet are dropped and the connection closes after the page."""
+    cdef Server srv = c.binding.default
+    cdef ErrorPages ep = <ErrorPages>srv.error_pages
+    if ep.pages.get(status) is None:
+        return False
+    if c.parsed:
+        if c.rb.data != NULL and c.head_len and c.method >= <const char *>c.rb.data + c.rb.start \
+                and c.method < <const char *>c.rb.data + c.rb.start + c.head_len:
+            c.keep_request_head(c.head_len)
+    else:
+        c.keep_raw_line()
+        buf_reset(&c.hb)
+        if buf_append(&c.hb, c.raw_line, c.raw_line_len) == 0:
+            c.raw_line = c.hb.data + c.hb.start     # the log's $request, out of rb
+        c.nheaders = 0
+        c.method = "GET"
+        c.method_len = 3
+        c.is_head = False
+        c.has_args = False
+        c.args = NULL
+        c.args_len = 0
+        c.minor = 0                 # unknown: a response delimited by the close
+        c.connection_header = -1
+        c.upgrade_index = -1
+        c.abs_host = NULL
+        c.head_len = 0
+    c.rb.start = c.rb.end
+    c.discarding = True             # what the client still sends is read and dropped
+    c.body_kind = BODY_NONE
+    c.body_done = True
+    c.keepalive = False
+    c.server = srv
+    c.routed = True
+    c.loc = None
+    return run_error_page(c, status)
+
+
 cdef void enter_error_location(Client c, Location loc):
     """The page's location runs all its phases (rewrite, access, content), as nginx runs
     an internal redirect from the start."""

@@ -50,6 +50,7 @@ http {
         location /rec/ { recursive_error_pages on; error_page 404 /rec2/x; }
         location /rec2/ { }
         location /norec/ { error_page 404 /rec2/x; }
+        location /cyc/ { recursive_error_pages on; error_page 404 /cyc/missing; }
         location /method/ { error_page 404 /api/echo; }
         location /args/ { error_page 404 /api/echo?from=err; }
         location /var/ { error_page 404 /api/echo?u=$uri; }
@@ -118,6 +119,7 @@ def test_pages(srv, target, status, body):
     ("/ret/", 403),                 # no page for 403 in force
     ("/loop/missing", 404),         # the page is missing too: recursive_error_pages off
     ("/norec/missing", 404),        # the same, through a location that has a page
+    ("/cyc/x", 500),                # recursive pages that never end: a redirection cycle
 ])
 def test_builtin_pages(srv, target, status):
     r = _req(srv, target)
@@ -304,3 +306,21 @@ def test_unrouted_page_is_logged(edge, root):
         assert c.read_response().status == 400
     srv.stop()
     assert (root / "unrouted.log").read_text().splitlines()[-1] == "400 GARBAGE"
+
+
+def test_limit_req_rejection_page(edge, root):
+    (root / "www" / "errors" / "429.html").write_bytes(b"slow down\n")
+    (root / "www" / "lim").mkdir()
+    (root / "www" / "lim" / "a.txt").write_bytes(b"ok")
+    srv = edge("""http {
+        limit_req_zone $remote_addr zone=one:1m rate=1r/m;
+        server { listen 127.0.0.1:@PORT@; root @ROOT@/www;
+            location /errors/ { }
+            location /lim/ { limit_req zone=one; limit_req_status 429;
+                             error_page 429 /errors/429.html; } } }""",
+               ROOT=root)
+    with Conn(srv.port) as c:
+        assert c.request("GET", "/lim/a.txt").body == b"ok"
+        r = c.request("GET", "/lim/a.txt")
+        assert r.status == 429 and r.body == b"slow down\n"
+        assert c.request("GET", "/lim/a.txt").status == 429     # the connection stays open

@@ -165,6 +165,8 @@ def test_uri_page_is_a_get(srv, upstream):
 def test_uri_page_arguments_and_variables(srv, upstream):
     r = _req(srv, "/args/missing?orig=1")
     assert r.status == 404 and r.json()["target"] == "/api/echo?from=err"
+    r = _req(srv, "/method/missing?orig=1")         # a page without arguments has none
+    assert r.status == 404 and r.json()["target"] == "/api/echo"
     r = _req(srv, "/var/missing")
     assert r.status == 404 and r.json()["target"] == "/api/echo?u=/var/missing"
 

@@ -190,6 +190,9 @@ cdef bint run_error_page(Client c, int status):
         if not c.is_head:
             c.method = "GET"
             c.method_len = 3
+        c.has_args = False          # the page's own arguments, or none (nginx)
+        c.args = NULL
+        c.args_len = 0
         set_uri(c, v.data + v.start, buf_len(&v), True)
     finally:
         buf_free(&v)

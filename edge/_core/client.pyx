@@ -1557,7 +1557,10 @@ cdef class Client(Handle):
             self.apply_realip(loc.realip)
         if self.requests + (0 if consumed else 1) >= loc.keepalive_requests or g_loop.quitting:
             self.keepalive = False
-        elif loc.keepalive_disable and self.keepalive and agent_disables_keepalive(self, loc.keepalive_disable):
+        elif (loc.keepalive_disable and self.keepalive
+              and (loc.keepalive_disable != KEEPALIVE_DISABLE_MSIE6 or self.method_len == 4)
+              and agent_disables_keepalive(self, loc.keepalive_disable)):
+            # the default (msie6) looks at POST requests only: a GET pays two tests
             self.keepalive = False
         if loc.client_max_body_size and content_length > loc.client_max_body_size:
             self.send_error(413, "client intended to send too large body")

@@ -561,8 +561,6 @@ def test_access_log_counts_static_responses(srv, root):
     ("source_charset koi8-r;", "source_charset"),
     ("location /t/ { try_files $uri @nowhere; }", "@nowhere"),
     ("location /t/ { alias /tmp; proxy_pass http://127.0.0.1:9; }", "alias"),
-    ("location /t/ { charset utf-8; proxy_pass http://127.0.0.1:9; }", "charset"),
-    ("location /t/ { expires 1h; return 200; }", "expires"),
     ("location /t/ { expires @15h; }", "expires"),
 ])
 @pytest.mark.edge_only   # edge's refusals (nginx would list directories or convert charsets)
@@ -571,3 +569,206 @@ def test_config_refusals(edge, snippet, message):
     with pytest.raises(Exception):
         e.start()
     assert message in e.output()
+
+
+# -- charset and expires on proxied and `return` responses (nginx's filters) ----------------
+
+PROXIED = """
+http {
+    server {
+        listen 127.0.0.1:@PORT2@;
+        default_type text/plain;
+        location /cc {
+            add_header Cache-Control "no-store";
+            add_header Expires "Thu, 01 Jan 2004 00:00:00 GMT";
+            add_header Last-Modified "Tue, 14 Nov 2023 22:13:20 GMT";
+            return 200 "cc";
+        }
+        location /cc404 { add_header Cache-Control "no-store" always; return 404 "nf"; }
+        location /plain { return 200 "p"; }
+        location /html { default_type text/html; return 200 "h"; }
+        location /koi { default_type "text/html; charset=koi8-r"; return 200 "k"; }
+        location /param { default_type "text/plain; format=flowed"; return 200 "f"; }
+        location /json { default_type application/json; return 200 "{}"; }
+        location /moved { return 302 /elsewhere; }
+    }
+    server {
+        listen 127.0.0.1:@PORT@;
+        location /cs/ { charset utf-8; proxy_pass http://127.0.0.1:@PORT2@/; }
+        location /csall/ { charset utf-8; charset_types *; proxy_pass http://127.0.0.1:@PORT2@/; }
+        location /exp/ { expires 1h; proxy_pass http://127.0.0.1:@PORT2@/; }
+        location /expmod/ { expires modified 1h; proxy_pass http://127.0.0.1:@PORT2@/; }
+        location /expepoch/ { expires epoch; proxy_pass http://127.0.0.1:@PORT2@/; }
+        location /plainproxy/ { proxy_pass http://127.0.0.1:@PORT2@/; }
+        location /ret/ { expires max; return 200 "r"; }
+        location /ret404/ { expires max; return 404; }
+        location /retredir/ { expires 30s; return 301 http://example.com/; }
+    }
+}
+"""
+
+
+@pytest.fixture
+def proxied(edge):
+    return edge(PROXIED)
+
+
+@pytest.mark.parametrize("target,ctype", [
+    ("/cs/plain", "text/plain; charset=utf-8"),
+    ("/cs/html", "text/html; charset=utf-8"),
+    ("/cs/koi", "text/html; charset=koi8-r"),           # a charset of its own is kept
+    ("/cs/param", "text/plain; format=flowed"),         # the whole value is not in the types
+    ("/cs/json", "application/json"),                   # not in charset_types
+    ("/csall/json", "application/json; charset=utf-8"),
+    ("/csall/param", "text/plain; format=flowed; charset=utf-8"),
+    ("/plainproxy/plain", "text/plain"),
+])
+def test_charset_on_proxied_responses(proxied, target, ctype):
+    r = _get(proxied, target)
+    assert r.status == 200
+    assert r.header("Content-Type") == ctype
+
+
+def test_charset_not_on_proxied_redirects(proxied):
+    r = _get(proxied, "/csall/moved")
+    assert r.status == 302
+    assert "charset" not in (r.header("Content-Type") or "")
+
+
+def _max_age(r):
+    m = re.fullmatch(r"max-age=(\d+)", r.header("Cache-Control") or "")
+    return int(m.group(1)) if m else None
+
+
+def test_expires_on_proxied_responses(proxied):
+    r = _get(proxied, "/exp/cc")
+    assert r.header_all("Cache-Control") == ["max-age=3600"]    # the upstream's replaced
+    assert len(r.header_all("Expires")) == 1
+    exp = email.utils.parsedate_to_datetime(r.header("Expires")).timestamp()
+    assert abs(exp - (time.time() + 3600)) < 5
+    r = _get(proxied, "/exp/cc404")                  # not a status expires touches
+    assert r.status == 404
+    assert r.header_all("Cache-Control") == ["no-store"] and not r.has("Expires")
+    r = _get(proxied, "/expmod/cc")                  # from the upstream's Last-Modified
+    assert r.header("Expires") == "Tue, 14 Nov 2023 23:13:20 GMT"
+    assert r.header("Cache-Control") == "no-cache"   # in the past
+    r = _get(proxied, "/expmod/plain")               # no Last-Modified: from now
+    assert 3590 <= _max_age(r) <= 3600
+    r = _get(proxied, "/expepoch/plain")
+    assert r.header("Expires") == "Thu, 01 Jan 1970 00:00:01 GMT"
+    assert r.header("Cache-Control") == "no-cache"
+
+
+def test_expires_on_return(proxied):
+    r = _get(proxied, "/ret/")
+    assert r.header("Expires") == "Thu, 31 Dec 2037 23:55:55 GMT"
+    assert r.header("Cache-Control") == "max-age=315360000"
+    r = _get(proxied, "/ret404/")
+    assert r.status == 404 and not r.has("Expires") and not r.has("Cache-Control")
+    r = _get(proxied, "/retredir/")
+    assert r.status == 301 and _max_age(r) == 30
+
+
+# -- $document_root and $request_filename ------------------------------------------------------
+
+VARS = """
+http {
+    server {
+        listen 127.0.0.1:@PORT@;
+        root @ROOT@/www/;
+        location / { add_header X-Root $document_root; add_header X-File $request_filename; }
+        location /img/ { alias @ROOT@/data/images/;
+                         add_header X-Root $document_root; add_header X-File $request_filename; }
+        location ~ ^/re/(.+)$ { alias @ROOT@/data/images/$1;
+                         add_header X-Root $document_root; add_header X-File $request_filename; }
+        location /ret/ { root /srv/other; return 200 "$document_root|$request_filename"; }
+    }
+}
+"""
+
+
+def test_document_root_and_request_filename(edge, root):
+    srv = edge(VARS, ROOT=root)
+    r = _get(srv, "/a.txt")
+    assert r.status == 200
+    assert r.header("X-Root") == f"{root}/www"          # one trailing slash dropped
+    assert r.header("X-File") == f"{root}/www/a.txt"
+    r = _get(srv, "/img/cat.txt")
+    assert r.status == 200
+    assert r.header("X-Root") == f"{root}/data/images/"  # an alias as written
+    assert r.header("X-File") == f"{root}/data/images/cat.txt"
+    r = _get(srv, "/re/cat.txt")
+    assert r.status == 200
+    assert r.header("X-Root") == f"{root}/data/images/cat.txt"
+    assert r.header("X-File") == f"{root}/data/images/cat.txt"
+    assert _get(srv, "/ret/x").body == b"/srv/other|/srv/other/ret/x"
+
+
+# -- disable_symlinks --------------------------------------------------------------------------
+
+SYMLINKS = """
+http {
+    server {
+        listen 127.0.0.1:@PORT@;
+        root @ROOT@/www;
+        location /off/ { }
+        location /on/ { disable_symlinks on; }
+        location /owner/ { disable_symlinks if_not_owner; }
+        location /from/ { disable_symlinks on from=$document_root; }
+        location /tf/ { disable_symlinks on; try_files $uri /tf/fallback.txt; }
+    }
+}
+"""
+
+
+@pytest.fixture
+def linked(edge, root):
+    w = root / "www"
+    for d in ("off", "on", "owner", "from", "tf"):
+        _write(w / d / "real.txt", b"real\n")
+        (w / d / "link.txt").symlink_to(w / d / "real.txt")
+        (w / d / "sub").mkdir()
+        _write(w / d / "sub" / "in.txt", b"in sub\n")
+        (w / d / "dirlink").symlink_to(w / d / "sub")
+        (w / d / "foreign.txt").symlink_to("/etc/hostname")
+    _write(w / "tf" / "fallback.txt", b"fallback\n")
+    # the root itself reached through a link: `from=` leaves it unchecked
+    (root / "wwwlink").symlink_to(w)
+    srv = edge(SYMLINKS.replace("@ROOT@/www", "@ROOT@/wwwlink"), ROOT=root)
+    return srv
+
+
+@pytest.mark.parametrize("target,status", [
+    ("/off/link.txt", 200), ("/off/dirlink/in.txt", 200),
+    # a link in place of a directory (wwwlink on the root's own path, dirlink): Linux
+    # answers openat(O_DIRECTORY | O_NOFOLLOW) with ENOTDIR, so nginx says 404 there
+    ("/on/real.txt", 404), ("/from/dirlink/in.txt", 404),
+    ("/from/real.txt", 200), ("/from/link.txt", 403),
+    ("/from/sub/in.txt", 200), ("/from/missing.txt", 404),
+])
+def test_disable_symlinks(linked, target, status):
+    assert _get(linked, target).status == status
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the owner test needs files of two owners")
+def test_disable_symlinks_if_not_owner(edge, root):
+    w = root / "www" / "owner"
+    _write(w / "mine.txt", b"mine\n")
+    (w / "same.txt").symlink_to(w / "mine.txt")
+    _write(w / "theirs.txt", b"theirs\n")
+    os.chown(w / "theirs.txt", 65534, 65534)
+    (w / "other.txt").symlink_to(w / "theirs.txt")
+    srv = edge(SYMLINKS, ROOT=root)
+    assert _get(srv, "/owner/same.txt").status == 200
+    assert _get(srv, "/owner/other.txt").status == 403
+    assert _get(srv, "/owner/theirs.txt").status == 200
+
+
+def test_disable_symlinks_in_try_files(edge, root):
+    w = root / "www" / "tf"
+    _write(w / "real.txt", b"real\n")
+    (w / "link.txt").symlink_to(w / "real.txt")
+    _write(w / "fallback.txt", b"fallback\n")
+    srv = edge(SYMLINKS, ROOT=root)
+    assert _get(srv, "/tf/real.txt").body == b"real\n"
+    assert _get(srv, "/tf/link.txt").body == b"fallback\n"     # a refused link is skipped

@@ -342,3 +342,30 @@ def test_idle_connections_do_not_lock_out_a_new_client(edge, cert, files):
     finally:
         for s in idle:
             s.close()
+
+
+@pytest.mark.parametrize("page,status", [("https://$host$request_uri", 302),
+                                         ("=301 https://$host$request_uri", 301)])
+def test_plain_http_to_the_tls_port_error_page(edge, cert, page, status):
+    """The classic `error_page 497 https://$host$request_uri;`: the plain request is sent
+    to https (docs/errors.md)."""
+    from support import Conn
+    e = edge(nginx_compat(f"""
+http {{
+    server {{
+        listen 127.0.0.1:@PORT@ ssl;
+        server_name a.test;
+        ssl_certificate {cert.cert}; ssl_certificate_key {cert.key};
+        error_page 497 {page};
+        location / {{ return 200 "ok"; }}
+    }}
+}}
+"""))
+    c = Conn(e.port, tls=None)
+    try:
+        c.send(b"GET /x?y=1 HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        r = c.read_response()
+        assert r.status == status
+        assert r.header("Location") == "https://a.test/x?y=1"
+    finally:
+        c.close()

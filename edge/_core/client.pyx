@@ -236,6 +236,65 @@ cdef bint token_listed(const char *value, size_t vn, const char *name, size_t n)
     return False
 
 
+cdef const char *find_text(const char *p, size_t n, const char *needle, size_t nn) noexcept nogil:
+    """The first place of `needle` in p[0:n] (case-sensitive, as nginx's ngx_strstrn)."""
+    cdef size_t i
+    if nn == 0 or n < nn:
+        return NULL
+    for i in range(n - nn + 1):
+        if p[i] == needle[0] and memcmp(p + i, needle, nn) == 0:
+            return p + i
+    return NULL
+
+
+DEF KEEPALIVE_DISABLE_MSIE6 = 1
+DEF KEEPALIVE_DISABLE_SAFARI = 2
+
+
+cdef bint agent_disables_keepalive(Client c, int mask) noexcept:
+    """keepalive_disable: nginx's User-Agent checks. msie6 (MSIE 4 and 5, 6 without SV1,
+    not Opera) for POST requests only; safari (Safari/ with Mac OS X, and neither MSIE,
+    Opera, Gecko/ nor Chrome/)."""
+    cdef size_t i
+    cdef edge_header *h = NULL
+    cdef const char *ua
+    cdef const char *end
+    cdef const char *msie
+    cdef size_t n
+    cdef bint is_msie = False
+    cdef bint msie6 = False
+    cdef bint post = c.method_len == 4 and memcmp(c.method, "POST", 4) == 0
+    if not (mask & KEEPALIVE_DISABLE_SAFARI) and not post:
+        return False
+    for i in range(c.nheaders):
+        if name_is(c.headers[i].name, c.headers[i].name_len, "user-agent", 10):
+            h = &c.headers[i]
+            break
+    if h == NULL:
+        return False
+    ua = h.value
+    n = h.value_len
+    end = ua + n
+    msie = find_text(ua, n, "MSIE ", 5)
+    if msie != NULL and msie + 7 < end:
+        is_msie = True
+        if msie[6] == 46:
+            if msie[5] == 52 or msie[5] == 53:
+                msie6 = True
+            elif msie[5] == 54 and find_text(msie + 8, <size_t>(end - (msie + 8)), "SV1", 3) == NULL:
+                msie6 = True
+    if find_text(ua, n, "Opera", 5) != NULL:
+        return False
+    if msie6 and post and (mask & KEEPALIVE_DISABLE_MSIE6):
+        return True
+    if is_msie or not (mask & KEEPALIVE_DISABLE_SAFARI):
+        return False
+    if find_text(ua, n, "Gecko/", 6) != NULL or find_text(ua, n, "Chrome/", 7) != NULL:
+        return False
+    return (find_text(ua, n, "Safari/", 7) != NULL and
+            find_text(ua, n, "Mac OS X", 8) != NULL)
+
+
 cdef class Client(Handle):
     cdef Buf rb             # bytes from the client
     cdef Buf wb             # bytes to the client
@@ -343,6 +402,11 @@ cdef class Client(Handle):
     cdef int tries
     cdef int64_t first_try_us   # for proxy_next_upstream_timeout
     cdef bint idempotent        # the method may be replayed on another peer (retries.pyx)
+    # error_page (error_page.pyx): the status the next response head gets (0: its own),
+    # and whether an error page was chosen already (recursive_error_pages off)
+    cdef int err_status
+    cdef bint error_paged
+    cdef int64_t resp_mtime     # a proxied response's Last-Modified (expires modified), or -1
 
     # the request as the log phase and metrics see it
     cdef bint logged            # nothing left to log: between requests
@@ -815,6 +879,9 @@ cdef class Client(Handle):
         self.routed = False
         self.mirror_heads = None
         self.uri_changes = 10           # internal redirects left (rewrite, index, try_files)
+        self.err_status = 0
+        self.error_paged = False
+        self.resp_mtime = -1
         if self.uvals is not None:
             self.uvals = None           # user variables are per request
         if self.body_buffered or self.body_fd >= 0:
@@ -1023,6 +1090,19 @@ cdef class Client(Handle):
         cdef bytes body = error_body(status)
         if reason != NULL and g_log_info:
             log_connection("info", self, reason, status)
+        if (self.routed and self.parsed and self.up is None and not self.response_started
+                and self.state != CS_CLOSING and self.state != CS_LINGER):
+            # once a server is chosen, its error_page may answer (error_page.pyx)
+            self.keepalive = False
+            if run_error_page(self, status):
+                return
+        elif (not self.routed and status != 408 and self.state == CS_HEAD and self.up is None
+                and self.binding is not None and self.binding.default is not None
+                and self.binding.default.error_pages is not None):
+            # a request refused before a server was chosen: nginx answers it with the
+            # error_page of the address's default server
+            if run_unrouted_error_page(self, status):
+                return
         if self.up is not None:
             self.up.client = None
             self.up.close()
@@ -1477,6 +1557,11 @@ cdef class Client(Handle):
             self.apply_realip(loc.realip)
         if self.requests + (0 if consumed else 1) >= loc.keepalive_requests or g_loop.quitting:
             self.keepalive = False
+        elif (loc.keepalive_disable and self.keepalive
+              and (loc.keepalive_disable != KEEPALIVE_DISABLE_MSIE6 or self.method_len == 4)
+              and agent_disables_keepalive(self, loc.keepalive_disable)):
+            # the default (msie6) looks at POST requests only: a GET pays two tests
+            self.keepalive = False
         if loc.client_max_body_size and content_length > loc.client_max_body_size:
             self.send_error(413, "client intended to send too large body")
             return
@@ -1532,7 +1617,6 @@ cdef class Client(Handle):
         self.loc set, PH_DONE when answered, or a status."""
         cdef Location loc
         cdef int r = PH_RELOCATE
-        self.uri_changes = 10
         while r == PH_RELOCATE:
             if self.uri_changes == 0:
                 if g_log_fn is not None:
@@ -1641,8 +1725,12 @@ cdef class Client(Handle):
 
     cdef void finish_without_body(self, int status):
         """A built-in page (404 where no content handler applies) that keeps the
-        connection alive when the request body allows it."""
-        cdef bytes head = error_head(status)
+        connection alive when the request body allows it; or the error_page in force
+        for that status (error_page.pyx)."""
+        cdef bytes head
+        if run_error_page(self, status):
+            return
+        head = error_head(status)
         self.start_discard()
         self.begin_head(status)
         buf_append_bytes(&self.wb, head)
@@ -1662,6 +1750,8 @@ cdef class Client(Handle):
         then what the log phase keeps of it."""
         cdef PhasePlan phases = self.loc.phases if self.loc is not None else None
         cdef size_t n
+        if self.err_status:
+            patch_status_line(self)     # a response to an error_page: the error's status
         if phases is None and self.routed:
             phases = self.server.phases     # a server-level answer, or no location matched
         if phases is not None and phases.nheader_filter:
@@ -1683,6 +1773,10 @@ cdef class Client(Handle):
         cdef int status = loc.return_status
         cdef size_t mark, body_start
         cdef bytes body
+        if loc.return_body is None and (loc.return_location is not None or status >= 400):
+            # nginx's special response: the error_page in force may answer it
+            if run_error_page(self, status):
+                return
         self.start_discard()
         self.begin_head(status)
         buf_append_bytes(&self.wb, loc.return_head)

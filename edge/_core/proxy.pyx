@@ -447,6 +447,9 @@ cdef class UpConn(Handle):
                 if r == -4:
                     self.next_after_status()
                     return
+                if r == -5:
+                    self.intercepted()
+                    return
                 if r < 0:
                     self.fail(FAIL_HEAD_TOO_BIG if r == -3 else FAIL_BAD_RESPONSE)
                     return
@@ -537,6 +540,7 @@ cdef class UpConn(Handle):
         cdef bint no_body
         cdef bint sse = False
         cdef int retry
+        cdef bint cache_headers, charset
         cdef size_t head_max = <size_t>c.loc.proxy_buffer_size
         cdef bint buffering = c.loc.proxy_buffering
         ret = edge_parse_response(self.rb.data + self.rb.start, buf_len(&self.rb), &minor,
@@ -620,11 +624,15 @@ cdef class UpConn(Handle):
         self.buffering = buffering and not sse
         self.chunk_to_client = (self.resp_kind == RESP_CHUNKED or self.resp_kind == RESP_CLOSE) \
             and c.minor == 1
+        if c.loc.error_pages is not None and intercepts(c, status):
+            return self.intercept(ret)      # proxy_intercept_errors (error_page.pyx)
         if (self.resp_kind == RESP_CHUNKED or self.resp_kind == RESP_CLOSE) and c.minor == 0:
             c.keepalive = False     # an HTTP/1.0 client learns the end from the close
 
         # the client's head
         self.header_us = g_now_us
+        cache_headers = c.loc.proxy_expires and expires_status(status)
+        charset = c.loc.proxy_charset is not None and status != 301 and status != 302
         c.begin_head(status)
         buf_append_str(&c.wb, "HTTP/1.1 ")
         buf_append_uint(&c.wb, <uint64_t>status)
@@ -654,6 +662,16 @@ cdef class UpConn(Handle):
             if c.loc.redirects is not None and (name_is(h.name, h.name_len, "location", 8)
                                                 or name_is(h.name, h.name_len, "refresh", 7)):
                 append_redirected(c, <Redirects>c.loc.redirects, h, &c.wb)
+                continue
+            if cache_headers:
+                # `expires` replaces them (static.pyx ExpiresFilter adds its own)
+                if name_is(h.name, h.name_len, "expires", 7) or \
+                        name_is(h.name, h.name_len, "cache-control", 13):
+                    continue
+                if name_is(h.name, h.name_len, "last-modified", 13):
+                    c.resp_mtime = parse_http_date(h.value, h.value_len)
+            if charset and name_is(h.name, h.name_len, "content-type", 12):
+                append_content_type_charset(c, h, &c.wb)
                 continue
             buf_append(&c.wb, h.name, h.name_len)
             buf_append_str(&c.wb, ": ")
@@ -727,16 +745,62 @@ cdef class UpConn(Handle):
         c.up = None
         c.connect_next_peer()
 
+    cdef int intercept(self, int head_len):
+        """proxy_intercept_errors: this response is replaced by an error page. Its head is
+        dropped, and so is its body when it is already here whole (the connection can
+        then be pooled); otherwise the connection is closed. -5 for pump_response."""
+        cdef size_t avail
+        self.header_us = g_now_us
+        self.rb.start += <size_t>head_len
+        avail = buf_len(&self.rb)
+        if self.resp_kind == RESP_LENGTH and <int64_t>avail >= self.resp_left:
+            self.rb.start += <size_t>self.resp_left
+            self.resp_left = 0
+        elif self.resp_kind != RESP_NONE:
+            self.upstream_keepalive = False
+        if buf_len(&self.rb):
+            self.upstream_keepalive = False
+        self.head_done = True
+        self.resp_done = True
+        return -5
+
+    cdef void intercepted(self):
+        """The intercepted response is dropped: free this connection, then the client
+        runs the error page (or the built-in page, when an error page ran already)."""
+        cdef Client c = self.client
+        cdef int status = self.status
+        self.client = None
+        timer_stop(self)
+        self.record_try(c, status)
+        self.end_try()
+        self.recycle(c)
+        c.up = None
+        c.state = CS_HEAD
+        c.finish_without_body(status)
+        if c.state == CS_HEAD or c.state == CS_DISCARD:
+            c.serve_heads()
+
     cdef void finish(self):
         """The response is complete and sent: pool or close this connection, then let the
         client go on with its next request."""
         cdef Client c = self.client
-        cdef Upstream ups = self.ups
-        cdef UpConn oldest
         self.client = None
         timer_stop(self)
         self.record_try(c, self.status)
         self.end_try()
+        self.recycle(c)
+        if spool_pending(c):
+            # the upstream is free; the client reads the rest from the spool and
+            # Client.drive ends the request once it is sent
+            c.up = None
+            return
+        c.proxy_finished()
+
+    cdef void recycle(self, Client c):
+        """A response is over on this connection: back to its group's pool when it can
+        carry another request, else closed."""
+        cdef Upstream ups = self.ups
+        cdef UpConn oldest
         if (ups.keepalive > 0 and self.upstream_keepalive and c.body_done
                 and buf_len(&self.rb) == 0 and self.nrequests < ups.keepalive_requests
                 and not g_loop.quitting
@@ -756,12 +820,6 @@ cdef class UpConn(Handle):
                 oldest.close()
         else:
             self.close()
-        if spool_pending(c):
-            # the upstream is free; the client reads the rest from the spool and
-            # Client.drive ends the request once it is sent
-            c.up = None
-            return
-        c.proxy_finished()
 
     cdef void record_try(self, Client c, int status) noexcept:
         if self.ups.method == LB_EWMA:
@@ -839,6 +897,38 @@ cdef class UpConn(Handle):
         c.retry_or_fail(status, NU_TIMEOUT if why == FAIL_TIMEOUT else
                         NU_INVALID_HEADER if why == FAIL_BAD_RESPONSE or why == FAIL_HEAD_TOO_BIG
                         else NU_ERROR, request_sent and not was_connecting)
+
+
+cdef void append_content_type_charset(Client c, edge_header *h, Buf *out) noexcept:
+    """nginx's charset filter on a proxied Content-Type: `; charset=X` is added when the
+    value names no charset and is (whole, case-insensitively) one of charset_types."""
+    cdef const char *p = h.value
+    cdef size_t n = h.value_len
+    cdef size_t i = 0
+    cdef size_t j
+    cdef bint add = True
+    cdef bytes name
+    while i < n:
+        if p[i] == 59:
+            j = i + 1
+            while j < n and p[j] == 32:
+                j += 1
+            if j + 8 <= n and strncasecmp(p + j, "charset=", 8) == 0:
+                add = False
+                break
+        i += 1
+    if add and c.loc.proxy_charset_types is not None:
+        try:
+            add = p[:n].lower() in c.loc.proxy_charset_types
+        except Exception:
+            add = False
+    buf_append_str(out, "Content-Type: ")
+    buf_append(out, p, n)
+    if add:
+        name = <bytes>c.loc.proxy_charset
+        buf_append_str(out, "; charset=")
+        buf_append(out, <const char *>name, len(name))
+    buf_append_str(out, "\r\n")
 
 
 cdef UpConn upstream_connection(Upstream ups, int peer, Client c):
@@ -1143,6 +1233,8 @@ cdef bint append_variable(Segment *s, Client c, Buf *out) noexcept:
         buf_append(out, c.conn_port, c.conn_port_len)
     elif v == VAR_USER:
         return append_user(s, c, out)
+    elif v == VAR_DOCUMENT_ROOT or v == VAR_REQUEST_FILENAME:
+        return append_path_variable(v, c, out)
     elif v == VAR_CAPTURE:
         if c.cap_base != NULL:
             if s.index <= c.cap_n and c.caps[s.index].rm_so >= 0:

@@ -40,6 +40,7 @@ include "retries.pyx"
 include "mirror.pyx"
 include "rewrite.pyx"
 include "static.pyx"
+include "error_page.pyx"
 
 DEF MAX_EVENTS = 512
 DEF FREE_CLIENTS_MAX = 4096

@@ -90,6 +90,7 @@ cdef class Location:
     # client-side limits and timeouts that may differ per location
     cdef public int64_t keepalive_timeout_ms
     cdef public int64_t keepalive_requests
+    cdef public int keepalive_disable      # keepalive_disable: 1 msie6, 2 safari (client.pyx)
     cdef public int64_t client_body_timeout_ms
     cdef public int64_t send_timeout_ms
     cdef public int64_t client_max_body_size
@@ -112,9 +113,14 @@ cdef class Location:
     cdef public object redirects     # Redirects (proxy_redirect), or None
     cdef public bint pass_server     # proxy_pass_header Server / Date: the upstream's go through
     cdef public bint pass_date
+    # charset and expires on proxied responses (modules/static.py, proxy.pyx)
+    cdef public object proxy_charset        # bytes, or None: charset off
+    cdef public object proxy_charset_types  # set of lowercase types, or None for "*"
+    cdef public bint proxy_expires          # an upstream's Expires / Cache-Control are replaced
     cdef bytes response_drop_b
     cdef const char *response_drop  # upstream response headers never copied
     cdef public object static        # StaticConf (static.pyx) for CONTENT_STATIC, or None
+    cdef public object error_pages   # ErrorPages (error_page.pyx) in force here, or None
 
     def __cinit__(self):
         self.has_regex = False
@@ -476,6 +482,7 @@ cdef class Server:
     cdef public PhasePlan phases     # for requests that no location took (404) or no server parsed
     cdef public PhaseHandler script  # the server-level rewrite directives (rewrite.pyx), or None
     cdef public object tls           # its TlsContext (tls.pyx) when it has certificates, or None
+    cdef public object error_pages   # ErrorPages for requests no location took, or None
 
     def __init__(self, list names, str file="", int line=0):
         # regex names keep their case (they match case-insensitively); others fold

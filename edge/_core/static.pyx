@@ -25,8 +25,10 @@ cdef extern from "<sys/stat.h>" nogil:
         unsigned int st_mode
         int64_t st_size
         time_t st_mtime
+        unsigned int st_uid
     int edge_fstat "fstat"(int fd, edge_stat_t *st)
     int edge_stat "stat"(const char *path, edge_stat_t *st)
+    int edge_fstatat "fstatat"(int dirfd, const char *path, edge_stat_t *st, int flags)
     bint S_ISDIR(unsigned int m)
     bint S_ISREG(unsigned int m)
 
@@ -34,6 +36,10 @@ cdef extern from "<fcntl.h>" nogil:
     enum:
         O_RDONLY
         O_NONBLOCK
+        O_NOFOLLOW
+        O_DIRECTORY
+        AT_SYMLINK_NOFOLLOW
+    int openat(int dirfd, const char *path, int flags, ...)
 
 cdef extern from "<errno.h>" nogil:
     enum:
@@ -41,6 +47,21 @@ cdef extern from "<errno.h>" nogil:
         ENOTDIR
         ENAMETOOLONG
         EACCES
+        ELOOP
+        EMLINK
+
+cdef extern from *:
+    """
+    #include <errno.h>
+    static void edge_set_errno(int e) { errno = e; }
+    """
+    void edge_set_errno(int e) nogil
+
+
+cdef enum SymlinksMode:
+    SYM_OFF = 0
+    SYM_ON = 1
+    SYM_IF_NOT_OWNER = 2
 
 cdef enum ExpiresKind:
     EXP_OFF = 0
@@ -82,6 +103,8 @@ cdef class StaticConf:
     cdef public int try_code
     cdef public Template try_uri
     cdef public Location try_named
+    cdef public int symlinks            # disable_symlinks: SYM_OFF, SYM_ON, SYM_IF_NOT_OWNER
+    cdef public Template symlinks_from  # from=part, or None
 
     def set_path(self, Template path, bint alias, bint regex, bytes prefix):
         self.path = path
@@ -265,6 +288,29 @@ cdef int map_path(Client c, StaticConf sc, const char *uri, size_t n, Buf *out) 
     return 0
 
 
+cdef bint append_path_variable(int v, Client c, Buf *out) noexcept:
+    """$document_root (the root or alias in force, evaluated) and $request_filename (the
+    file path the URI maps to, as map_path makes it), as nginx has them in every
+    location; not found where no root applies or the URI would leave an alias."""
+    cdef StaticConf sc
+    cdef Buf tmp
+    cdef bint found
+    if c.loc is None or c.loc.static is None:
+        return False
+    sc = <StaticConf>c.loc.static
+    if sc.path is None:
+        return False
+    if v == VAR_DOCUMENT_ROOT:
+        eval_template(sc.path, c, out)
+        return True
+    memset(&tmp, 0, sizeof(Buf))
+    found = map_path(c, sc, c.uri.data, buf_len(&c.uri), &tmp) == 0
+    if found:
+        buf_append(out, tmp.data + tmp.start, buf_len(&tmp))
+    buf_free(&tmp)
+    return found
+
+
 cdef inline bint method_is(Client c, const char *m, size_t n) noexcept:
     return c.method_len == n and memcmp(c.method, m, n) == 0
 
@@ -339,9 +385,119 @@ cdef void internal_redirect(Client c, const char *p, size_t n, bint split_args=T
 cdef int open_errno_status(int err) noexcept:
     if err == ENOENT or err == ENOTDIR or err == ENAMETOOLONG:
         return 404
-    if err == EACCES:
-        return 403
+    if err == EACCES or err == ELOOP or err == EMLINK:
+        return 403      # ELOOP: a symbolic link that disable_symlinks refuses (nginx)
     return 500
+
+
+cdef int open_component(int at, const char *name, int flags, int mode) noexcept:
+    """One path component under the directory `at`, as disable_symlinks allows it: not a
+    link at all (on), or a link owned by its target's owner (if_not_owner). -1 with
+    errno ELOOP for a refused link."""
+    cdef int fd
+    cdef edge_stat_t link_st, st
+    cdef int err
+    if mode == SYM_ON:
+        return openat(at, name, flags | O_NOFOLLOW)
+    fd = openat(at, name, flags)
+    if fd < 0:
+        return -1
+    if edge_fstatat(at, name, &link_st, AT_SYMLINK_NOFOLLOW) != 0 or edge_fstat(fd, &st) != 0:
+        err = errno
+        close(fd)
+        edge_set_errno(err)
+        return -1
+    if link_st.st_uid != st.st_uid:
+        close(fd)
+        edge_set_errno(ELOOP)
+        return -1
+    return fd
+
+
+cdef int open_file(Client c, StaticConf sc, Buf *path, int flags) noexcept:
+    """open(2) of a mapped path, NUL terminated in `path`. With disable_symlinks on or
+    if_not_owner, the path is walked one component at a time with openat(2), from "/" or
+    from the end of from=part, so no component may be a refused symbolic link (nginx's
+    walk; the file is then the one checked, with no window between check and open)."""
+    cdef const char *p = path.data + path.start
+    cdef size_t n = buf_len(path)
+    cdef size_t start = 0
+    cdef size_t i, j
+    cdef int at, fd, err
+    cdef int mode = sc.symlinks
+    cdef char name[4096]
+    cdef Buf from_buf
+    if mode == SYM_OFF or n == 0 or p[0] != 47:
+        return open(p, flags, 0)
+    if sc.symlinks_from is not None:
+        memset(&from_buf, 0, sizeof(Buf))
+        eval_template(sc.symlinks_from, c, &from_buf)
+        j = buf_len(&from_buf)
+        if j and j <= n and memcmp(p, from_buf.data + from_buf.start, j) == 0:
+            if j == n:
+                mode = SYM_OFF
+            elif p[j] == 47:
+                start = j
+            elif p[j - 1] == 47:
+                start = j - 1
+        buf_free(&from_buf)
+        if mode == SYM_OFF:
+            return open(p, flags, 0)
+    if start == 0:
+        at = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0)
+    else:
+        if start >= 4096:
+            edge_set_errno(ENAMETOOLONG)
+            return -1
+        memcpy(name, p, start)
+        name[start] = 0
+        at = open(name, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0)
+    if at < 0:
+        return -1
+    i = start
+    while True:
+        while i < n and p[i] == 47:
+            i += 1
+        j = i
+        while j < n and p[j] != 47:
+            j += 1
+        if j - i >= 4096:
+            close(at)
+            edge_set_errno(ENAMETOOLONG)
+            return -1
+        memcpy(name, p + i, j - i)
+        name[j - i] = 0
+        if j >= n:
+            fd = open_component(at, name, flags, mode)
+            err = errno
+            close(at)
+            edge_set_errno(err)
+            return fd
+        fd = open_component(at, name, O_RDONLY | O_DIRECTORY | O_NONBLOCK | O_CLOEXEC, mode)
+        err = errno
+        close(at)
+        if fd < 0:
+            edge_set_errno(err)
+            return -1
+        at = fd
+        i = j
+
+
+cdef int stat_file(Client c, StaticConf sc, Buf *path, edge_stat_t *st) noexcept:
+    """stat(2) of a mapped path, through the disable_symlinks walk when it is on."""
+    cdef int fd, err
+    if sc.symlinks == SYM_OFF:
+        return edge_stat(path.data + path.start, st)
+    fd = open_file(c, sc, path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+    if fd < 0:
+        return -1
+    if edge_fstat(fd, st) != 0:
+        err = errno
+        close(fd)
+        edge_set_errno(err)
+        return -1
+    close(fd)
+    return 0
 
 
 cdef void log_static_error(Client c, const char *what, Buf *path, int err):
@@ -382,7 +538,7 @@ cdef void serve_static(Client c, StaticConf sc):
                     name.end -= 1
                 if map_path(c, sc, name.data + name.start, buf_len(&name), &path) < 0:
                     continue
-                if edge_stat(path.data + path.start, &st) != 0:
+                if stat_file(c, sc, &path, &st) != 0:
                     continue
                 if S_ISDIR(st.st_mode) != want_dir:
                     continue
@@ -428,7 +584,7 @@ cdef void serve_uri(Client c, StaticConf sc):
         if map_path(c, sc, c.uri.data, n, &path) < 0:
             c.finish_without_body(404)
             return
-        fd = open(path.data + path.start, O_RDONLY | O_NONBLOCK | O_CLOEXEC, 0)
+        fd = open_file(c, sc, &path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
         if fd < 0:
             err = errno
             log_static_error(c, "open()", &path, err)
@@ -479,19 +635,19 @@ cdef void serve_index(Client c, StaticConf sc):
             buf_append(&name, path.data + path.start, buf_len(&path))
             if map_path(c, sc, name.data + name.start, buf_len(&name), &path) < 0:
                 continue
-            if edge_stat(path.data + path.start, &st) == 0:
+            if stat_file(c, sc, &path, &st) == 0:
                 internal_redirect(c, name.data + name.start, buf_len(&name), False)
                 return
             err = errno
             if err == ENOENT:
                 continue
             log_static_error(c, "stat()", &path, err)
-            status = 403 if err == EACCES else 404 if err == ENOTDIR else 500
+            status = 403 if err == EACCES or err == ELOOP or err == EMLINK else 404 if err == ENOTDIR else 500
             break
         if status == 0:
             # no index file: a directory is forbidden (autoindex off), anything else absent
             if map_path(c, sc, c.uri.data, buf_len(&c.uri), &path) < 0 or \
-                    edge_stat(path.data + path.start, &st) != 0:
+                    stat_file(c, sc, &path, &st) != 0:
                 status = 404
             elif S_ISDIR(st.st_mode):
                 if g_log_fn is not None:
@@ -507,35 +663,68 @@ cdef void serve_index(Client c, StaticConf sc):
 
 
 cdef void append_expires(Client c, StaticConf sc, int64_t mtime) noexcept:
+    append_expires_to(&c.wb, sc.expires_kind, sc.expires_s, mtime)
+
+
+cdef void append_expires_to(Buf *out, int kind, int64_t secs, int64_t mtime) noexcept:
+    """nginx's Expires and Cache-Control for `expires`; mtime -1 (a response without
+    Last-Modified) counts `modified` from now, as nginx does."""
     cdef int64_t now = g_date_second
     cdef int64_t at, max_age
-    if sc.expires_kind == EXP_OFF:
+    if kind == EXP_OFF:
         return
-    if sc.expires_kind == EXP_EPOCH:
-        buf_append_str(&c.wb, "Expires: Thu, 01 Jan 1970 00:00:01 GMT\r\nCache-Control: no-cache\r\n")
+    if kind == EXP_EPOCH:
+        buf_append_str(out, "Expires: Thu, 01 Jan 1970 00:00:01 GMT\r\nCache-Control: no-cache\r\n")
         return
-    if sc.expires_kind == EXP_MAX:
-        buf_append_str(&c.wb, "Expires: Thu, 31 Dec 2037 23:55:55 GMT\r\nCache-Control: max-age=315360000\r\n")
+    if kind == EXP_MAX:
+        buf_append_str(out, "Expires: Thu, 31 Dec 2037 23:55:55 GMT\r\nCache-Control: max-age=315360000\r\n")
         return
-    buf_append_str(&c.wb, "Expires: ")
-    if sc.expires_s == 0:
-        append_http_date(&c.wb, now)
-        buf_append_str(&c.wb, "\r\nCache-Control: max-age=0\r\n")
+    buf_append_str(out, "Expires: ")
+    if secs == 0:
+        append_http_date(out, now)
+        buf_append_str(out, "\r\nCache-Control: max-age=0\r\n")
         return
-    at = (mtime if sc.expires_kind == EXP_MODIFIED else now) + sc.expires_s
+    at = (mtime if kind == EXP_MODIFIED and mtime >= 0 else now) + secs
     max_age = at - now
-    append_http_date(&c.wb, at)
-    if sc.expires_s < 0 or max_age < 0:
-        buf_append_str(&c.wb, "\r\nCache-Control: no-cache\r\n")
+    append_http_date(out, at)
+    if secs < 0 or max_age < 0:
+        buf_append_str(out, "\r\nCache-Control: no-cache\r\n")
     else:
-        buf_append_str(&c.wb, "\r\nCache-Control: max-age=")
-        buf_append_uint(&c.wb, <uint64_t>max_age)
-        buf_append_str(&c.wb, "\r\n")
+        buf_append_str(out, "\r\nCache-Control: max-age=")
+        buf_append_uint(out, <uint64_t>max_age)
+        buf_append_str(out, "\r\n")
+
+
+cdef inline bint expires_status(int status) noexcept:
+    """The statuses nginx's headers filter adds Expires (and add_header) to."""
+    return (status == 200 or status == 201 or status == 204 or status == 206 or
+            status == 301 or status == 302 or status == 303 or status == 304 or
+            status == 307 or status == 308)
+
+
+cdef class ExpiresFilter(HeaderFilter):
+    """`expires` on the responses of a location that serves no files (proxy_pass,
+    return): Expires and Cache-Control on nginx's statuses. A proxied response's own
+    Expires and Cache-Control are dropped then (proxy.pyx), and `modified` counts from
+    its Last-Modified."""
+    cdef int kind
+    cdef int64_t secs
+
+    def __init__(self, int kind, int64_t secs):
+        self.name = "expires"
+        self.kind = kind
+        self.secs = secs
+
+    cdef int filter(self, Client c, Buf *out) except -1:
+        if expires_status(c.status):
+            append_expires_to(out, self.kind, self.secs, c.resp_mtime)
+        return 0
 
 
 cdef void redirect_to_directory(Client c, StaticConf sc):
     """A directory named without its "/": 301 to the URI with it (and the arguments)."""
     cdef bytes body = error_body(301)
+    c.err_status = 0            # nginx's special response: the redirect keeps its 301
     c.start_discard()
     c.begin_head(301)
     buf_append_str(&c.wb, "HTTP/1.1 301 Moved Permanently\r\nServer: edge\r\n")
@@ -714,24 +903,30 @@ cdef void send_file(Client c, StaticConf sc, int fd, edge_stat_t *st):
     cdef int64_t length = 0
     cdef ResponseSpool s
     cdef int one = 1
+    cdef bint plain
     if sc.etag:
         elen = <size_t>snprintf(etag, 64, "\"%llx-%llx\"", <unsigned long long>mtime,
                                 <unsigned long long>size)
+    if c.err_status == 200:
+        c.err_status = 0        # error_page ... =200: the file's own response, as usual
+    # an error page (error_page.pyx) goes out with the error's status: nginx's
+    # not_modified, range and expires filters leave such a response alone
+    plain = c.err_status == 0
     # conditionals (nginx's not_modified filter)
-    h = find_header(c, "if-unmodified-since", 19)
+    h = find_header(c, "if-unmodified-since", 19) if plain else NULL
     if h != NULL:
         t = parse_http_date(h.value, h.value_len)
         if t < 0 or mtime > t:
             close(fd)
             c.finish_without_body(412)
             return
-    h = find_header(c, "if-match", 8)
+    h = find_header(c, "if-match", 8) if plain else NULL
     if h != NULL and not etag_listed(h.value, h.value_len, etag, elen, False):
         close(fd)
         c.finish_without_body(412)
         return
-    h = find_header(c, "if-modified-since", 17)
-    range_h = find_header(c, "if-none-match", 13)
+    h = find_header(c, "if-modified-since", 17) if plain else NULL
+    range_h = find_header(c, "if-none-match", 13) if plain else NULL
     if h != NULL or range_h != NULL:
         not_modified = True
         if h != NULL:
@@ -762,7 +957,7 @@ cdef void send_file(Client c, StaticConf sc, int fd, edge_stat_t *st):
             c.response_done()
             return
     # ranges (nginx's range filter): If-Range must name this file's etag or mtime
-    range_h = find_header(c, "range", 5)
+    range_h = find_header(c, "range", 5) if plain else NULL
     if range_h != NULL and range_h.value_len >= 7 and strncasecmp(range_h.value, "bytes=", 6) == 0:
         h = find_header(c, "if-range", 8)
         if h != NULL:
@@ -837,8 +1032,9 @@ cdef void send_file(Client c, StaticConf sc, int fd, edge_stat_t *st):
         buf_append_str(&c.wb, "ETag: ")
         buf_append(&c.wb, etag, elen)
         buf_append_str(&c.wb, "\r\n")
-    append_expires(c, sc, mtime)
-    if nranges == 0:
+    if plain:
+        append_expires(c, sc, mtime)
+    if nranges == 0 and plain:
         buf_append_str(&c.wb, "Accept-Ranges: bytes\r\n")
     c.append_connection()
     if c.is_head or length == 0:

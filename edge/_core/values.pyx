@@ -27,6 +27,8 @@ cdef enum VarId:
     VAR_PROXY_PROTOCOL_PORT
     VAR_REALIP_REMOTE_ADDR
     VAR_REALIP_REMOTE_PORT
+    VAR_DOCUMENT_ROOT       # root or alias of the location (static.pyx)
+    VAR_REQUEST_FILENAME    # the file path of the URI (static.pyx)
     VAR_USER                # set / map / split_clients (rewrite.pyx)
     # request and response facts, mostly for access logs (nginx's meanings)
     VAR_REMOTE_USER
@@ -93,6 +95,8 @@ VARIABLES = {
     "proxy_protocol_port": VAR_PROXY_PROTOCOL_PORT,
     "realip_remote_addr": VAR_REALIP_REMOTE_ADDR,
     "realip_remote_port": VAR_REALIP_REMOTE_PORT,
+    "document_root": VAR_DOCUMENT_ROOT,
+    "request_filename": VAR_REQUEST_FILENAME,
     "remote_user": VAR_REMOTE_USER,
     "time_local": VAR_TIME_LOCAL,
     "time_iso8601": VAR_TIME_ISO8601,

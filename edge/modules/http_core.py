@@ -106,6 +106,21 @@ def _max_headers(node):
         raise ConfigError('"max_request_headers" must be between 1 and 128')
     return value
 
+def _keepalive_disable(node):
+    """nginx's bitmask: none | msie6 | safari (1 | 2)."""
+    mask = 0
+    for value in node.args:
+        if value == "none":
+            pass            # nginx: a bit of its own that no check reads
+        elif value == "msie6":
+            mask |= 1
+        elif value == "safari":
+            mask |= 2
+        else:
+            raise ConfigError(f'invalid value "{value}"')
+    return mask
+
+
 DIRECTIVES = [
     Directive("server", (HTTP,), (0, 0), multi=True, block=SERVER, syntax="server { ... }",
               doc="A virtual server: its listen addresses, names and locations."),
@@ -137,6 +152,11 @@ DIRECTIVES = [
               doc="How long an idle keep-alive client connection stays open."),
     Directive("keepalive_requests", HSL, (1, 1), parse=types.number, default=1000,
               doc="The most requests served on one client connection."),
+    Directive("keepalive_disable", HSL, (1, 2), parse=_keepalive_disable, default=1,
+              syntax="keepalive_disable none | msie6 | safari ...;",
+              doc="Close the connection after the response for these browsers, as nginx "
+                  "tells them by User-Agent: `msie6` (MSIE 4-6 without SV1; POST "
+                  "requests only; the default), `safari` (Safari on macOS)."),
     Directive("send_timeout", HSL, (1, 1), parse=types.time, default=60.0,
               doc="The longest pause between two writes to a client; then the connection closes."),
     Directive("client_header_buffer_size", HSL[:2], (1, 1), parse=types.size, default=1024,
@@ -185,6 +205,7 @@ def compile_http(http, runtime):
 
 
 def compile_location(conf, location, runtime):
+    location.keepalive_disable = conf.get("keepalive_disable")
     location.keepalive_timeout_ms = int(conf.get("keepalive_timeout") * 1000)
     location.keepalive_requests = conf.get("keepalive_requests")
     location.client_body_timeout_ms = int(conf.get("client_body_timeout") * 1000)

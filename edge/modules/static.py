@@ -5,7 +5,7 @@ edge/_core/static.pyx; the page is docs/static.md."""
 
 import os
 
-from edge._core.reactor import StaticConf, Template
+from edge._core.reactor import ExpiresFilter, StaticConf, Template
 from edge.config import HTTP, LOCATION, SERVER, ConfigError, Directive, types
 
 HSL = (HTTP, SERVER, LOCATION)
@@ -111,6 +111,28 @@ def _charset(node):
     return None if value.lower() == "off" else value
 
 
+def _disable_symlinks(node):
+    """`disable_symlinks off | on | if_not_owner [from=part]` -> (mode, from template)."""
+    args = node.args
+    modes = {"off": 0, "on": 1, "if_not_owner": 2}
+    if args[0] not in modes:
+        raise ConfigError(f'invalid value "{args[0]}"')
+    mode = modes[args[0]]
+    part = None
+    if len(args) == 2:
+        if not args[1].startswith("from="):
+            raise ConfigError(f'invalid parameter "{args[1]}"')
+        if mode == 0:
+            raise ConfigError('"from=" cannot be used with "off" parameter')
+        part = _template(args[1][5:])
+    return (mode, part)
+
+
+_CACHE_NOOP = ("edge opens, and stats, the file on every request, so its answers are "
+               "always those of the file as it is now (nginx's `open_file_cache off`); a "
+               "cache of descriptors would only make them older")
+
+
 def _path(node):
     value = node.args[0]
     if "\0" in value:
@@ -147,8 +169,9 @@ DIRECTIVES = [
                   "inherited table, as in nginx; the default knows html, gif and jpg."),
     Directive("charset", HSL, (1, 1), parse=_charset, default=None,
               syntax="charset name | off;",
-              doc="Add `; charset=name` to the Content-Type of static files and `return` texts "
-                  "whose type is in `charset_types`. No conversion between charsets."),
+              doc="Add `; charset=name` to the Content-Type of static files, `return` texts "
+                  "and proxied responses (one that names no charset) whose type is in "
+                  "`charset_types`, except on 301/302. No conversion between charsets."),
     Directive("charset_types", HSL, (1, None), parse=types.strings,
               default=list(DEFAULT_CHARSET_TYPES), syntax="charset_types type ...;",
               doc="The types that `charset` applies to (`*` for all); text/html always."),
@@ -170,9 +193,21 @@ DIRECTIVES = [
                   "response's head and file go out, as nginx does."),
     Directive("expires", HSL, (1, 2), parse=_expires, default=("off", 0),
               syntax="expires [modified] time | epoch | max | off;",
-              doc="Expires and Cache-Control on static 200/206/304/301 responses: `time` "
-                  "from now (negative: `Cache-Control: no-cache`), `modified time` from the "
-                  "file's mtime, `epoch`, `max`."),
+              doc="Expires and Cache-Control on 200/201/204/206/301/302/303/304/307/308 "
+                  "responses (static files, proxied responses, whose own are replaced, and "
+                  "`return`): `time` from now (negative: `Cache-Control: no-cache`), "
+                  "`modified time` from the file's or response's Last-Modified, `epoch`, `max`."),
+    Directive("disable_symlinks", HSL, (1, 2), parse=_disable_symlinks, default=(0, None),
+              syntax="disable_symlinks off | on | if_not_owner [from=part];",
+              doc="Refuse (403) a static file whose path has a symbolic link in it (`on`), or "
+                  "one not owned by its target's owner (`if_not_owner`); the path is walked "
+                  "with openat(2) and O_NOFOLLOW. `from=part` (variables allowed, e.g. "
+                  "`$document_root`) leaves the components up to `part` unchecked."),
+    Directive("open_file_cache", HSL, (1, 2), parse=types.strings, noop=_CACHE_NOOP,
+              syntax="open_file_cache off | max=N [inactive=time];"),
+    Directive("open_file_cache_errors", HSL, (1, 1), parse=types.flag, noop=_CACHE_NOOP),
+    Directive("open_file_cache_min_uses", HSL, (1, 1), parse=types.number, noop=_CACHE_NOOP),
+    Directive("open_file_cache_valid", HSL, (1, 1), parse=types.time, noop=_CACHE_NOOP),
     Directive("etag", HSL, (1, 1), parse=types.flag, default=True,
               doc="Send nginx's ETag (`\"mtime-size\"` in hex) with static files and honour "
                   "If-None-Match / If-Match / If-Range with it."),
@@ -226,17 +261,22 @@ def compile_location(conf, location, runtime):
             dtype = conf.get("default_type")
             if "*" in ctypes or dtype.lower() in ctypes:
                 location.default_type = (dtype + "; charset=" + charset).encode("latin-1")
-        refused = [("expires", location.content in (1, 2)), ("charset", location.content == 2)]
-        for name, applies in refused:
-            value = conf.local(name)
-            if applies and value is not None and value != ("off", 0):
-                node = conf.node(name)
-                raise ConfigError(f'"{name}" is honoured for static files only in edge'
-                                  f'{" (and `return` texts)" if name == "charset" else ""}; '
-                                  f'remove it from this location (docs/static.md)',
-                                  node.file, node.line)
+        location.static = _root_only(conf, runtime, root)
+        kind, seconds = conf.get("expires")
+        if kind != "off" and location.content in (1, 2):
+            # nginx's headers filter: every response of the location with a status it
+            # lists (a proxied one's own Expires / Cache-Control are replaced)
+            location.phases.add("header_filter", ExpiresFilter(
+                ("off", "epoch", "max", "time", "modified").index(kind), seconds))
+            location.proxy_expires = location.content == 2
+        if location.content == 2 and charset:
+            ctypes = set(t.lower() for t in conf.get("charset_types")) | {"text/html"}
+            location.proxy_charset = charset.encode("latin-1")
+            location.proxy_charset_types = (None if "*" in ctypes else
+                                            {t.encode("latin-1") for t in ctypes})
         return
     if try_files is None and root is None and alias is None:
+        location.static = _root_only(conf, runtime, root)
         return
     if alias is not None and conf.local("root") is not None:
         node = conf.node("alias")
@@ -281,6 +321,7 @@ def compile_location(conf, location, runtime):
     kind, seconds = conf.get("expires")
     sc.set_expires(("off", "epoch", "max", "time", "modified").index(kind), seconds)
     sc.etag = conf.get("etag")
+    sc.symlinks, sc.symlinks_from = conf.get("disable_symlinks")
     sc.ims = ("off", "exact", "before").index(conf.get("if_modified_since"))
     if try_files is not None:
         files, (fkind, fvalue) = try_files
@@ -292,6 +333,20 @@ def compile_location(conf, location, runtime):
         else:
             runtime.named_pending.append((sc, (id(_server_of(conf)), fvalue), conf))
     location.set_static(sc)
+
+
+def _root_only(conf, runtime, root):
+    """A location that serves no files still has nginx's root, for $document_root and
+    $request_filename (root `html` under the config directory when none is set)."""
+    sc = StaticConf()
+    base = getattr(runtime, "conf_dir", os.getcwd())
+    if root is None:
+        root = "html"
+    path = root if root.startswith(("/", "$")) else os.path.join(base, root)
+    if len(path) > 1:
+        path = path.rstrip("/")
+    sc.set_path(_template(path), False, False, b"")
+    return sc
 
 
 def compile_done(runtime):

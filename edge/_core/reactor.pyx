@@ -9,6 +9,10 @@
 DEF PH_CONTINUE = 0
 DEF PH_DONE = 1
 DEF PH_RELOCATE = 2     # rewrite.pyx: the URI changed, search the location again
+# gzip decisions (gzip.pyx), used by proxy.pyx and static.pyx before gzip.pyx is read
+DEF GZ_NONE = 0
+DEF GZ_VARY = 1         # not compressed, but Vary: Accept-Encoding (gzip_vary)
+DEF GZ_ON = 2
 
 include "includes/system.pxi"
 include "buffers.pyx"
@@ -40,6 +44,7 @@ include "retries.pyx"
 include "mirror.pyx"
 include "rewrite.pyx"
 include "static.pyx"
+include "gzip.pyx"
 
 DEF MAX_EVENTS = 512
 DEF FREE_CLIENTS_MAX = 4096

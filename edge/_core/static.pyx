@@ -714,6 +714,9 @@ cdef void send_file(Client c, StaticConf sc, int fd, edge_stat_t *st):
     cdef int64_t length = 0
     cdef ResponseSpool s
     cdef int one = 1
+    cdef int gz = GZ_NONE
+    cdef GzipConf g = c.loc.gzip if c.loc is not None else None
+    cdef edge_header known[2]
     if sc.etag:
         elen = <size_t>snprintf(etag, 64, "\"%llx-%llx\"", <unsigned long long>mtime,
                                 <unsigned long long>size)
@@ -761,8 +764,22 @@ cdef void send_file(Client c, StaticConf sc, int fd, edge_stat_t *st):
             c.append_connection()
             c.response_done()
             return
+    if g is not None:
+        # gzip (gzip.pyx), decided before ranges as nginx's filters run: a compressed
+        # response has no length, so no range applies to it
+        c.gz = None
+        c.gz_req = gzip_request(c, g)
+        known[0].name = "last-modified"
+        known[0].name_len = 13
+        known[1].name = "etag"
+        known[1].name_len = 4
+        gz = gzip_decide(c, g, 200, False, size, ctype, len(ctype), known, 2 if elen else 1)
+        if gz == GZ_ON:
+            c.gz = gzip_start(c, g, size)
+            if c.gz is None:
+                gz = GZ_VARY
     # ranges (nginx's range filter): If-Range must name this file's etag or mtime
-    range_h = find_header(c, "range", 5)
+    range_h = find_header(c, "range", 5) if gz != GZ_ON else NULL
     if range_h != NULL and range_h.value_len >= 7 and strncasecmp(range_h.value, "bytes=", 6) == 0:
         h = find_header(c, "if-range", 8)
         if h != NULL:
@@ -819,9 +836,12 @@ cdef void send_file(Client c, StaticConf sc, int fd, edge_stat_t *st):
         buf_append_bytes(&c.wb, ctype)
     if nranges == 1:
         length = ends[0] - starts[0]
-    buf_append_str(&c.wb, "\r\nContent-Length: ")
-    buf_append_uint(&c.wb, <uint64_t>length)
-    buf_append_str(&c.wb, "\r\n")
+    if gz == GZ_ON:
+        buf_append_str(&c.wb, "\r\n")
+    else:
+        buf_append_str(&c.wb, "\r\nContent-Length: ")
+        buf_append_uint(&c.wb, <uint64_t>length)
+        buf_append_str(&c.wb, "\r\n")
     if nranges == 1:
         buf_append_str(&c.wb, "Content-Range: bytes ")
         buf_append_uint(&c.wb, <uint64_t>starts[0])
@@ -834,14 +854,16 @@ cdef void send_file(Client c, StaticConf sc, int fd, edge_stat_t *st):
     append_http_date(&c.wb, mtime)
     buf_append_str(&c.wb, "\r\n")
     if elen:
-        buf_append_str(&c.wb, "ETag: ")
+        buf_append_str(&c.wb, "ETag: W/" if gz == GZ_ON else "ETag: ")
         buf_append(&c.wb, etag, elen)
         buf_append_str(&c.wb, "\r\n")
     append_expires(c, sc, mtime)
-    if nranges == 0:
+    if nranges == 0 and gz != GZ_ON:
         buf_append_str(&c.wb, "Accept-Ranges: bytes\r\n")
+    if gz:
+        gzip_head_end(c, g, gz)
     c.append_connection()
-    if c.is_head or length == 0:
+    if c.is_head or (length == 0 and gz != GZ_ON):
         close(fd)
         c.response_done()
         return
@@ -850,6 +872,7 @@ cdef void send_file(Client c, StaticConf sc, int fd, edge_stat_t *st):
     s.fd = fd
     s.keep_fd = True
     s.plain_copy = not sc.sendfile
+    s.gzip_file = gz == GZ_ON       # read, compressed and sent a piece at a time
     s.active = True
     if nranges == 0:
         s.file_read = 0
@@ -865,7 +888,7 @@ cdef void send_file(Client c, StaticConf sc, int fd, edge_stat_t *st):
     if c.spool is not None:
         release_spool(c)
     c.spool = s
-    if sc.sendfile and sc.tcp_nopush and c.ssl == NULL:
+    if sc.sendfile and sc.tcp_nopush and c.ssl == NULL and gz != GZ_ON:
         if setsockopt(c.fd, IPPROTO_TCP, TCP_CORK, &one, sizeof(int)) == 0:
             s.corked = True
     c.state = CS_PROXY

@@ -475,8 +475,8 @@ cdef int gzip_decide(Client c, GzipConf g, int status, bint encoded, int64_t len
     """nginx's gzip header filter: GZ_NONE, GZ_VARY (Vary only) or GZ_ON."""
     if not g.enable or (status != 200 and status != 403 and status != 404) or encoded \
             or (length >= 0 and length < g.min_length) or ct == NULL \
-            or not type_listed(g, ct, ct_len) or c.is_head:
-        return GZ_NONE
+            or not type_listed(g, ct, ct_len):
+        return GZ_NONE      # (HEAD is decided as GET is: nginx marks it header-only later)
     if not (c.gz_req & GZR_OK):
         return GZ_VARY
     if (c.gz_req & GZR_VIA) and not proxied_ok(c, g, hs, nh):
@@ -500,7 +500,7 @@ cdef int gzip_proxy_head(Client c, GzipConf g, int status, edge_header *hs, size
             ct = hs[i].value
             ct_len = hs[i].value_len
     r = gzip_decide(c, g, status, encoded, length, ct, ct_len, hs, nh)
-    if r == GZ_ON:
+    if r == GZ_ON and not c.is_head:
         try:
             c.gz = gzip_start(c, g, length)
         except Exception:
@@ -532,7 +532,9 @@ cdef void gzip_head_end(Client c, GzipConf g, int r) noexcept:
     """The lines a decision adds to the head, and the framing of a compressed body."""
     if r == GZ_ON:
         buf_append_str(&c.wb, "Content-Encoding: gzip\r\n")
-        if c.minor == 1:
+        if c.is_head:
+            pass            # the head a GET would get, without its framing
+        elif c.minor == 1:
             buf_append_str(&c.wb, "Transfer-Encoding: chunked\r\n")
         else:
             c.keepalive = False     # an HTTP/1.0 client learns the end from the close

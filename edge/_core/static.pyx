@@ -774,7 +774,7 @@ cdef void send_file(Client c, StaticConf sc, int fd, edge_stat_t *st):
         known[1].name = "etag"
         known[1].name_len = 4
         gz = gzip_decide(c, g, 200, False, size, ctype, len(ctype), known, 2 if elen else 1)
-        if gz == GZ_ON:
+        if gz == GZ_ON and not c.is_head:
             c.gz = gzip_start(c, g, size)
             if c.gz is None:
                 gz = GZ_VARY

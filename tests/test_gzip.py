@@ -510,12 +510,12 @@ def test_slow_reader_of_a_large_compressed_file(srv, root):
     """A client that reads slowly still gets the whole file, compressed piece by piece."""
     data = (root / "files" / "big.css").read_bytes()
     s = socket.create_connection(("127.0.0.1", srv.port))
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
     s.sendall(build_request("GET", "/files/big.css", headers=AE + [("Connection", "close")]))
     s.settimeout(20)
     raw = bytearray()
     while True:
-        b = s.recv(2048)
+        b = s.recv(8192)
         if not b:
             break
         raw += b
@@ -531,6 +531,25 @@ def test_slow_reader_of_a_large_compressed_file(srv, root):
         out += body[:n]
         body = body[n + 2:]
     assert gunzip(bytes(out)) == data
+
+
+# -- TLS -------------------------------------------------------------------------------------
+
+@pytest.mark.timeout(90)
+def test_over_tls(edge, up, root):
+    e = edge.create(CONF, UP=up, ROOT=root)
+    e.tls = True
+    e.start()
+    big = (root / "files" / "big.css").read_bytes()
+    with Conn(e.port) as c:
+        assert c.tls
+        for target, plain in (("/big.json", BIG), ("/nb/chunked", HTML), ("/close", HTML),
+                              ("/files/big.css", big), ("/files/page.html", HTML)):
+            r = c.request("GET", target, headers=AE)
+            assert compressed(r), target
+            assert gunzip(r.body) == plain, target
+        r = c.request("GET", "/files/big.css")
+        assert r.body == big and not compressed(r)
 
 
 # -- config ------------------------------------------------------------------------------------

@@ -164,11 +164,16 @@ http {
         location /buf/ { gzip_buffers 16 8k; gzip_window 4k; gzip_hash 16k; proxy_pass http://@UP@; }
         location /files/ { }
         location /files10/ { gzip_http_version 1.0; alias @ROOT@/files/; }
+        location /pre/ { gzip off; gzip_static on; }
+        location /prealways/ { gzip off; gzip_static always; alias @ROOT@/pre/; }
+        location /prenovary/ { gzip off; gzip_static on; gzip_vary off; alias @ROOT@/pre/; }
     }
 }
 """
 
 AE = [("Accept-Encoding", "gzip")]
+PRE_PLAIN = b"console.log('plain file');\n" * 20
+PRE_GZ = zlib.compress(b"console.log('precompressed twin');\n" * 20, wbits=31)
 
 
 @pytest.fixture
@@ -182,6 +187,11 @@ def root(tmp_path):
                        ("tiny.css", b"a{}\n"),
                        ("img.png", HTML)):
         p = r / "files" / name
+        p.write_bytes(data)
+        os.utime(p, (MTIME, MTIME))
+    (r / "pre").mkdir()
+    for name, data in (("app.js", PRE_PLAIN), ("app.js.gz", PRE_GZ), ("only.js", PRE_PLAIN)):
+        p = r / "pre" / name
         p.write_bytes(data)
         os.utime(p, (MTIME, MTIME))
     return r
@@ -559,6 +569,43 @@ def test_static_http10(srv, root):
     r = fetch(srv, "/files10/big.css", version="HTTP/1.0")
     assert compressed(r) and not r.has("Transfer-Encoding") and not r.has("Content-Length")
     assert gunzip(r.body) == data
+
+
+@pytest.mark.parametrize("target,headers,twin,vary", [
+    ("/pre/app.js", AE, True, True),
+    ("/pre/app.js", [], False, True),           # a twin exists: Vary even when not taken
+    ("/pre/app.js", [("Accept-Encoding", "gzip;q=0")], False, True),
+    ("/pre/only.js", AE, False, False),         # no twin: the file, no Vary (gzip off)
+    ("/prealways/app.js", [], True, False),     # always: the twin to everyone, no Vary
+    ("/prealways/app.js", AE, True, False),
+    ("/prenovary/app.js", AE, True, False),
+])
+def test_gzip_static(srv, target, headers, twin, vary):
+    r = fetch(srv, target, headers)
+    assert r.status == 200
+    assert r.header("Content-Type") == "application/javascript"
+    assert (r.header("Vary") == "Accept-Encoding") == vary
+    if twin:
+        assert compressed(r)
+        assert r.body == PRE_GZ                 # the file on disk, as it is
+        assert r.header("Content-Length") == str(len(PRE_GZ))
+        assert r.header("ETag") == '"%x-%x"' % (MTIME, len(PRE_GZ))     # the twin's own
+    else:
+        assert not compressed(r) and r.body == PRE_PLAIN
+
+
+@pytest.mark.edge_only
+def test_gzip_static_ranges(srv):
+    """Ranges apply to the twin, as nginx does since 1.23.4 ("Gzip static: ranges
+    support"); the 1.22 oracle answers 200 with the whole twin."""
+    r = fetch(srv, "/pre/app.js", AE + [("Range", "bytes=0-1")])
+    assert r.status == 206 and compressed(r) and r.body == PRE_GZ[:2], r.headers
+
+
+def test_gzip_static_head(srv):
+    r = fetch(srv, "/pre/app.js", AE, method="HEAD")
+    assert compressed(r) and r.header("Content-Length") == str(len(PRE_GZ)) and r.body == b""
+    assert fetch(srv, "/pre/app.js", AE, method="POST").status == 405
 
 
 def test_keepalive_and_pipelining_after_compressed_responses(srv, root):

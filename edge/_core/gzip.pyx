@@ -542,6 +542,43 @@ cdef void gzip_head_end(Client c, GzipConf g, int r) noexcept:
         buf_append_str(&c.wb, "Vary: Accept-Encoding\r\n")
 
 
+cdef int gzip_static_open(Client c, GzipConf g, Buf *path, int *fdp, edge_stat_t *st) noexcept:
+    """gzip_static (nginx's ngx_http_gzip_static_module): open "path.gz" when the client
+    takes gzip (`on`) or always (`always`). Returns PRE_GZ (| PRE_VARY) with *fdp open
+    on the twin, PRE_VARY (serve the file itself, with Vary) or 0."""
+    cdef bint ok
+    cdef size_t mark
+    cdef int fd
+    if g.static == 2:
+        ok = True
+    else:
+        c.gz_req = gzip_request(c, g)
+        # nginx tests gzip_proxied before any response header exists: only off, any and
+        # auth can refuse here
+        ok = (c.gz_req & GZR_OK) != 0 and (not (c.gz_req & GZR_VIA) or proxied_ok(c, g, NULL, 0))
+    if not ok and not g.vary:
+        return 0
+    mark = path.end
+    if buf_append(path, ".gz\0", 4) < 0:
+        return 0
+    fd = open(path.data + path.start, O_RDONLY | O_NONBLOCK | O_CLOEXEC, 0)
+    path.end = mark
+    path.data[mark] = 0
+    if fd < 0:
+        return 0
+    if edge_fstat(fd, st) != 0 or not S_ISREG(st.st_mode):
+        close(fd)
+        return 0
+    if g.static == 2:
+        fdp[0] = fd
+        return PRE_GZ
+    if not ok:
+        close(fd)
+        return PRE_VARY
+    fdp[0] = fd
+    return PRE_GZ | PRE_VARY
+
+
 cdef void gzip_release(Client c) noexcept:
     """The request ended: zlib's memory goes now (the output buffer with the object, when
     the connection moves on or closes)."""

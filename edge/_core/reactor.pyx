@@ -13,6 +13,8 @@ DEF PH_RELOCATE = 2     # rewrite.pyx: the URI changed, search the location agai
 DEF GZ_NONE = 0
 DEF GZ_VARY = 1         # not compressed, but Vary: Accept-Encoding (gzip_vary)
 DEF GZ_ON = 2
+DEF PRE_GZ = 1          # gzip_static serves the precompressed "file.gz"
+DEF PRE_VARY = 2        # ... with Vary: Accept-Encoding (gzip_static on, gzip_vary on)
 
 include "includes/system.pxi"
 include "buffers.pyx"

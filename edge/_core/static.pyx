@@ -417,6 +417,7 @@ cdef void serve_uri(Client c, StaticConf sc):
     cdef size_t n = buf_len(&c.uri)
     cdef bint get_head = method_is(c, "GET", 3) or c.is_head
     cdef bint post = method_is(c, "POST", 4)
+    cdef int pre = 0
     if not get_head and not post:
         c.finish_without_body(405)
         return
@@ -428,6 +429,12 @@ cdef void serve_uri(Client c, StaticConf sc):
         if map_path(c, sc, c.uri.data, n, &path) < 0:
             c.finish_without_body(404)
             return
+        if get_head and c.loc is not None and c.loc.gzip is not None and c.loc.gzip.static:
+            # gzip_static (gzip.pyx): the file's precompressed twin "path.gz"
+            pre = gzip_static_open(c, <GzipConf>c.loc.gzip, &path, &fd, &st)
+            if pre & PRE_GZ:
+                send_file(c, sc, fd, &st, pre)
+                return
         fd = open(path.data + path.start, O_RDONLY | O_NONBLOCK | O_CLOEXEC, 0)
         if fd < 0:
             err = errno
@@ -452,7 +459,7 @@ cdef void serve_uri(Client c, StaticConf sc):
             close(fd)
             c.finish_without_body(405)
             return
-        send_file(c, sc, fd, &st)
+        send_file(c, sc, fd, &st, pre)
     finally:
         buf_free(&path)
 
@@ -693,7 +700,9 @@ cdef int parse_ranges(const char *v, size_t n, int64_t size, int64_t *starts,
     return 0
 
 
-cdef void send_file(Client c, StaticConf sc, int fd, edge_stat_t *st):
+cdef void send_file(Client c, StaticConf sc, int fd, edge_stat_t *st, int pre):
+    """pre: gzip_static's PRE_GZ (fd is the precompressed twin: Content-Encoding: gzip)
+    and PRE_VARY (Vary: Accept-Encoding with gzip_vary), or 0."""
     global g_boundary
     cdef int64_t size = st.st_size
     cdef int64_t mtime = st.st_mtime
@@ -764,7 +773,7 @@ cdef void send_file(Client c, StaticConf sc, int fd, edge_stat_t *st):
             c.append_connection()
             c.response_done()
             return
-    if g is not None:
+    if g is not None and g.enable and not (pre & PRE_GZ):
         # gzip (gzip.pyx), decided before ranges as nginx's filters run: a compressed
         # response has no length, so no range applies to it
         c.gz = None
@@ -862,6 +871,10 @@ cdef void send_file(Client c, StaticConf sc, int fd, edge_stat_t *st):
         buf_append_str(&c.wb, "Accept-Ranges: bytes\r\n")
     if gz:
         gzip_head_end(c, g, gz)
+    elif (pre & PRE_VARY) and g.vary:
+        buf_append_str(&c.wb, "Vary: Accept-Encoding\r\n")
+    if pre & PRE_GZ:
+        buf_append_str(&c.wb, "Content-Encoding: gzip\r\n")
     c.append_connection()
     if c.is_head or (length == 0 and gz != GZ_ON):
         close(fd)

@@ -118,6 +118,11 @@ DIRECTIVES = [
               doc="Accepted for nginx configs; no effect in edge: each upstream read or 32 KiB "
                   "piece of a static file is compressed into one buffer sized to fit, sent "
                   "before the next is read (docs/gzip.md)."),
+    Directive("gzip_static", HSL, (1, 1), parse=types.enum("on", "off", "always"), default="off",
+              syntax="gzip_static on | off | always;",
+              doc="Static files: serve the precompressed `FILE.gz` next to a file, when it "
+                  "exists, to clients that take gzip (`on`) or to all (`always`), with "
+                  "`Content-Encoding: gzip` and the .gz file's length, ETag and ranges."),
     Directive("gzip_window", HSL, (1, 1), parse=_window, default=15,
               syntax="gzip_window 512 | 1k | ... | 32k;",
               doc="zlib's window size (windowBits); smaller for a known short body, as nginx."),
@@ -128,10 +133,12 @@ DIRECTIVES = [
 
 
 def compile_location(conf, location, runtime):
-    if not conf.get("gzip"):
+    static = {"off": 0, "on": 1, "always": 2}[conf.get("gzip_static")]
+    if not conf.get("gzip") and not static:
         return
     g = GzipConf()
-    g.enable = True
+    g.enable = bool(conf.get("gzip"))
+    g.static = static
     g.set_types(list(conf.get("gzip_types")))
     g.min_length = conf.get("gzip_min_length")
     g.level = conf.get("gzip_comp_level")

@@ -17,6 +17,10 @@ if not os.path.exists("/usr/include/openssl/ssl.h") and not os.environ.get("EDGE
     raise SystemExit("edge: building the compiled core needs OpenSSL's headers: install libssl-dev "
                      "(Debian/Ubuntu) or openssl-devel (RHEL), or run ./scripts/install")
 
+if not os.path.exists("/usr/include/zlib.h") and not os.environ.get("EDGE_ZLIB_INCLUDE"):
+    raise SystemExit("edge: building the compiled core needs zlib's headers: install zlib1g-dev "
+                     "(Debian/Ubuntu) or zlib-devel (RHEL), or run ./scripts/install")
+
 # -O2 as a floor; SSE4.2 is chosen at run time by the parser (__builtin_cpu_supports),
 # so one binary runs on every x86-64 and still uses the vector scan where it can.
 compile_args = ["-O0", "-g"] if DEBUG else ["-O3"]
@@ -36,10 +40,11 @@ extensions = [
     Extension(
         "edge._core.reactor",
         ["edge/_core/reactor.pyx", "edge/_core/http_parser.c"],
-        include_dirs=["edge/_core"] + ([os.environ["EDGE_OPENSSL_INCLUDE"]]
-                                       if os.environ.get("EDGE_OPENSSL_INCLUDE") else []),
+        include_dirs=["edge/_core"] + [os.environ[k] for k in ("EDGE_OPENSSL_INCLUDE", "EDGE_ZLIB_INCLUDE")
+                                       if os.environ.get(k)],
         # OpenSSL: the same libssl and libcrypto that Python's own ssl module links
-        libraries=["ssl", "crypto"],
+        # zlib: response compression (gzip.pyx); headers from zlib1g-dev
+        libraries=["ssl", "crypto", "z"],
         extra_compile_args=compile_args + ["-Wno-unused-function"],
         define_macros=macros,
     ),

@@ -252,6 +252,7 @@ cdef class ResponseSpool:
     cdef bint keep_fd
     cdef bint plain_copy        # sendfile off: pread + write
     cdef bint corked            # TCP_CORK set for this response (tcp_nopush)
+    cdef bint gzip_file         # the file goes out compressed (gzip.pyx), a piece at a time
     cdef list segments
 
     def __cinit__(self):
@@ -343,7 +344,13 @@ cdef int spool_drain(Client c) noexcept:
     if not c.writable:
         return 0
     while True:
-        if s.file_read < s.file_write:
+        if s.gzip_file:
+            # compressed: the next piece of the file once the last one is sent
+            if buf_len(&s.mem) == 0 and not c.gz.finished:
+                if gzip_file_piece(c, s) < 0:
+                    return -1
+                continue
+        elif s.file_read < s.file_write:
             before = s.file_read
             if c.ssl != NULL:
                 r = tls_send_file_range(c.ssl, s.fd, &s.file_read, s.file_write, &wrote)

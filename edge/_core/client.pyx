@@ -395,6 +395,8 @@ cdef class Client(Handle):
     cdef int body_fd            # the temp file holding the buffered body, or -1
     cdef int64_t body_size      # the buffered body's length
     cdef ResponseSpool spool    # what a slow client has not taken of the response, or None
+    cdef GzipState gz           # the response is being compressed (gzip.pyx), or None
+    cdef int gz_req             # the request's side of the gzip decision (gzip.pyx)
     cdef list mirror_heads      # (MirrorTarget, head) of the copies this request gets, or None
     cdef bint discarding        # a body we answered without reading is still arriving
     cdef bint aborted           # the connection ended before the response was complete
@@ -805,6 +807,8 @@ cdef class Client(Handle):
             return
         self.logged = True
         self.aborted = aborted
+        if self.gz is not None:
+            gzip_release(self)
         if self.ncharges:
             release_conn_charges(self)
         if aborted and self.head_end_mark < 0:
@@ -888,6 +892,7 @@ cdef class Client(Handle):
             release_request_body(self)
         if self.spool is not None:
             release_spool(self)
+        self.gz = None
 
     cdef void close(self):
         """Close the connection now and return the object to the free list."""
@@ -907,6 +912,7 @@ cdef class Client(Handle):
             up.close()
         release_request_body(self)
         release_spool(self)
+        self.gz = None
         g_loop.unregister(self)
         if self.ssl != NULL:
             tls_free(&self.ssl, self.state != CS_HANDSHAKE and not self.aborted)
@@ -1929,6 +1935,8 @@ cdef class Client(Handle):
                     self.headers[self.upgrade_index].value, self.headers[self.upgrade_index].value_len)):
             h = &self.headers[self.connection_header]
             self.upgrade = token_listed(h.value, h.value_len, "upgrade", 7)
+        if loc.gzip is not None:
+            self.gz_req = gzip_request(self, loc.gzip)     # while the head is valid
         self.ups = loc.upstream
         if loc.dynamic is not None:
             self.ups = resolve_upstream(self, <DynamicUpstream>loc.dynamic)

@@ -432,6 +432,11 @@ cdef class UpConn(Handle):
                         self.resp_done = True
                         if self.chunk_to_client:
                             buf_append_str(&c.wb, "0\r\n\r\n")
+                        elif c.gz is not None:
+                            c.win_len = 0
+                            if gzip_window(c, True, False) < 0:
+                                c.close()
+                                return
                         continue
                     self.fail(FAIL_IO)
                     return
@@ -518,6 +523,10 @@ cdef class UpConn(Handle):
                 c.win = self.rb.data + self.rb.start
                 c.win_len = avail
                 self.rb.start += avail
+            if c.gz is not None and gzip_window(c, self.resp_done, not self.buffering) < 0:
+                self.upstream_keepalive = False
+                c.close()
+                return
             c.response_started = True
 
     cdef int parse_head(self):
@@ -543,6 +552,7 @@ cdef class UpConn(Handle):
         cdef bint cache_headers, charset
         cdef size_t head_max = <size_t>c.loc.proxy_buffer_size
         cdef bint buffering = c.loc.proxy_buffering
+        cdef int gz = 0
         ret = edge_parse_response(self.rb.data + self.rb.start, buf_len(&self.rb), &minor,
                                   &status, &msg, &msg_len, hs, &nh, 0)
         if ret == -2:
@@ -622,10 +632,14 @@ cdef class UpConn(Handle):
             self.resp_kind = RESP_CLOSE
             self.upstream_keepalive = False
         self.buffering = buffering and not sse
-        self.chunk_to_client = (self.resp_kind == RESP_CHUNKED or self.resp_kind == RESP_CLOSE) \
-            and c.minor == 1
         if c.loc.error_pages is not None and intercepts(c, status):
             return self.intercept(ret)      # proxy_intercept_errors (error_page.pyx)
+        if c.loc.gzip is not None:          # after interception: no zlib state for a page
+            c.gz = None
+            gz = gzip_proxy_head(c, <GzipConf>c.loc.gzip, status, hs, nh,
+                                 content_length if not has_te else -1)
+        self.chunk_to_client = (self.resp_kind == RESP_CHUNKED or self.resp_kind == RESP_CLOSE) \
+            and c.minor == 1 and gz != GZ_ON     # gzip.pyx frames what it compresses
         if (self.resp_kind == RESP_CHUNKED or self.resp_kind == RESP_CLOSE) and c.minor == 0:
             c.keepalive = False     # an HTTP/1.0 client learns the end from the close
 
@@ -673,11 +687,17 @@ cdef class UpConn(Handle):
             if charset and name_is(h.name, h.name_len, "content-type", 12):
                 append_content_type_charset(c, h, &c.wb)
                 continue
+            if gz == GZ_ON and gzip_head_line(c, h):
+                continue
             buf_append(&c.wb, h.name, h.name_len)
             buf_append_str(&c.wb, ": ")
             buf_append(&c.wb, h.value, h.value_len)
             buf_append_str(&c.wb, "\r\n")
-        if self.resp_kind == RESP_LENGTH or (no_body and content_length >= 0 and status != 204):
+        if gz:
+            gzip_head_end(c, <GzipConf>c.loc.gzip, gz)
+        if gz == GZ_ON:
+            pass    # chunked (HTTP/1.1) or close-delimited: gzip_head_end said which
+        elif self.resp_kind == RESP_LENGTH or (no_body and content_length >= 0 and status != 204):
             buf_append_str(&c.wb, "Content-Length: ")
             buf_append_uint(&c.wb, <uint64_t>content_length)
             buf_append_str(&c.wb, "\r\n")
@@ -689,6 +709,10 @@ cdef class UpConn(Handle):
         c.response_started = True
         if self.resp_kind == RESP_NONE or (self.resp_kind == RESP_LENGTH and self.resp_left == 0):
             self.resp_done = True
+            if c.gz is not None:
+                c.win_len = 0
+                if gzip_window(c, True, False) < 0:
+                    return -1
         return 1
 
     cdef int start_tunnel(self, edge_header *hs, size_t nh, const char *msg, size_t msg_len,

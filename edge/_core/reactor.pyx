@@ -9,6 +9,12 @@
 DEF PH_CONTINUE = 0
 DEF PH_DONE = 1
 DEF PH_RELOCATE = 2     # rewrite.pyx: the URI changed, search the location again
+# gzip decisions (gzip.pyx), used by proxy.pyx and static.pyx before gzip.pyx is read
+DEF GZ_NONE = 0
+DEF GZ_VARY = 1         # not compressed, but Vary: Accept-Encoding (gzip_vary)
+DEF GZ_ON = 2
+DEF PRE_GZ = 1          # gzip_static serves the precompressed "file.gz"
+DEF PRE_VARY = 2        # ... with Vary: Accept-Encoding (gzip_static on, gzip_vary on)
 
 include "includes/system.pxi"
 include "buffers.pyx"
@@ -41,6 +47,7 @@ include "mirror.pyx"
 include "rewrite.pyx"
 include "static.pyx"
 include "error_page.pyx"
+include "gzip.pyx"
 
 DEF MAX_EVENTS = 512
 DEF FREE_CLIENTS_MAX = 4096

@@ -121,6 +121,7 @@ cdef class Location:
     cdef const char *response_drop  # upstream response headers never copied
     cdef public object static        # StaticConf (static.pyx) for CONTENT_STATIC, or None
     cdef public object error_pages   # ErrorPages (error_page.pyx) in force here, or None
+    cdef public GzipConf gzip        # gzip / gzip_static in force (gzip.pyx), or None
 
     def __cinit__(self):
         self.has_regex = False

@@ -573,6 +573,7 @@ cdef void serve_uri(Client c, StaticConf sc):
     cdef size_t n = buf_len(&c.uri)
     cdef bint get_head = method_is(c, "GET", 3) or c.is_head
     cdef bint post = method_is(c, "POST", 4)
+    cdef int pre = 0
     if not get_head and not post:
         c.finish_without_body(405)
         return
@@ -584,6 +585,12 @@ cdef void serve_uri(Client c, StaticConf sc):
         if map_path(c, sc, c.uri.data, n, &path) < 0:
             c.finish_without_body(404)
             return
+        if get_head and c.loc is not None and c.loc.gzip is not None and c.loc.gzip.static:
+            # gzip_static (gzip.pyx): the file's precompressed twin "path.gz"
+            pre = gzip_static_open(c, <GzipConf>c.loc.gzip, sc, &path, &fd, &st)
+            if pre & PRE_GZ:
+                send_file(c, sc, fd, &st, pre)
+                return
         fd = open_file(c, sc, &path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
         if fd < 0:
             err = errno
@@ -608,7 +615,7 @@ cdef void serve_uri(Client c, StaticConf sc):
             close(fd)
             c.finish_without_body(405)
             return
-        send_file(c, sc, fd, &st)
+        send_file(c, sc, fd, &st, pre)
     finally:
         buf_free(&path)
 
@@ -882,7 +889,9 @@ cdef int parse_ranges(const char *v, size_t n, int64_t size, int64_t *starts,
     return 0
 
 
-cdef void send_file(Client c, StaticConf sc, int fd, edge_stat_t *st):
+cdef void send_file(Client c, StaticConf sc, int fd, edge_stat_t *st, int pre):
+    """pre: gzip_static's PRE_GZ (fd is the precompressed twin: Content-Encoding: gzip)
+    and PRE_VARY (Vary: Accept-Encoding with gzip_vary), or 0."""
     global g_boundary
     cdef int64_t size = st.st_size
     cdef int64_t mtime = st.st_mtime
@@ -904,6 +913,9 @@ cdef void send_file(Client c, StaticConf sc, int fd, edge_stat_t *st):
     cdef ResponseSpool s
     cdef int one = 1
     cdef bint plain
+    cdef int gz = GZ_NONE
+    cdef GzipConf g = c.loc.gzip if c.loc is not None else None
+    cdef edge_header known[2]
     if sc.etag:
         elen = <size_t>snprintf(etag, 64, "\"%llx-%llx\"", <unsigned long long>mtime,
                                 <unsigned long long>size)
@@ -956,8 +968,22 @@ cdef void send_file(Client c, StaticConf sc, int fd, edge_stat_t *st):
             c.append_connection()
             c.response_done()
             return
+    if g is not None and g.enable and not (pre & PRE_GZ):
+        # gzip (gzip.pyx), decided before ranges as nginx's filters run: a compressed
+        # response has no length, so no range applies to it
+        c.gz = None
+        c.gz_req = gzip_request(c, g)
+        known[0].name = "last-modified"
+        known[0].name_len = 13
+        known[1].name = "etag"
+        known[1].name_len = 4
+        gz = gzip_decide(c, g, 200, False, size, ctype, len(ctype), known, 2 if elen else 1)
+        if gz == GZ_ON and not c.is_head:
+            c.gz = gzip_start(c, g, size)
+            if c.gz is None:
+                gz = GZ_VARY
     # ranges (nginx's range filter): If-Range must name this file's etag or mtime
-    range_h = find_header(c, "range", 5) if plain else NULL
+    range_h = find_header(c, "range", 5) if plain and gz != GZ_ON else NULL
     if range_h != NULL and range_h.value_len >= 7 and strncasecmp(range_h.value, "bytes=", 6) == 0:
         h = find_header(c, "if-range", 8)
         if h != NULL:
@@ -1014,9 +1040,12 @@ cdef void send_file(Client c, StaticConf sc, int fd, edge_stat_t *st):
         buf_append_bytes(&c.wb, ctype)
     if nranges == 1:
         length = ends[0] - starts[0]
-    buf_append_str(&c.wb, "\r\nContent-Length: ")
-    buf_append_uint(&c.wb, <uint64_t>length)
-    buf_append_str(&c.wb, "\r\n")
+    if gz == GZ_ON:
+        buf_append_str(&c.wb, "\r\n")
+    else:
+        buf_append_str(&c.wb, "\r\nContent-Length: ")
+        buf_append_uint(&c.wb, <uint64_t>length)
+        buf_append_str(&c.wb, "\r\n")
     if nranges == 1:
         buf_append_str(&c.wb, "Content-Range: bytes ")
         buf_append_uint(&c.wb, <uint64_t>starts[0])
@@ -1029,15 +1058,21 @@ cdef void send_file(Client c, StaticConf sc, int fd, edge_stat_t *st):
     append_http_date(&c.wb, mtime)
     buf_append_str(&c.wb, "\r\n")
     if elen:
-        buf_append_str(&c.wb, "ETag: ")
+        buf_append_str(&c.wb, "ETag: W/" if gz == GZ_ON else "ETag: ")
         buf_append(&c.wb, etag, elen)
         buf_append_str(&c.wb, "\r\n")
     if plain:
         append_expires(c, sc, mtime)
-    if nranges == 0 and plain:
+    if nranges == 0 and plain and gz != GZ_ON:
         buf_append_str(&c.wb, "Accept-Ranges: bytes\r\n")
+    if gz:
+        gzip_head_end(c, g, gz)
+    elif (pre & PRE_VARY) and g.vary:
+        buf_append_str(&c.wb, "Vary: Accept-Encoding\r\n")
+    if pre & PRE_GZ:
+        buf_append_str(&c.wb, "Content-Encoding: gzip\r\n")
     c.append_connection()
-    if c.is_head or length == 0:
+    if c.is_head or (length == 0 and gz != GZ_ON):
         close(fd)
         c.response_done()
         return
@@ -1046,6 +1081,7 @@ cdef void send_file(Client c, StaticConf sc, int fd, edge_stat_t *st):
     s.fd = fd
     s.keep_fd = True
     s.plain_copy = not sc.sendfile
+    s.gzip_file = gz == GZ_ON       # read, compressed and sent a piece at a time
     s.active = True
     if nranges == 0:
         s.file_read = 0
@@ -1061,7 +1097,7 @@ cdef void send_file(Client c, StaticConf sc, int fd, edge_stat_t *st):
     if c.spool is not None:
         release_spool(c)
     c.spool = s
-    if sc.sendfile and sc.tcp_nopush and c.ssl == NULL:
+    if sc.sendfile and sc.tcp_nopush and c.ssl == NULL and gz != GZ_ON:
         if setsockopt(c.fd, IPPROTO_TCP, TCP_CORK, &one, sizeof(int)) == 0:
             s.corked = True
     c.state = CS_PROXY

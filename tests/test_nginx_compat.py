@@ -151,6 +151,31 @@ def test_refused_directive_names_docs(tmp_path, line, name):
     assert name in rows or any(r.endswith("*") and name.startswith(r[:-1]) for r in rows), name
 
 
+def test_cache_conditions_without_a_cache_are_noops(tmp_path):
+    """proxy_cache_bypass / proxy_no_cache (the Node guides' `proxy_cache_bypass
+    $http_upgrade;`) only qualify a cache: edge has none, so they warn; the cache itself
+    stays refused."""
+    conf = tmp_path / "edge.conf"
+    body = ("events { }\nhttp {\n    server {\n        listen 127.0.0.1:1;\n        location / {\n"
+            "            proxy_cache_bypass $http_upgrade $arg_nocache;\n"
+            "            proxy_no_cache $cookie_session;\n"
+            "            proxy_pass http://127.0.0.1:2;\n        }\n    }\n}\n")
+    conf.write_text(body)
+    r = edge_t(conf)
+    assert r.returncode == 0, r.stderr
+    lines = warn_lines(r.stderr)
+    assert len(lines) == 2, r.stderr
+    assert lines[0].startswith('edge: [warn] "proxy_cache_bypass" directive does nothing in edge: ')
+    assert lines[0].endswith(f" in {conf}:6")
+    assert lines[1].startswith('edge: [warn] "proxy_no_cache" directive does nothing in edge: ')
+    assert lines[1].endswith(f" in {conf}:7")
+    conf.write_text(body.replace("proxy_no_cache $cookie_session;", "proxy_cache c;"))
+    r = edge_t(conf)
+    assert r.returncode == 1
+    assert f'nginx directive "proxy_cache" is not supported by edge' in r.stderr
+    assert r.stderr.count("\n") >= 1 and f"{conf}:7" in r.stderr
+
+
 def test_unknown_directive_stays_unknown(tmp_path):
     conf = tmp_path / "edge.conf"
     conf.write_text("events { }\nhttp {\n    frobnicate on;\n}\n")

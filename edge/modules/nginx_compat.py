@@ -52,6 +52,15 @@ DIRECTIVES = [
                    "Date header once a second"),
     Directive("pcre_jit", (MAIN,), (1, 1), parse=types.flag,
               noop="edge compiles its regular expressions with its own engine"),
+    # Conditions on a cache that edge does not have (proxy_cache itself is refused): in
+    # nginx too they do nothing without one, and Node/Express guides put
+    # `proxy_cache_bypass $http_upgrade;` in nearly every proxy block.
+    Directive("proxy_cache_bypass", HSL, (1, None), parse=types.strings,
+              noop="it only chooses when to skip a response cache, and edge has none "
+                   "(proxy_cache is refused), so every response already bypasses one"),
+    Directive("proxy_no_cache", HSL, (1, None), parse=types.strings,
+              noop="it only chooses when not to store in a response cache, and edge has "
+                   "none (proxy_cache is refused)"),
 ]
 
 _CACHE = ("edge has no response cache", "a cache in front of edge (or varnish), or "
@@ -60,7 +69,6 @@ _CACHE = ("edge has no response cache", "a cache in front of edge (or varnish), 
 REFUSED = [
     Refused("proxy_cache", *_CACHE),
     Refused("proxy_cache_*", *_CACHE),
-    Refused("proxy_no_cache", *_CACHE),
     Refused("proxy_store", "edge does not write upstream responses to disk"),
     Refused("proxy_store_access", "edge does not write upstream responses to disk"),
     Refused("fastcgi_*", "edge proxies HTTP only (no FastCGI)",

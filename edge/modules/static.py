@@ -176,6 +176,9 @@ DIRECTIVES = [
     Directive("etag", HSL, (1, 1), parse=types.flag, default=True,
               doc="Send nginx's ETag (`\"mtime-size\"` in hex) with static files and honour "
                   "If-None-Match / If-Match / If-Range with it."),
+    Directive("log_not_found", HSL, (1, 1), parse=types.flag, default=True,
+              doc="Log a static file that is not there (open() failed: ENOENT, ENOTDIR) in "
+                  "the error log; `off` logs none. edge logs ENOENT at `info` (nginx: `error`)."),
     Directive("if_modified_since", HSL, (1, 1), parse=types.enum("off", "exact", "before"),
               default="exact",
               doc="How If-Modified-Since is compared with a file's mtime: `exact` (equal), "
@@ -281,6 +284,7 @@ def compile_location(conf, location, runtime):
     kind, seconds = conf.get("expires")
     sc.set_expires(("off", "epoch", "max", "time", "modified").index(kind), seconds)
     sc.etag = conf.get("etag")
+    sc.log_not_found = conf.get("log_not_found")
     sc.ims = ("off", "exact", "before").index(conf.get("if_modified_since"))
     if try_files is not None:
         files, (fkind, fvalue) = try_files

@@ -134,6 +134,8 @@ def test_noop_warnings_at_start_and_reload(tmp_path, edge):
     ("js_import x.js;", "js_import"),
     ("fastcgi_pass 127.0.0.1:9000;", "fastcgi_pass"),
     ("limit_rate 10k;", "limit_rate"),
+    ("ssl_stapling on;", "ssl_stapling"),
+    ("ssl_stapling_verify on;", "ssl_stapling_verify"),
 ])
 def test_refused_directive_names_docs(tmp_path, line, name):
     conf = tmp_path / "edge.conf"
@@ -174,6 +176,45 @@ def test_cache_conditions_without_a_cache_are_noops(tmp_path):
     assert r.returncode == 1
     assert f'nginx directive "proxy_cache" is not supported by edge' in r.stderr
     assert r.stderr.count("\n") >= 1 and f"{conf}:7" in r.stderr
+
+
+TUNING = ["open_file_cache max=1000 inactive=20s;", "open_file_cache_valid 30s;",
+          "open_file_cache_min_uses 2;", "open_file_cache_errors on;",
+          "open_log_file_cache max=1000 inactive=20s valid=1m min_uses=2;",
+          "output_buffers 1 32k;", "postpone_output 1460;", "sendfile_max_chunk 512k;",
+          "aio threads;", "aio_write on;", "directio 4m;", "directio_alignment 512;",
+          "read_ahead 0;", "reset_timedout_connection on;", "proxy_socket_keepalive on;"]
+
+
+def test_file_and_io_tuning_are_noops(tmp_path):
+    """The file, I/O and socket tuning of performance guides: each warns once with its
+    file:line; server_name_in_redirect off (nginx's default, edge's way) is silent."""
+    conf = tmp_path / "edge.conf"
+    lines = ["events { }", "http {", "    ssl_buffer_size 4k;", "    server {",
+             "        listen 127.0.0.1:1;", "        server_name_in_redirect off;",
+             "        location / {"]
+    first = len(lines) + 1
+    lines += ["            " + d for d in TUNING]
+    lines += ["            proxy_pass http://127.0.0.1:2;", "        }", "    }", "}"]
+    conf.write_text("\n".join(lines) + "\n")
+    r = edge_t(conf)
+    assert r.returncode == 0, r.stderr
+    got = warn_lines(r.stderr)
+    assert len(got) == len(TUNING) + 1, r.stderr
+    assert got[0].startswith('edge: [warn] "ssl_buffer_size" directive does nothing') and \
+        got[0].endswith(f"{conf}:3")
+    for i, d in enumerate(TUNING):
+        name = d.split()[0]
+        assert got[i + 1].startswith(f'edge: [warn] "{name}" directive does nothing in edge: ')
+        assert got[i + 1].endswith(f" in {conf}:{first + i}"), got[i + 1]
+
+
+def test_server_name_in_redirect_on_refused(tmp_path):
+    conf = tmp_path / "edge.conf"
+    conf.write_text("events { }\nhttp {\n    server_name_in_redirect on;\n}\n")
+    r = edge_t(conf)
+    assert r.returncode == 1
+    assert f'"server_name_in_redirect on" is not supported' in r.stderr and f"{conf}:3" in r.stderr
 
 
 def test_unknown_directive_stays_unknown(tmp_path):

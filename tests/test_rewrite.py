@@ -348,3 +348,32 @@ def test_redirects_made_absolute_over_tls(edge, target, status, location):
     r = https_request(e.port, "GET", target, host="localhost", sni="localhost", ca=files.ca_pem)
     assert r.status == status
     assert r.header("Location") == location.format(port=e.port)
+
+
+PORT_IN_REDIRECT = r"""
+http {
+    server {
+        listen 127.0.0.1:@PORT@;
+        port_in_redirect off;
+        root @ROOT@;
+        location /p/ { rewrite ^/p/(.*)$ /target/$1 permanent; }
+        location /ret/ { return 302 /there; }
+        location /on/ { port_in_redirect on; return 302 /there; }
+        location /d/ { }
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("target,location", [
+    ("/p/a?b=c", "http://localhost/target/a?b=c"),
+    ("/ret/", "http://localhost/there"),
+    ("/on/", "http://localhost:{port}/there"),
+    ("/d/sub", "http://localhost/d/sub/"),          # the directory redirect of static files
+])
+def test_port_in_redirect(edge, tmp_path, target, location):
+    (tmp_path / "www" / "d" / "sub").mkdir(parents=True)
+    e = edge(PORT_IN_REDIRECT, ROOT=tmp_path / "www")
+    r = get(e.port, target, host="localhost")
+    assert r.status in (301, 302)
+    assert r.header("Location") == location.format(port=e.port)

@@ -1806,7 +1806,8 @@ cdef class Client(Handle):
             buf_append(out, self.server.first_name, len(self.server.first_name))
         else:
             buf_append(out, self.binding.server_addr, len(self.binding.server_addr))
-        if self.binding.server_port != (b"443" if self.ssl != NULL else b"80"):
+        if self.binding.server_port != (b"443" if self.ssl != NULL else b"80") and \
+                (self.loc is None or self.loc.port_in_redirect):
             buf_append_str(out, ":")
             buf_append(out, self.binding.server_port, len(self.binding.server_port))
 

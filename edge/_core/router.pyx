@@ -52,6 +52,7 @@ cdef class Location:
     cdef public Template return_body
     cdef public Template return_location
     cdef public bint absolute_redirect
+    cdef public bint port_in_redirect   # an absolute redirect names a non-default port
     cdef bytes return_head          # prebuilt status line + fixed headers
     cdef public bytes default_type
 
@@ -131,6 +132,7 @@ cdef class Location:
         self.line = line
         self.content = CONTENT_NONE
         self.absolute_redirect = True
+        self.port_in_redirect = True
         self.default_type = b"text/plain"
         self.proxy_headers = []
         self.proxy_uri = None

@@ -552,7 +552,7 @@ cdef void redirect_to_directory(Client c, StaticConf sc):
             buf_append(&c.wb, c.host, c.host_len)
         else:
             buf_append(&c.wb, c.binding.server_addr, len(c.binding.server_addr))
-        if c.binding.server_port != (b"443" if c.ssl != NULL else b"80"):
+        if c.binding.server_port != (b"443" if c.ssl != NULL else b"80") and c.loc.port_in_redirect:
             buf_append_str(&c.wb, ":")
             buf_append(&c.wb, c.binding.server_port, len(c.binding.server_port))
     buf_append(&c.wb, c.uri.data, buf_len(&c.uri))

@@ -507,6 +507,8 @@ class ControlSlot(Slot):
         self.writing = False        # a writer callback waits for the channel to drain
         self.expected_exit = False  # we sent it QUIT/TERM: its exit is no crash
         self.kill_timer = None
+        self.handoff = None         # datagram socketpair end: admin listeners to hand over
+        self.admin_key = None       # the admin listener it was given (with `user`)
 
 
 class Generation:
@@ -782,6 +784,10 @@ class Master:
         self._generation_counter = 0
         self._reload_wanted = None
         self._reload_waiters = []         # ids of the control process's reload requests
+        # With `user`, the admin listener is bound here, as root, and handed to the
+        # control process (which runs as the user and could bind no port below 1024
+        # nor a socket in a root-owned directory): admin address key -> socket.
+        self.admin_socks = {}
         self.last_reload_error = None     # why the last reload failed (file:line), or None
         self.last_reload_error_at = (None, None)   # its (file, line) when a ConfigError
         self._done = None
@@ -983,9 +989,10 @@ class Master:
         asyncio.events._set_running_loop(None)
         asyncio.set_event_loop(None)
 
-    def _close_master_bookkeeping(self):
+    def _close_master_bookkeeping(self, keep_admin=None):
         """In a forked child: nothing of the master's bookkeeping belongs here (the
-        other children's pidfds and control sockets, the new binary's pidfd)."""
+        other children's pidfds and control sockets, the new binary's pidfd, the admin
+        listeners but the one ``keep_admin`` names)."""
         for _gen, other in self.by_pid.values():
             if other.pidfd is not None:
                 os.close(other.pidfd)
@@ -994,6 +1001,9 @@ class Master:
         self._close_control_fds_in_child()
         if self.new_binary is not None and self.new_binary.pidfd is not None:
             os.close(self.new_binary.pidfd)
+        for key in list(self.admin_socks):
+            if key != keep_admin:
+                self.admin_socks.pop(key).close()
 
     def _die_with_master(self):
         """Ask the kernel to TERM this worker if the master dies (even by SIGKILL), so
@@ -1292,6 +1302,7 @@ class Master:
         ssl_session.remove_unused(cycle.runtime)
         log.error("notice", f"configuration generation {number} is in force"
                             + (" (workers reloaded in place)" if in_place else ""))
+        self._hand_admin_to_control(cycle)
         # Told, not awaited: a slow or dead control process must not hold up a reload.
         self._control_send({"op": "reload", "generation": number, "path": cycle.path,
                             "parsed": cycle.parsed})
@@ -1598,6 +1609,48 @@ class Master:
     def _children_left(self):
         return bool(self.by_pid) or self.control.pid is not None
 
+    def _binds_admin(self, cycle):
+        """Whether this master binds the admin listener for the control process: with
+        `user` (the control process drops to it) and a root master."""
+        return cycle.admin is not None and cycle.process.user is not None and os.geteuid() == 0
+
+    def _bind_admin(self, cycle):
+        """With `user`: the admin listener of ``cycle``, bound here once (kept across
+        reloads that keep its address, and across respawns of the control process);
+        those of earlier configs are closed here (the control process closes its own
+        copy when it moves). Returns its key, or None (no admin listener, no `user`,
+        or the bind failed: logged, and the control process tries and logs in turn)."""
+        if not self._binds_admin(cycle):
+            for key in list(self.admin_socks):
+                self.admin_socks.pop(key).close()
+            return None
+        address = cycle.admin.address
+        if address.key not in self.admin_socks:
+            from edge.control import admin as admin_control
+            try:
+                self.admin_socks[address.key] = admin_control.bind(address)[0]
+            except OSError as e:
+                log.error("emerg", f"admin_listen {address.key}: bind() failed "
+                                   f"({e.errno}: {e.strerror})")
+        for key in [k for k in self.admin_socks if k != address.key]:
+            self.admin_socks.pop(key).close()
+        return address.key if address.key in self.admin_socks else None
+
+    def _hand_admin_to_control(self, cycle):
+        """A reload: with `user`, bind the new admin address (if it changed) and send
+        the socket to the running control process (SCM_RIGHTS over its handoff
+        socket) before the reload message, so that its admin service finds it there."""
+        key = self._bind_admin(cycle)
+        c = self.control
+        if key is None or key == c.admin_key or c.handoff is None or c.pid is None:
+            return
+        try:
+            socket.send_fds(c.handoff, [key.encode("utf-8")], [self.admin_socks[key].fileno()])
+            c.admin_key = key
+        except OSError as e:
+            log.error("alert", f"admin_listen {key}: handing the socket to the control "
+                               f"process failed {os_error_text(e)}")
+
     def _start_control(self):
         """Run the control process (again): at start, and on an upgrade rollback. If the
         previous one is still finishing, its exit starts the new one."""
@@ -1615,6 +1668,9 @@ class Master:
             return
         gen = self.current
         cycle, number = (gen.cycle, gen.number) if gen is not None else (self.cycle, self.published)
+        admin_key = self._bind_admin(cycle)
+        handoff = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) \
+            if self._binds_admin(cycle) else (None, None)
         sys.stdout.flush()
         sys.stderr.flush()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -1633,17 +1689,27 @@ class Master:
             signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)
             ours.close()
             theirs.close()
+            for s in handoff:
+                if s is not None:
+                    s.close()
             log.error("alert", f"fork() of the control process failed {os_error_text(e)}")
             c.respawn_timer = self.loop.call_later(
                 self._respawn_delay(c, "the control process"), self._spawn_control)
             return
         if pid == 0:
             ours.close()
-            self._become_control(cycle, number, theirs)  # does not return
+            if handoff[0] is not None:
+                handoff[0].close()
+            self._become_control(cycle, number, theirs, admin_key, handoff[1])  # does not return
         set_comm(own_comm)
         gc.unfreeze()
         signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)
         theirs.close()
+        if handoff[1] is not None:
+            handoff[1].close()
+            handoff[0].setblocking(False)
+        c.handoff = handoff[0]
+        c.admin_key = admin_key
 
         c.pid = pid
         c.started = time.monotonic()
@@ -1664,16 +1730,22 @@ class Master:
             self.shared.control_pid = pid
         log.error("notice", f"start control process {pid}")
 
-    def _become_control(self, cycle, number, channel):
+    def _become_control(self, cycle, number, channel, admin_key=None, handoff=None):
         """In the forked child: become the control process. Never returns. The master's
-        signals stay blocked until the control process's handlers are installed."""
+        signals stay blocked until the control process's handlers are installed.
+        ``admin_key``: the admin listener the master bound for it (with `user`), and
+        ``handoff`` the socket later ones come on (see _hand_admin_to_control)."""
         code = 2
         try:
             self._leave_master_loop()
             # It serves no data-plane socket: holding one would keep an address the
             # master prunes alive in the SO_REUSEPORT group with nobody accepting.
             self.listeners.close_all()
-            self._close_master_bookkeeping()
+            if admin_key is not None or handoff is not None:
+                from edge.control import admin as admin_control
+                admin_control.handed_over(
+                    {admin_key: self.admin_socks[admin_key]} if admin_key is not None else {}, handoff)
+            self._close_master_bookkeeping(keep_admin=admin_key)
             if cycle.process.user is not None:
                 self.control_module.preload()   # while the code is surely readable
             configure_child(cycle.process)      # the user only
@@ -1695,6 +1767,8 @@ class Master:
             os.close(c.pidfd)
         if c.control is not None:
             c.control.close()
+        if c.handoff is not None:
+            c.handoff.close()
 
     def _reap_control(self):
         c = self.control
@@ -1820,6 +1894,9 @@ class Master:
 
     def _close_control_channel(self):
         c = self.control
+        if c.handoff is not None:
+            c.handoff.close()
+            c.handoff = None
         if c.control is None:
             return
         if c.writing:

@@ -134,6 +134,8 @@ def test_noop_warnings_at_start_and_reload(tmp_path, edge):
     ("js_import x.js;", "js_import"),
     ("fastcgi_pass 127.0.0.1:9000;", "fastcgi_pass"),
     ("limit_rate 10k;", "limit_rate"),
+    ("ssl_stapling on;", "ssl_stapling"),
+    ("ssl_stapling_verify on;", "ssl_stapling_verify"),
 ])
 def test_refused_directive_names_docs(tmp_path, line, name):
     conf = tmp_path / "edge.conf"
@@ -149,6 +151,70 @@ def test_refused_directive_names_docs(tmp_path, line, name):
     page = (REPO / "docs" / "nginx.md").read_text()
     rows = re.findall(r"^\| `([a-z_0-9*]+)` \|", page, re.M)
     assert name in rows or any(r.endswith("*") and name.startswith(r[:-1]) for r in rows), name
+
+
+def test_cache_conditions_without_a_cache_are_noops(tmp_path):
+    """proxy_cache_bypass / proxy_no_cache (the Node guides' `proxy_cache_bypass
+    $http_upgrade;`) only qualify a cache: edge has none, so they warn; the cache itself
+    stays refused."""
+    conf = tmp_path / "edge.conf"
+    body = ("events { }\nhttp {\n    server {\n        listen 127.0.0.1:1;\n        location / {\n"
+            "            proxy_cache_bypass $http_upgrade $arg_nocache;\n"
+            "            proxy_no_cache $cookie_session;\n"
+            "            proxy_pass http://127.0.0.1:2;\n        }\n    }\n}\n")
+    conf.write_text(body)
+    r = edge_t(conf)
+    assert r.returncode == 0, r.stderr
+    lines = warn_lines(r.stderr)
+    assert len(lines) == 2, r.stderr
+    assert lines[0].startswith('edge: [warn] "proxy_cache_bypass" directive does nothing in edge: ')
+    assert lines[0].endswith(f" in {conf}:6")
+    assert lines[1].startswith('edge: [warn] "proxy_no_cache" directive does nothing in edge: ')
+    assert lines[1].endswith(f" in {conf}:7")
+    conf.write_text(body.replace("proxy_no_cache $cookie_session;", "proxy_cache c;"))
+    r = edge_t(conf)
+    assert r.returncode == 1
+    assert f'nginx directive "proxy_cache" is not supported by edge' in r.stderr
+    assert r.stderr.count("\n") >= 1 and f"{conf}:7" in r.stderr
+
+
+TUNING = ["open_file_cache max=1000 inactive=20s;", "open_file_cache_valid 30s;",
+          "open_file_cache_min_uses 2;", "open_file_cache_errors on;",
+          "open_log_file_cache max=1000 inactive=20s valid=1m min_uses=2;",
+          "output_buffers 1 32k;", "postpone_output 1460;", "sendfile_max_chunk 512k;",
+          "aio threads;", "aio_write on;", "directio 4m;", "directio_alignment 512;",
+          "read_ahead 0;", "reset_timedout_connection on;", "proxy_socket_keepalive on;"]
+
+
+def test_file_and_io_tuning_are_noops(tmp_path):
+    """The file, I/O and socket tuning of performance guides: each warns once with its
+    file:line; server_name_in_redirect off (nginx's default, edge's way) is silent."""
+    conf = tmp_path / "edge.conf"
+    lines = ["events { }", "http {", "    ssl_buffer_size 4k;", "    server {",
+             "        listen 127.0.0.1:1;", "        server_name_in_redirect off;",
+             "        location / {"]
+    first = len(lines) + 1
+    lines += ["            " + d for d in TUNING]
+    lines += ["            proxy_pass http://127.0.0.1:2;", "        }", "    }", "}"]
+    conf.write_text("\n".join(lines) + "\n")
+    r = edge_t(conf)
+    assert r.returncode == 0, r.stderr
+    got = warn_lines(r.stderr)
+    assert len(got) == len(TUNING) + 1, r.stderr
+    assert got[0].startswith('edge: [warn] "ssl_buffer_size" directive does nothing') and \
+        got[0].endswith(f"{conf}:3")
+    for i, d in enumerate(TUNING):
+        name = d.split()[0]
+        assert got[i + 1].startswith(f'edge: [warn] "{name}" directive does nothing in edge: ')
+        assert got[i + 1].endswith(f" in {conf}:{first + i}"), got[i + 1]
+
+
+def test_server_name_in_redirect_on_refused(tmp_path):
+    conf = tmp_path / "edge.conf"
+    conf.write_text("events { }\nhttp {\n    server_name_in_redirect on;\n}\n")
+    r = edge_t(conf)
+    assert r.returncode == 1
+    assert f'"server_name_in_redirect on" is not supported' in r.stderr and f"{conf}:3" in r.stderr
 
 
 def test_unknown_directive_stays_unknown(tmp_path):
@@ -403,6 +469,131 @@ def test_user_drops_workers_and_control(test_user, open_dir):
     assert set(e.wait_workers(2)) == set(workers)   # in place: the same workers
     assert "Permission denied" not in e.error_log
     assert "failed" not in e.error_log.replace("test failed", ""), e.error_log
+
+
+ADMIN_USER = """
+user edge-test;
+worker_processes 1;
+http {
+    admin_listen @ADMIN@;
+    include conf.d/_admin/*.conf;
+    server {
+        listen 127.0.0.1:@PORT@;
+        location / { proxy_pass http://pool; }
+    }
+}
+"""
+
+
+def privileged_ports(n):
+    """n free TCP ports below 1024 on 127.0.0.1 (bound and released here, as root)."""
+    import socket
+    out = []
+    for port in range(700, 1000):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        out.append(port)
+        if len(out) == n:
+            return out
+    pytest.skip("no free port below 1024")
+
+
+def _admin_call(where, method, path, body=None):
+    import http.client
+    import json as _json
+    from test_control import UnixHTTPConnection
+    conn = (UnixHTTPConnection(where) if isinstance(where, str)
+            else http.client.HTTPConnection("127.0.0.1", where, timeout=30))
+    try:
+        data = _json.dumps(body).encode() if body is not None else None
+        conn.request(method, path, body=data, headers={"Content-Type": "application/json"} if data else {})
+        r = conn.getresponse()
+        raw = r.read()
+    finally:
+        conn.close()
+    try:
+        return r.status, _json.loads(raw)
+    except ValueError:
+        return r.status, raw.decode()
+
+
+def _reload_to(e, admin):
+    n = e.error_log.count("is in force")
+    e.subst["ADMIN"] = admin
+    e.conf_text = e.render()
+    e.conf_path.write_text(e.conf_text)
+    e.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while e.error_log.count("is in force") == n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert e.error_log.count("is in force") > n, e.error_log
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="user needs a root master")
+@pytest.mark.timeout(90)
+def test_user_admin_listener_privileged_port_and_unix_socket(test_user, open_dir):
+    """With `user`, the master binds the admin listener (the control process, dropped to
+    the user, could bind no port below 1024 and no socket in a root-owned directory)
+    and hands it over: at start, and on reloads that move it."""
+    from test_control import try_status, wait_for
+    uid, _gid = test_user
+    directory, procs = open_dir
+    low1, low2 = privileged_ports(2)
+    run_dir = Path(tempfile.mkdtemp(prefix="edge-admin-", dir="/run"))
+    run_dir.chmod(0o755)                  # root's: the user cannot create a file there
+    try:
+        up = Upstream("up").start()
+        procs.append(up)
+        conf_dir = directory / "edge"
+        (conf_dir / "conf.d" / "_admin").mkdir(parents=True)
+        (conf_dir / "conf.d" / "_admin" / "upstream.pool.conf").write_text(
+            f"upstream pool {{\n    server {up.addr};\n}}\n")
+        e = EdgeProcess(conf_dir, ADMIN_USER, {"ADMIN": f"127.0.0.1:{low1}"})
+        procs.append(e)
+        e.start()
+        assert get(e.port, "/x").status == 200
+        status = wait_for(lambda: try_status(low1), 10, "the admin listener on a port below 1024", e)
+        assert status["workers_up"] == 1
+        control = control_of(e.pid)
+        assert len(control) == 1 and status_of(control[0])["Uid"] == [str(uid)] * 4
+
+        # moved to a unix socket in a root-owned directory by a reload
+        sock_path = str(run_dir / "admin.sock")
+        _reload_to(e, f"unix:{sock_path}")
+        wait_for(lambda: try_status(sock_path), 10, "the admin listener on the unix socket", e)
+        wait_for(lambda: try_status(low1) is None, 10, "the old admin listener to close", e)
+        # and to another port below 1024
+        _reload_to(e, f"127.0.0.1:{low2}")
+        wait_for(lambda: try_status(low2), 10, "the admin listener on the second port", e)
+        assert control_of(e.pid) == control           # the same control process throughout
+        assert "bind() failed" not in e.error_log, e.error_log
+
+        # a control process that is killed comes back with the listener
+        os.kill(control[0], signal.SIGKILL)
+        wait_for(lambda: (lambda c: c and c != control)(control_of(e.pid)), 10, "a new control process", e)
+        wait_for(lambda: try_status(low2), 10, "the admin listener after the respawn", e)
+
+        # writes: the managed directory is root's, so the user cannot write there: a
+        # clear 500 naming the path and the user, and nothing changes
+        managed = conf_dir / "conf.d" / "_admin" / "upstream.pool.conf"
+        before = managed.read_text()
+        code, doc = _admin_call(low2, "PUT", f"/upstreams/pool/peers/{up.addr}", {"weight": 3})
+        assert code == 500, doc
+        message = doc["error"] if isinstance(doc, dict) else doc
+        assert str(conf_dir / "conf.d" / "_admin") in message and '"edge-test"' in message, doc
+        assert "`user`" in message, doc
+        assert managed.read_text() == before
+        # once the operator gives the user that directory, the same write works
+        os.chown(conf_dir / "conf.d" / "_admin", uid, -1)
+        code, doc = _admin_call(low2, "PUT", f"/upstreams/pool/peers/{up.addr}", {"weight": 3})
+        assert code == 200, doc
+        assert f"server {up.addr} weight=3;" in managed.read_text()
+        assert get(e.port, "/y").status == 200
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def test_user_needs_root_master(tmp_path, monkeypatch, test_user):

@@ -23,6 +23,10 @@ from support.edge import children_of
 
 CONFIG = """
 http {
+    map $http_upgrade $connection_upgrade {
+        default upgrade;
+        ''      close;
+    }
     upstream g {
         server @UP@;
         keepalive 16;
@@ -55,6 +59,12 @@ http {
         }
         location /nobody-edge/ {
             proxy_pass_request_body off;
+            proxy_pass http://g;
+        }
+        location /ws/ {
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
             proxy_pass http://g;
         }
         location /ignore/ {
@@ -97,6 +107,29 @@ def test_http_1_0_upstream_requests(edge, up):
         got = [echo(c.request("GET", f"/v11/echo{i}")) for i in range(3)]
     assert {g["version"] for g in got} == {"HTTP/1.1"}
     assert len({g["conn"] for g in got}) == 1
+
+
+def _all(g, name):
+    return [v for k, v in g["headers"] if k.lower() == name]
+
+
+@pytest.mark.parametrize("upgrade", [False, True], ids=["plain", "upgrade"])
+def test_set_connection_and_upgrade_replace_the_proxys_own(edge, up, upgrade):
+    """proxy_set_header Connection/Upgrade are sent instead of the proxy's own fields,
+    never beside them (the WebSocket recipe with `map $http_upgrade
+    $connection_upgrade`), and `Connection ""` sends none."""
+    e = edge(CONFIG, UP=up)
+    extra = [("Upgrade", "websocket"), ("Connection", "Upgrade")] if upgrade else []
+    with Conn(e.port) as c:
+        g = echo(c.request("GET", "/ws/echo", headers=extra))
+    assert _all(g, "connection") == (["upgrade"] if upgrade else ["close"])
+    assert _all(g, "upgrade") == (["websocket"] if upgrade else [])
+    with Conn(e.port) as c:
+        g = echo(c.request("GET", "/v11/echo"))
+    assert _all(g, "connection") == []
+    with Conn(e.port) as c:
+        g = echo(c.request("GET", "/v10/echo"))
+    assert [v.lower() for v in _all(g, "connection")] == ["close"]
 
 
 def test_http_1_0_response_read_to_close(edge, up):

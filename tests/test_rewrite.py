@@ -318,3 +318,62 @@ def test_proxy_pass_header(psrv):
 def test_proxy_method(psrv, redir_up):
     r = get(psrv.port, "/meth/redir")
     assert json.loads(r.body)["method"] == "POST"
+
+
+REDIRECT_TLS = r"""
+http {
+    server {
+        listen 127.0.0.1:@PORT@ ssl;
+        ssl_certificate @CERT@;
+        ssl_certificate_key @KEY@;
+        location /p/ { rewrite ^/p/(.*)$ /target/$1 permanent; }
+        location /r/ { rewrite ^/r/(.*)$ /target/$1?x=1 redirect; }
+        location /ret/ { return 302 /there; }
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("target,status,location", [
+    ("/p/a?b=c", 301, "https://localhost:{port}/target/a?b=c"),
+    ("/r/a", 302, "https://localhost:{port}/target/a?x=1"),
+    ("/ret/", 302, "https://localhost:{port}/there"),
+])
+def test_redirects_made_absolute_over_tls(edge, target, status, location):
+    """A redirect to a path, made absolute over TLS, gets the https scheme (and the port,
+    which is not 443 here), as nginx's header filter builds it."""
+    from support.tls import default_files, https_request
+    files, cert = default_files()
+    e = edge(REDIRECT_TLS, CERT=cert.cert, KEY=cert.key)
+    r = https_request(e.port, "GET", target, host="localhost", sni="localhost", ca=files.ca_pem)
+    assert r.status == status
+    assert r.header("Location") == location.format(port=e.port)
+
+
+PORT_IN_REDIRECT = r"""
+http {
+    server {
+        listen 127.0.0.1:@PORT@;
+        port_in_redirect off;
+        root @ROOT@;
+        location /p/ { rewrite ^/p/(.*)$ /target/$1 permanent; }
+        location /ret/ { return 302 /there; }
+        location /on/ { port_in_redirect on; return 302 /there; }
+        location /d/ { }
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("target,location", [
+    ("/p/a?b=c", "http://localhost/target/a?b=c"),
+    ("/ret/", "http://localhost/there"),
+    ("/on/", "http://localhost:{port}/there"),
+    ("/d/sub", "http://localhost/d/sub/"),          # the directory redirect of static files
+])
+def test_port_in_redirect(edge, tmp_path, target, location):
+    (tmp_path / "www" / "d" / "sub").mkdir(parents=True)
+    e = edge(PORT_IN_REDIRECT, ROOT=tmp_path / "www")
+    r = get(e.port, target, host="localhost")
+    assert r.status in (301, 302)
+    assert r.header("Location") == location.format(port=e.port)

@@ -60,6 +60,7 @@ http {
         location /exp/max/ { expires max; }
         location /exp/mod/ { expires modified 2h; }
         location /nosf/ { sendfile off; }
+        location /quiet/ { log_not_found off; }
         location /types/ {
             types { text/x-custom foo FOO2; }
             types { image/x-two two; }
@@ -102,7 +103,7 @@ def root(tmp_path):
     _write(w / "dir" / "index.html", b"dir index\n")
     (w / "empty").mkdir()
     _write(w / "%2e%2e" / "x.txt", b"literal percent name\n")
-    for d in ("cs", "noetag", "before", "imsoff", "exp/time", "exp/neg", "exp/zero",
+    for d in ("cs", "quiet", "noetag", "before", "imsoff", "exp/time", "exp/neg", "exp/zero",
               "exp/epoch", "exp/max", "exp/mod"):
         _write(w / d / "a.txt", A_TXT)
     for name in ("a.foo", "a.FOO", "b.foo2", "c.two", "d.html"):
@@ -536,6 +537,20 @@ def test_large_range_of_large_file(srv, root):
 
 
 # -- logs ------------------------------------------------------------------------------------------
+
+def test_log_not_found(srv):
+    """A missing file is logged (open() failed, with its path) unless `log_not_found
+    off`; either way the answer is 404."""
+    assert _get(srv, "/absent-logged.txt").status == 404
+    assert _get(srv, "/quiet/absent-quiet.txt").status == 404
+    assert _get(srv, "/quiet/a.txt/under-a-file").status == 404          # ENOTDIR too
+    deadline = time.monotonic() + 5
+    while "absent-logged.txt" not in srv.error_log and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert re.search(r'open\(\) "[^"]*/www/absent-logged\.txt" failed \(2: No such file or directory\)',
+                     srv.error_log), srv.error_log
+    assert "absent-quiet" not in srv.error_log and "under-a-file" not in srv.error_log
+
 
 def test_access_log_counts_static_responses(srv, root):
     _get(srv, "/a.txt")

@@ -1897,15 +1897,17 @@ cdef class Client(Handle):
         buf_append(&self.wb, self.pbuf.data, buf_len(&self.pbuf))
 
     cdef void append_absolute_prefix_to(self, Buf *out) noexcept:
-        """"http://host[:port]" for a redirect to a path (absolute_redirect)."""
-        buf_append_str(out, "http://")
+        """"http://host[:port]" (or "https://" on a TLS connection, whose default port
+        is 443) for a redirect to a path (absolute_redirect), as nginx's header filter."""
+        buf_append_str(out, "https://" if self.ssl != NULL else "http://")
         if self.host_len:
             buf_append(out, self.host, self.host_len)
         elif self.server is not None and len(self.server.first_name):
             buf_append(out, self.server.first_name, len(self.server.first_name))
         else:
             buf_append(out, self.binding.server_addr, len(self.binding.server_addr))
-        if self.binding.server_port != b"80":
+        if self.binding.server_port != (b"443" if self.ssl != NULL else b"80") and \
+                (self.loc is None or self.loc.port_in_redirect):
             buf_append_str(out, ":")
             buf_append(out, self.binding.server_port, len(self.binding.server_port))
 

@@ -1113,16 +1113,24 @@ cdef void finish_upstream_head(Client c, Location loc, Buf *out) noexcept:
         buf_append_str(out, "\r\n")
     elif c.body_kind == BODY_CHUNKED:
         buf_append_str(out, "Transfer-Encoding: chunked\r\n")
+    # A location that sets Connection (or Upgrade) itself sent it with the other
+    # proxy_set_header fields, empty meaning none, as nginx does: edge adds neither.
     if loc.proxy_http10:
-        buf_append_str(out, "Connection: close\r\n\r\n")     # HTTP/1.0: no keep-alive, no upgrade
+        if not loc.own_connection:
+            buf_append_str(out, "Connection: close\r\n")     # HTTP/1.0: no keep-alive, no upgrade
     elif c.upgrade:
-        buf_append_str(out, "Upgrade: ")
-        buf_append(out, c.headers[c.upgrade_index].value, c.headers[c.upgrade_index].value_len)
-        buf_append_str(out, "\r\nConnection: upgrade\r\n\r\n")
-    elif c.ups.keepalive > 0:
-        buf_append_str(out, "Connection: keep-alive\r\n\r\n")
-    else:
-        buf_append_str(out, "Connection: close\r\n\r\n")
+        if not loc.own_upgrade:
+            buf_append_str(out, "Upgrade: ")
+            buf_append(out, c.headers[c.upgrade_index].value, c.headers[c.upgrade_index].value_len)
+            buf_append_str(out, "\r\n")
+        if not loc.own_connection:
+            buf_append_str(out, "Connection: upgrade\r\n")
+    elif not loc.own_connection:
+        if c.ups.keepalive > 0:
+            buf_append_str(out, "Connection: keep-alive\r\n")
+        else:
+            buf_append_str(out, "Connection: close\r\n")
+    buf_append_str(out, "\r\n")
 
 
 cdef void append_args(Buf *out, Client c, bytes hide) noexcept:

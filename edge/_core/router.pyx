@@ -52,6 +52,7 @@ cdef class Location:
     cdef public Template return_body
     cdef public Template return_location
     cdef public bint absolute_redirect
+    cdef public bint port_in_redirect   # an absolute redirect names a non-default port
     cdef bytes return_head          # prebuilt status line + fixed headers
     cdef public bytes default_type
 
@@ -107,6 +108,8 @@ cdef class Location:
     cdef public object dynamic       # DynamicUpstream: proxy_pass http://$var, or None
     cdef public bytes proxy_method   # proxy_method, or None
     cdef public bint proxy_http10    # proxy_http_version 1.0: HTTP/1.0 upstream, no keep-alive
+    cdef public bint own_connection  # proxy_set_header Connection: the config's value, not edge's
+    cdef public bint own_upgrade     # proxy_set_header Upgrade: likewise
     cdef public bint pass_request_headers   # proxy_pass_request_headers (default on)
     cdef public bint pass_request_body      # proxy_pass_request_body (default on)
     cdef public bint ignore_accel_buffering # proxy_ignore_headers X-Accel-Buffering
@@ -136,6 +139,7 @@ cdef class Location:
         self.line = line
         self.content = CONTENT_NONE
         self.absolute_redirect = True
+        self.port_in_redirect = True
         self.default_type = b"text/plain"
         self.proxy_headers = []
         self.proxy_uri = None
@@ -221,6 +225,12 @@ cdef class Location:
         self.proxy_uri = uri
         self.proxy_headers = headers
         self.proxy_strip = b"".join(n.lower() + b"\0" for n in strip_names)
+        # nginx sends a proxy_set_header Connection/Upgrade in place of its own (the
+        # WebSocket recipe `Upgrade $http_upgrade; Connection $connection_upgrade;`, or
+        # `Connection ""` for keep-alive); edge then leaves its own out too
+        names = {n.lower() for n, _ in headers}
+        self.own_connection = b"connection" in names
+        self.own_upgrade = b"upgrade" in names
 
     def strip_proxy_header(self, bytes name):
         """Never pass the client's `name` headers upstream (auth_hide_credentials)."""

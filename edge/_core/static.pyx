@@ -96,6 +96,7 @@ cdef class StaticConf:
     cdef public bint sendfile
     cdef public bint tcp_nopush
     cdef public bint etag
+    cdef public bint log_not_found
     cdef public int ims
     cdef int expires_kind
     cdef int64_t expires_s
@@ -500,9 +501,11 @@ cdef int stat_file(Client c, StaticConf sc, Buf *path, edge_stat_t *st) noexcept
     return 0
 
 
-cdef void log_static_error(Client c, const char *what, Buf *path, int err):
+cdef void log_static_error(Client c, StaticConf sc, const char *what, Buf *path, int err):
     if g_log_fn is None or (err == ENOENT and not g_log_info):
         return
+    if not sc.log_not_found and open_errno_status(err) == 404:
+        return          # `log_not_found off`: a missing file is not worth a line
     try:
         import os
         g_log_fn("error" if err != ENOENT else "info", "%s \"%s\" failed (%d: %s)" % (
@@ -594,13 +597,13 @@ cdef void serve_uri(Client c, StaticConf sc):
         fd = open_file(c, sc, &path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
         if fd < 0:
             err = errno
-            log_static_error(c, "open()", &path, err)
+            log_static_error(c, sc, "open()", &path, err)
             c.finish_without_body(open_errno_status(err))
             return
         if edge_fstat(fd, &st) != 0:
             err = errno
             close(fd)
-            log_static_error(c, "fstat()", &path, err)
+            log_static_error(c, sc, "fstat()", &path, err)
             c.finish_without_body(500)
             return
         if S_ISDIR(st.st_mode):
@@ -648,7 +651,7 @@ cdef void serve_index(Client c, StaticConf sc):
             err = errno
             if err == ENOENT:
                 continue
-            log_static_error(c, "stat()", &path, err)
+            log_static_error(c, sc, "stat()", &path, err)
             status = 403 if err == EACCES or err == ELOOP or err == EMLINK else 404 if err == ENOTDIR else 500
             break
         if status == 0:
@@ -745,7 +748,7 @@ cdef void redirect_to_directory(Client c, StaticConf sc):
             buf_append(&c.wb, c.host, c.host_len)
         else:
             buf_append(&c.wb, c.binding.server_addr, len(c.binding.server_addr))
-        if c.binding.server_port != (b"443" if c.ssl != NULL else b"80"):
+        if c.binding.server_port != (b"443" if c.ssl != NULL else b"80") and c.loc.port_in_redirect:
             buf_append_str(&c.wb, ":")
             buf_append(&c.wb, c.binding.server_port, len(c.binding.server_port))
     buf_append(&c.wb, c.uri.data, buf_len(&c.uri))

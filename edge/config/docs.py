@@ -128,6 +128,15 @@ Every directive of nginx {version} that edge knows, and what edge does with it:
 
 Any other nginx directive is an `unknown directive` error, as a directive nginx does not
 have either.
+
+Complete configs written as deployments write them run unchanged and answer as nginx
+1.22 does (tests/test_nginx_configs.py, each config a directory of
+tests/configs/nginx/): a Node/Django application behind the proxy with the WebSocket
+`map $http_upgrade $connection_upgrade` recipe and static assets; an API with `map` and
+`limit_req`; Debian's stock `nginx.conf` with `mime.types` and `sites-enabled/default`;
+a multi-site server with https redirects, a `default_server` on each port and
+`error_page` (these last two need `gzip` and `error_page`: their tests skip on a build
+without them).
 """
 
 

@@ -31,6 +31,7 @@ and removed at stop only if it is still the one this process bound.
 
 import asyncio
 import dataclasses
+import errno
 import hmac
 import inspect
 import os
@@ -206,6 +207,58 @@ def bind(address):
     return sock, inode
 
 
+# With `user`, the master binds the admin listener (as root: a port below 1024, a socket
+# in a root-owned directory) and hands it over: at fork (``handed_over``), and on a reload
+# that changes the address, over the handoff socket (one datagram per listener: its key,
+# the descriptor as SCM_RIGHTS). address key -> socket.
+_HANDED = {}
+_HANDOFF = None
+
+
+def handed_over(sockets, handoff):
+    """In the control process, before it drops privileges: the listeners the master
+    bound for it, and the socket later ones arrive on (or None)."""
+    global _HANDOFF
+    _HANDED.update(sockets)
+    _HANDOFF = handoff
+    if handoff is not None:
+        handoff.setblocking(False)
+
+
+def _receive_handed():
+    while _HANDOFF is not None:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(_HANDOFF, 1024, 4)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            log.error("alert", f"admin listener: reading the master's handoff failed: {e}")
+            return
+        if not fds:
+            if not data:
+                return
+            continue
+        key = data.decode("utf-8", "replace")
+        for fd in fds[1:]:
+            os.close(fd)
+        old = _HANDED.pop(key, None)
+        if old is not None:
+            old.close()
+        _HANDED[key] = socket.socket(fileno=fds[0])
+
+
+def take_handed(address):
+    """The socket the master bound for ``address``, or None (then the control process
+    binds it itself)."""
+    _receive_handed()
+    sock = _HANDED.pop(address.key, None)
+    for key in list(_HANDED):           # a listener of an earlier address: not needed
+        _HANDED.pop(key).close()
+    if sock is not None:
+        sock.setblocking(False)
+    return sock
+
+
 class _Listener:
     """One bound admin address and its asyncio server."""
 
@@ -289,12 +342,19 @@ class AdminServer:
     async def _listen(self, address):
         """Bind `address` and serve it, replacing the current listener; False (and the
         reason in the error log) if the bind fails."""
+        sock, inode = take_handed(address), None     # the master's socket is not unlinked here
         try:
-            sock, inode = bind(address)
+            if sock is None:
+                sock, inode = bind(address)
         except OSError as e:
             keep = f", the admin listener stays on {self.listener.address.key}" if self.listener else ""
+            hint = ""
+            if e.errno in (errno.EACCES, errno.EPERM) and os.geteuid() != 0:
+                hint = (f" (the control process runs as uid {os.geteuid()}, from the `user` "
+                        "directive; the master, which binds the listener for it, could not "
+                        "either: see its message; docs/admin.md)")
             log.error("emerg", f"admin_listen {address.key}: bind() failed "
-                               f"({e.errno}: {e.strerror}){keep}")
+                               f"({e.errno}: {e.strerror}){keep}{hint}")
             return False
         try:
             if address.family == socket.AF_UNIX:

@@ -201,6 +201,34 @@ def body_of(request):
 # --------------------------------------------------------------------------- files
 
 
+def _as_user():
+    """A note for errors of a control process that runs as another user than root."""
+    if os.geteuid() == 0:
+        return ""
+    try:
+        import pwd
+        name = pwd.getpwuid(os.geteuid()).pw_name
+    except (KeyError, ImportError):
+        name = str(os.geteuid())
+    return (f' (the control process runs as "{name}", from the `user` directive: that user '
+            f'needs write access there, see docs/admin.md)')
+
+
+def check_writable(path):
+    """Refuse a write before any file changes when ``path`` cannot be written (created
+    or replaced by rename: its directory, or the nearest one that exists, must be
+    writable), with a message that says which path and why: a 500 naming it."""
+    directory = os.path.dirname(os.path.abspath(path))
+    while not os.path.isdir(directory):
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            break
+        directory = parent
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise WriteError(500, f'cannot write "{path}": directory "{directory}" is not '
+                              f'writable{_as_user()}', None)
+
+
 def write_atomic(path, data):
     """temp file in the same directory, fsync, rename over, fsync the directory."""
     directory = os.path.dirname(path)
@@ -405,12 +433,18 @@ class Writer:
             if check is not None:
                 check(candidate)
             self.check_if_match(request)
+            for path in changes:
+                check_writable(path)
             self.snapshot_base()
-            for path, content in changes.items():
-                if content is None:
-                    remove(path)
-                else:
-                    write_atomic(path, content)
+            try:
+                for path, content in changes.items():
+                    if content is None:
+                        remove(path)
+                    else:
+                        write_atomic(path, content)
+            except OSError as e:
+                raise WriteError(500, f'writing "{getattr(e, "filename", None) or path}" failed: '
+                                      f'{e.strerror or e}{_as_user()}', None) from None
             self.epoch += 1
             epoch = self.epoch
         log.error("notice", f"admin API: {what}: files written, reloading")

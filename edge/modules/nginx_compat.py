@@ -26,6 +26,22 @@ def _use(node):
     return method
 
 
+def _open_file_cache(node):
+    args = node.args
+    if args == ["off"]:
+        return None
+    if not args[0].startswith("max=") or (len(args) == 2 and not args[1].startswith("inactive=")):
+        raise ConfigError(f'invalid "open_file_cache" parameter "{" ".join(args)}"')
+    return tuple(args)
+
+
+def _server_name_in_redirect(node):
+    if types.flag(node):
+        raise ConfigError('"server_name_in_redirect on" is not supported: edge makes '
+                          'redirects absolute with the request\'s Host (see docs/nginx.md)')
+    return False
+
+
 DIRECTIVES = [
     Directive("server_names_hash_bucket_size", (HTTP,), (1, 1), parse=types.size, noop=_HASH),
     Directive("server_names_hash_max_size", (HTTP,), (1, 1), parse=types.size, noop=_HASH),
@@ -52,15 +68,77 @@ DIRECTIVES = [
                    "Date header once a second"),
     Directive("pcre_jit", (MAIN,), (1, 1), parse=types.flag,
               noop="edge compiles its regular expressions with its own engine"),
+    # File and I/O tuning: how nginx opens, buffers and reads files and logs. edge
+    # opens each static file per request and sends it with sendfile(2) or bounded reads
+    # as the socket takes it (docs/static.md), and writes its logs through its own
+    # buffers: clients get the same bytes either way.
+    Directive("open_file_cache", HSL, (1, 2), parse=_open_file_cache,
+              syntax="open_file_cache off | max=N [inactive=time];",
+              noop="nginx's cache of open file descriptors; edge opens the file per request"),
+    Directive("open_file_cache_valid", HSL, (1, 1), parse=types.time,
+              noop="edge has no open file cache to revalidate"),
+    Directive("open_file_cache_min_uses", HSL, (1, 1), parse=types.number,
+              noop="edge has no open file cache"),
+    Directive("open_file_cache_errors", HSL, (1, 1), parse=types.flag,
+              noop="edge has no open file cache: an error is found again on each request"),
+    Directive("open_log_file_cache", HSL, (1, 4), parse=types.strings,
+              syntax="open_log_file_cache max=N [inactive=time] [min_uses=N] [valid=time] | off;",
+              noop="nginx's cache of log files opened by a path with variables; edge opens "
+                   "its log files once"),
+    Directive("output_buffers", HSL, (2, 2), parse=types.strings, syntax="output_buffers number size;",
+              noop="nginx's buffers for reading files; edge sends files with sendfile(2) or "
+                   "its own 32 KiB reads"),
+    Directive("postpone_output", HSL, (1, 1), parse=types.size,
+              noop="edge writes a response head and body with one writev where it can"),
+    Directive("sendfile_max_chunk", HSL, (1, 1), parse=types.size,
+              noop="edge's sendfile(2) calls move at most 1 MiB each (its own fixed "
+                   "sendfile_max_chunk), so one fast client cannot hold the worker"),
+    Directive("aio", HSL, (1, 1), parse=types.string, syntax="aio on | off | threads[=pool];",
+              noop="edge reads files with sendfile(2) or short non-blocking reads"),
+    Directive("aio_write", HSL, (1, 1), parse=types.flag,
+              noop="edge writes its temp files itself"),
+    Directive("directio", HSL, (1, 1), parse=types.string, syntax="directio size | off;",
+              noop="edge reads through the page cache"),
+    Directive("directio_alignment", HSL, (1, 1), parse=types.size,
+              noop="edge does no direct I/O"),
+    Directive("read_ahead", HSL, (1, 1), parse=types.size,
+              noop="the kernel's read-ahead applies as it is"),
+    Directive("ssl_buffer_size", (HTTP, SERVER), (1, 1), parse=types.size,
+              noop="edge sizes its TLS records itself (as the socket takes the data)"),
+    Directive("reset_timedout_connection", HSL, (1, 1), parse=types.flag,
+              noop="edge closes a timed-out connection at once and frees its memory either "
+                   "way; only the TCP teardown (FIN rather than RST) differs"),
+    Directive("proxy_socket_keepalive", HSL, (1, 1), parse=types.flag,
+              noop="TCP keep-alive probes on upstream sockets: edge leaves the kernel's "
+                   "defaults"),
+    Directive("server_name_in_redirect", HSL, (1, 1), parse=_server_name_in_redirect,
+              syntax="server_name_in_redirect off;",
+              doc="`off` (nginx's default, and edge's only way): a redirect made absolute "
+                  "uses the request's Host; `on` is refused."),
+    # Conditions on a cache that edge does not have (proxy_cache itself is refused): in
+    # nginx too they do nothing without one, and Node/Express guides put
+    # `proxy_cache_bypass $http_upgrade;` in nearly every proxy block.
+    Directive("proxy_cache_bypass", HSL, (1, None), parse=types.strings,
+              noop="it only chooses when to skip a response cache, and edge has none "
+                   "(proxy_cache is refused), so every response already bypasses one"),
+    Directive("proxy_no_cache", HSL, (1, None), parse=types.strings,
+              noop="it only chooses when not to store in a response cache, and edge has "
+                   "none (proxy_cache is refused)"),
 ]
 
 _CACHE = ("edge has no response cache", "a cache in front of edge (or varnish), or "
           "Cache-Control from the upstream")
 
+_STAPLING = ("edge does not staple OCSP responses to its certificates",
+             "remove it: clients check revocation themselves (OCSP, CRLite)")
+
 REFUSED = [
+    Refused("ssl_stapling", *_STAPLING),
+    Refused("ssl_stapling_verify", *_STAPLING),
+    Refused("ssl_stapling_file", *_STAPLING),
+    Refused("ssl_stapling_responder", *_STAPLING),
     Refused("proxy_cache", *_CACHE),
     Refused("proxy_cache_*", *_CACHE),
-    Refused("proxy_no_cache", *_CACHE),
     Refused("proxy_store", "edge does not write upstream responses to disk"),
     Refused("proxy_store_access", "edge does not write upstream responses to disk"),
     Refused("fastcgi_*", "edge proxies HTTP only (no FastCGI)",

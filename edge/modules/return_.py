@@ -41,10 +41,17 @@ DIRECTIVES = [
               default=True,
               doc="Make a redirect to a path absolute (`http://host[:port]/path`) from the "
                   "request's Host and the listen port, as nginx does; `off` sends the path."),
+    Directive("port_in_redirect", (HTTP, SERVER, LOCATION), (1, 1), parse=types.flag,
+              default=True,
+              doc="Whether a redirect made absolute names the listen port when it is not "
+                  "the scheme's default (as nginx); `off` leaves it out (behind a load "
+                  "balancer that listens on 80/443 for edge's other port)."),
 ]
 
 
 def compile_location(conf, location, runtime):
+    # every location: its static directory redirects and proxy_redirect use it too
+    location.port_in_redirect = conf.get("port_in_redirect")
     value = conf.local("return")
     if value is None and conf.parent is not None and \
             not any(conf.parent.local(n) is not None for n in ("rewrite", "set", "if", "break")):

@@ -128,11 +128,6 @@ def _disable_symlinks(node):
     return (mode, part)
 
 
-_CACHE_NOOP = ("edge opens, and stats, the file on every request, so its answers are "
-               "always those of the file as it is now (nginx's `open_file_cache off`); a "
-               "cache of descriptors would only make them older")
-
-
 def _path(node):
     value = node.args[0]
     if "\0" in value:
@@ -203,14 +198,12 @@ DIRECTIVES = [
                   "one not owned by its target's owner (`if_not_owner`); the path is walked "
                   "with openat(2) and O_NOFOLLOW. `from=part` (variables allowed, e.g. "
                   "`$document_root`) leaves the components up to `part` unchecked."),
-    Directive("open_file_cache", HSL, (1, 2), parse=types.strings, noop=_CACHE_NOOP,
-              syntax="open_file_cache off | max=N [inactive=time];"),
-    Directive("open_file_cache_errors", HSL, (1, 1), parse=types.flag, noop=_CACHE_NOOP),
-    Directive("open_file_cache_min_uses", HSL, (1, 1), parse=types.number, noop=_CACHE_NOOP),
-    Directive("open_file_cache_valid", HSL, (1, 1), parse=types.time, noop=_CACHE_NOOP),
     Directive("etag", HSL, (1, 1), parse=types.flag, default=True,
               doc="Send nginx's ETag (`\"mtime-size\"` in hex) with static files and honour "
                   "If-None-Match / If-Match / If-Range with it."),
+    Directive("log_not_found", HSL, (1, 1), parse=types.flag, default=True,
+              doc="Log a static file that is not there (open() failed: ENOENT, ENOTDIR) in "
+                  "the error log; `off` logs none. edge logs ENOENT at `info` (nginx: `error`)."),
     Directive("if_modified_since", HSL, (1, 1), parse=types.enum("off", "exact", "before"),
               default="exact",
               doc="How If-Modified-Since is compared with a file's mtime: `exact` (equal), "
@@ -322,6 +315,7 @@ def compile_location(conf, location, runtime):
     sc.set_expires(("off", "epoch", "max", "time", "modified").index(kind), seconds)
     sc.etag = conf.get("etag")
     sc.symlinks, sc.symlinks_from = conf.get("disable_symlinks")
+    sc.log_not_found = conf.get("log_not_found")
     sc.ims = ("off", "exact", "before").index(conf.get("if_modified_since"))
     if try_files is not None:
         files, (fkind, fvalue) = try_files

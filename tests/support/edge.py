@@ -259,13 +259,19 @@ class EdgeProcess:
             if not _has_main_directive(body, "worker_processes"):
                 head.append("worker_processes 1;")
         if self.impl == "nginx":
-            head.append("daemon off; user root;")
+            # nginx's own default is "nobody"; root unless the config names its user
+            head.append("daemon off;" if _has_main_directive(body, "user") else "daemon off; user root;")
             if not _has_main_directive(body, "events"):
                 head.append("events { worker_connections 1024; }")
             tmp = self.workdir / "nginx-tmp"
             tmp.mkdir(exist_ok=True)
-            extra = (f"access_log off; client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy; "
-                     f"fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;")
+            # nginx's default access log (logs/access.log under the prefix) does not exist
+            # here: off, unless the config sets one in http before its first server
+            first_server = re.search(r"^\s*server\s*\{", body, re.M)
+            own_log = _has_main_directive(body[:first_server.start()] if first_server else body, "access_log")
+            extra = ("" if own_log else "access_log off; ") + (
+                f"client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy; "
+                f"fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;")
             body = re.sub(r"(^\s*http\s*\{)", lambda m: m.group(1) + " " + extra, body, count=1, flags=re.M)
         # The added lines go on one line, so line numbers in the template stay right + 1.
         return (" ".join(head) + "\n" + body) if head else body

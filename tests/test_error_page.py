@@ -64,6 +64,8 @@ http {
         location /noicpt/ { proxy_pass http://@UP@; error_page 500 /errors/5xx.html; }
         location /dead/ { proxy_pass http://127.0.0.1:@DEAD@; error_page 502 /errors/5xx.html; }
         location /big/ { client_max_body_size 10; error_page 413 /errors/413.html; }
+        location /hidden/ { internal; }
+        location /toint/ { error_page 404 /hidden/404.html; }
     }
 }
 """
@@ -80,6 +82,8 @@ def root(tmp_path):
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(body)
     (r / "www" / "own").mkdir()
+    (r / "www" / "hidden").mkdir()
+    (r / "www" / "hidden" / "404.html").write_bytes(b"internal 404\n")
     (r / "www" / "a.txt").write_bytes(b"a file\n")
     return r
 
@@ -106,6 +110,8 @@ def _builtin(r, status):
     ("/ret403/", 403, PAGES["403.html"]),           # a bare `return 403`
     ("/deny/x", 403, PAGES["403.html"]),            # the access phase's 403
     ("/rec/missing", 404, PAGES["404.html"]),        # recursive: /rec2/x's own 404 page
+    ("/toint/missing", 404, b"internal 404\n"),     # an `internal` location serves pages
+    ("/hidden/404.html", 404, PAGES["404.html"]),    # ... but not to clients directly
 ])
 def test_pages(srv, target, status, body):
     r = _req(srv, target)

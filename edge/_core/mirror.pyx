@@ -347,11 +347,14 @@ cdef class MirrorConn(Handle):
 
 
 cdef class InternalOnly(PhaseHandler):
-    """`internal`: a location that serves mirror copies only; a client request gets 404,
-    as in nginx."""
+    """`internal`: a location for mirror copies and internal redirects (error_page,
+    try_files, index, rewrite), as in nginx; a client request that selects it directly
+    gets 404."""
 
     def __init__(self):
         self.name = "internal"
 
     cdef int run(self, Client c) except -1:
+        if c.uri_changes < 10:      # the request was redirected here: an internal request
+            return PH_CONTINUE
         return 404

@@ -43,8 +43,9 @@ DIRECTIVES = [
     Directive("mirror_sample", HSL, (1, 1), parse=_sample, default=1.0,
               doc="The share of requests copied: `0.1` or `10%` (edge only)."),
     Directive("internal", (LOCATION,), (0, 0), parse=lambda node: True,
-              doc="The location serves mirror copies only: a client's request that selects it "
-                  "gets 404, as in nginx."),
+              doc="The location serves mirror copies and internal redirects only (error_page, "
+                  "try_files, index, rewrite): a client's request that selects it directly gets "
+                  "404, as in nginx."),
 ]
 
 

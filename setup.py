@@ -21,6 +21,10 @@ if not os.path.exists("/usr/include/zlib.h") and not os.environ.get("EDGE_ZLIB_I
     raise SystemExit("edge: building the compiled core needs zlib's headers: install zlib1g-dev "
                      "(Debian/Ubuntu) or zlib-devel (RHEL), or run ./scripts/install")
 
+if not os.path.exists("/usr/include/brotli/encode.h") and not os.environ.get("EDGE_BROTLI_INCLUDE"):
+    raise SystemExit("edge: building the compiled core needs libbrotli's headers: install libbrotli-dev "
+                     "(Debian/Ubuntu) or brotli-devel (RHEL), or run ./scripts/install")
+
 # -O2 as a floor; SSE4.2 is chosen at run time by the parser (__builtin_cpu_supports),
 # so one binary runs on every x86-64 and still uses the vector scan where it can.
 compile_args = ["-O0", "-g"] if DEBUG else ["-O3"]
@@ -40,11 +44,13 @@ extensions = [
     Extension(
         "edge._core.reactor",
         ["edge/_core/reactor.pyx", "edge/_core/http_parser.c"],
-        include_dirs=["edge/_core"] + [os.environ[k] for k in ("EDGE_OPENSSL_INCLUDE", "EDGE_ZLIB_INCLUDE")
+        include_dirs=["edge/_core"] + [os.environ[k] for k in ("EDGE_OPENSSL_INCLUDE", "EDGE_ZLIB_INCLUDE",
+                                                                    "EDGE_BROTLI_INCLUDE")
                                        if os.environ.get(k)],
         # OpenSSL: the same libssl and libcrypto that Python's own ssl module links
-        # zlib: response compression (gzip.pyx); headers from zlib1g-dev
-        libraries=["ssl", "crypto", "z"],
+        # zlib and libbrotlienc: response compression (gzip.pyx); headers from zlib1g-dev
+        # and libbrotli-dev
+        libraries=["ssl", "crypto", "z", "brotlienc"],
         extra_compile_args=compile_args + ["-Wno-unused-function"],
         define_macros=macros,
     ),

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from edge._core.reactor import Location, Plan
 from edge.config import ConfigError, build, parse_file
-from edge.modules import (access_log, admin, auth, auth_basic, buffering, consumers, core, cors,
-                          error_page, gzip,
+from edge.modules import (access_log, admin, auth, auth_basic, brotli, buffering, consumers, core,
+                          cors, error_page, gzip,
                           health, http_core, headers, ip_rules, limits, metrics, mirror, nginx_compat, proxy,
                           proxy_ssl, realip, redis,
                           request_id, retries, return_, rewrite, ssl, ssl_session, static, upstream,
@@ -25,7 +25,7 @@ from edge.modules import (access_log, admin, auth, auth_basic, buffering, consum
 # limits (so a limit can be keyed on $consumer).
 MODULES = [core, http_core, ssl, ssl_session, variables, realip, upstream, proxy, proxy_ssl, buffering,
            retries, mirror, return_,
-           health, static, error_page, gzip, metrics, access_log, request_id, rewrite, headers, ip_rules, cors, auth_basic,
+           health, static, error_page, gzip, brotli, metrics, access_log, request_id, rewrite, headers, ip_rules, cors, auth_basic,
            consumers, auth, limits, admin, redis, nginx_compat]
 
 

@@ -51,6 +51,27 @@ cdef extern from "zlib.h" nogil:
         Z_DEFLATED
         Z_DEFAULT_STRATEGY
 
+cdef extern from "brotli/encode.h" nogil:
+    ctypedef struct BrotliEncoderState:
+        pass
+    ctypedef enum BrotliEncoderOperation:
+        BROTLI_OPERATION_PROCESS
+        BROTLI_OPERATION_FLUSH
+        BROTLI_OPERATION_FINISH
+    ctypedef enum BrotliEncoderParameter:
+        BROTLI_PARAM_QUALITY
+        BROTLI_PARAM_LGWIN
+        BROTLI_PARAM_SIZE_HINT
+    BrotliEncoderState *BrotliEncoderCreateInstance(void *alloc, void *free_, void *opaque)
+    int BrotliEncoderSetParameter(BrotliEncoderState *s, BrotliEncoderParameter p, uint32_t v)
+    int BrotliEncoderCompressStream(BrotliEncoderState *s, BrotliEncoderOperation op,
+                                    size_t *available_in, const uint8_t **next_in,
+                                    size_t *available_out, uint8_t **next_out,
+                                    size_t *total_out)
+    int BrotliEncoderIsFinished(BrotliEncoderState *s)
+    int BrotliEncoderHasMoreOutput(BrotliEncoderState *s)
+    void BrotliEncoderDestroyInstance(BrotliEncoderState *s)
+
 DEF GZ_PIECE = 32768            # one read of a static file (nginx's output_buffers)
 DEF GZ_OUT_MIN = 16384
 
@@ -58,6 +79,8 @@ DEF GZ_OUT_MIN = 16384
 DEF GZR_OK = 1                  # the client takes gzip and nothing on the request refuses it
 DEF GZR_VIA = 2                 # a proxy asked: gzip_proxied decides on the response
 DEF GZR_AUTH = 4                # ... and the request has Authorization
+DEF GZR_BR = 8                  # the client takes br (brotli on in the location)
+DEF GZR_USE_BR = 16             # this response is compressed with brotli, not gzip
 
 # gzip_proxied flags (nginx's names)
 DEF GZP_OFF = 0x0002
@@ -88,6 +111,13 @@ cdef class GzipConf:
     cdef public list disable        # Regex (rewrite.pyx), case-insensitive
     cdef public int http_minor      # gzip_http_version 1.0 -> 0, 1.1 -> 1
     cdef public int static          # gzip_static: 0 off, 1 on, 2 always
+    # brotli (edge/modules/brotli.py): its own switch, types and length, the same hooks
+    cdef public bint br_enable
+    cdef public bint br_any_type
+    cdef bytes br_types_b
+    cdef public int64_t br_min_length
+    cdef public int br_level
+    cdef public int br_lgwin
 
     def __init__(self):
         self.types_b = b"text/html\0\0"
@@ -97,38 +127,60 @@ cdef class GzipConf:
         self.memlevel = 8
         self.http_minor = 1
         self.disable = []
+        self.br_types_b = b"text/html\0\0"
+        self.br_min_length = 20
+        self.br_level = 6
+        self.br_lgwin = 19
 
     def set_types(self, list types):
-        cdef list low = ["text/html"]
-        self.any_type = False
-        for t in types:
-            if t == "*":
-                self.any_type = True
-            elif t.lower() not in low:
-                low.append(t.lower())
-        self.types_b = "".join(t + "\0" for t in low).encode("latin-1") + b"\0"
+        self.any_type, self.types_b = _types_list(types)
+
+    def set_br_types(self, list types):
+        self.br_any_type, self.br_types_b = _types_list(types)
 
     @property
     def types(self):
         return ["*"] if self.any_type else self.types_b.decode("latin-1").split("\0")[:-2]
 
+    @property
+    def br_types(self):
+        return ["*"] if self.br_any_type else self.br_types_b.decode("latin-1").split("\0")[:-2]
+
+
+def _types_list(list types):
+    """(any, lowercase types NUL separated with a final NUL): text/html always."""
+    cdef list low = ["text/html"]
+    any_type = False
+    for t in types:
+        if t == "*":
+            any_type = True
+        elif t.lower() not in low:
+            low.append(t.lower())
+    return any_type, "".join(t + "\0" for t in low).encode("latin-1") + b"\0"
+
 
 cdef class GzipState:
-    """One response being compressed: the z_stream and the buffer its output goes to."""
+    """One response being compressed by one coder: zlib's z_stream (gzip) or a Brotli
+    encoder (br), and the buffer its output goes to."""
     cdef z_stream zs
-    cdef bint live              # deflateInit2 succeeded and deflateEnd has not run
-    cdef bint finished          # Z_FINISH went through
+    cdef BrotliEncoderState *bs  # brotli's encoder, or NULL (gzip, or ended)
+    cdef bint br                # the coder is brotli
+    cdef bint live              # the coder's memory is held (deflateEnd / Destroy not run)
+    cdef bint finished          # the finish went through
     cdef bint chunked           # frame the output as chunks (HTTP/1.1 client)
     cdef Buf out
 
     def __dealloc__(self):
-        if self.live:
-            deflateEnd(&self.zs)
+        self.end()
         buf_free(&self.out)
 
     cdef inline void end(self) noexcept:
         if self.live:
-            deflateEnd(&self.zs)
+            if self.bs != NULL:
+                BrotliEncoderDestroyInstance(self.bs)
+                self.bs = NULL
+            else:
+                deflateEnd(&self.zs)
             self.live = False
 
 
@@ -138,6 +190,8 @@ cdef GzipState gzip_start(Client c, GzipConf g, int64_t length):
     cdef GzipState s = GzipState.__new__(GzipState)
     cdef int wbits = g.wbits
     cdef int memlevel = g.memlevel
+    if c.gz_req & GZR_USE_BR:
+        return brotli_start(c, g, length, s)
     if length > 0:
         # nginx's sizing: the window need not be larger than the body (zlib's usable
         # window is 262 bytes short of its size)
@@ -155,11 +209,73 @@ cdef GzipState gzip_start(Client c, GzipConf g, int64_t length):
     return s
 
 
+cdef GzipState brotli_start(Client c, GzipConf g, int64_t length, GzipState s):
+    """gzip_start for brotli: an encoder at brotli_comp_level, its window (brotli_window)
+    no larger than a known body needs (the ring buffer is most of its memory)."""
+    cdef int lgwin = g.br_lgwin
+    if length > 0:
+        while lgwin > 10 and length <= (1 << (lgwin - 1)):
+            lgwin -= 1
+    s.bs = BrotliEncoderCreateInstance(NULL, NULL, NULL)
+    if s.bs == NULL:
+        return None
+    s.live = True
+    s.br = True
+    if not BrotliEncoderSetParameter(s.bs, BROTLI_PARAM_QUALITY, <uint32_t>g.br_level) or \
+            not BrotliEncoderSetParameter(s.bs, BROTLI_PARAM_LGWIN, <uint32_t>lgwin):
+        s.end()
+        return None
+    if length > 0:
+        BrotliEncoderSetParameter(s.bs, BROTLI_PARAM_SIZE_HINT,
+                                  <uint32_t>(length if length < (1 << 30) else (1 << 30)))
+    s.chunked = c.minor == 1
+    return s
+
+
+cdef int brotli_run(GzipState s, const char *p, size_t n, int mode) noexcept:
+    """gzip_run for brotli: zlib's flush modes map to PROCESS, FLUSH and FINISH."""
+    cdef BrotliEncoderOperation op
+    cdef const uint8_t *next_in = <const uint8_t *>p
+    cdef size_t avail_in = n
+    cdef uint8_t *next_out
+    cdef size_t avail_out, room
+    if mode == Z_FINISH:
+        op = BROTLI_OPERATION_FINISH
+    elif mode == Z_SYNC_FLUSH:
+        op = BROTLI_OPERATION_FLUSH
+    else:
+        op = BROTLI_OPERATION_PROCESS
+    if s.bs == NULL:
+        return -1
+    while True:
+        room = s.out.cap - s.out.end
+        next_out = <uint8_t *>(s.out.data + s.out.end)
+        avail_out = room
+        if not BrotliEncoderCompressStream(s.bs, op, &avail_in, &next_in, &avail_out,
+                                           &next_out, NULL):
+            return -1
+        s.out.end += room - avail_out
+        if op == BROTLI_OPERATION_FINISH:
+            if BrotliEncoderIsFinished(s.bs):
+                s.finished = True
+                s.end()         # the encoder's memory goes now, not at the request's end
+                return 0
+        elif avail_in == 0 and not BrotliEncoderHasMoreOutput(s.bs):
+            return 0
+        if avail_out == 0 and buf_reserve(&s.out, s.out.cap) < 0:
+            return -1
+
+
 cdef int gzip_run(GzipState s, const char *p, size_t n, int mode) noexcept:
-    """Deflate n bytes into s.out (emptied first). -1 on a zlib error."""
+    """Compress n bytes into s.out (emptied first) with the response's coder: deflate,
+    or brotli_run. -1 on a coder error."""
     cdef int r
     cdef size_t room
     buf_reset(&s.out)
+    if s.br:
+        if buf_reserve(&s.out, GZ_OUT_MIN if n < GZ_OUT_MIN else n // 2 + 1024) < 0:
+            return -1
+        return brotli_run(s, p, n, mode)
     s.zs.next_in = <unsigned char *>p
     s.zs.avail_in = <unsigned int>n
     if buf_reserve(&s.out, GZ_OUT_MIN if n < GZ_OUT_MIN else n // 2 + 1024) < 0:
@@ -259,23 +375,32 @@ cdef int gzip_file_piece(Client c, ResponseSpool sp) noexcept:
 cdef bint accepts_gzip(const char *v, size_t n) noexcept:
     """nginx's Accept-Encoding test: a "gzip" token (case-insensitive, at the start or
     after ',' or ' '), optionally with ;q= between 0.001 and 1 (q=0 refuses)."""
+    if n >= 5 and memcmp(v, "gzip,", 5) == 0:
+        return True
+    return accepts_coding(v, n, "gzip", 4, False)
+
+
+cdef bint accepts_coding(const char *v, size_t n, const char *tok, size_t tn,
+                         bint whole) noexcept:
+    """The Accept-Encoding test of accepts_gzip for any coding name; `whole`: a match
+    must also end the token (so "br" is not found in "brotli"), else the search goes on
+    (ngx_brotli's test; nginx's gzip test gives up at "gzipx")."""
     cdef size_t i = 0
     cdef size_t p
     cdef int q, digits
     cdef char ch
-    if n < 4:
+    if n < tn:
         return False
-    if n >= 5 and memcmp(v, "gzip,", 5) == 0:
-        return True
     while True:
-        while i + 4 <= n and strncasecmp(v + i, "gzip", 4) != 0:
+        while i + tn <= n and strncasecmp(v + i, tok, tn) != 0:
             i += 1
-        if i + 4 > n:
+        if i + tn > n:
             return False
-        if i == 0 or v[i - 1] == 44 or v[i - 1] == 32:
+        if (i == 0 or v[i - 1] == 44 or v[i - 1] == 32) and (not whole or i + tn == n or
+                v[i + tn] == 44 or v[i + tn] == 59 or v[i + tn] == 32 or v[i + tn] == 9):
             break
-        i += 4
-    p = i + 4
+        i += tn
+    p = i + tn
     while p < n:
         ch = v[p]
         p += 1
@@ -362,9 +487,7 @@ cdef int gzip_request(Client c, GzipConf g) noexcept:
     cdef bint via = False
     cdef bint auth = False
     cdef size_t i
-    cdef Regex rx
     cdef int r
-    cdef bytes agent
     for i in range(c.nheaders):
         h = &c.headers[i]
         if ae == NULL and name_is(h.name, h.name_len, "accept-encoding", 15):
@@ -375,8 +498,21 @@ cdef int gzip_request(Client c, GzipConf g) noexcept:
             via = True
         elif name_is(h.name, h.name_len, "authorization", 13):
             auth = True
+    r = 0
+    if g.br_enable and ae != NULL and accepts_coding(ae.value, ae.value_len, "br", 2, True):
+        r = GZR_BR      # ngx_brotli asks nothing more of the request
     if ae == NULL or not accepts_gzip(ae.value, ae.value_len):
-        return 0
+        return r
+    r = r | gzip_request_rest(c, g, ua, via, auth)
+    return r
+
+
+cdef int gzip_request_rest(Client c, GzipConf g, edge_header *ua, bint via,
+                           bint auth) noexcept:
+    """gzip_request past Accept-Encoding: GZR_OK (| GZR_VIA | GZR_AUTH) or 0."""
+    cdef Regex rx
+    cdef int r
+    cdef bytes agent
     if g.msie6 and ua != NULL and is_msie6(ua.value, ua.value_len):
         return 0
     if c.minor < g.http_minor:
@@ -399,16 +535,17 @@ cdef int gzip_request(Client c, GzipConf g) noexcept:
 
 # ---- the response's side -------------------------------------------------------------------
 
-cdef bint type_listed(GzipConf g, const char *ct, size_t n) noexcept:
-    """The type of a Content-Type value (before any parameter) in gzip_types."""
+cdef bint type_listed(bint any_type, bytes types_b, const char *ct, size_t n) noexcept:
+    """The type of a Content-Type value (before any parameter) in gzip_types (or
+    brotli_types)."""
     cdef size_t i = 0
-    if g.any_type:
+    if any_type:
         return True
     while i < n and ct[i] != 59:
         i += 1
     while i > 0 and (ct[i - 1] == 32 or ct[i - 1] == 9):
         i -= 1
-    return name_in_list(ct, i, <const char *>g.types_b)
+    return name_in_list(ct, i, <const char *>types_b)
 
 
 cdef bint cc_has(edge_header *hs, size_t nh, const char *token, size_t tn) noexcept:
@@ -472,11 +609,22 @@ cdef bint proxied_ok(Client c, GzipConf g, edge_header *hs, size_t nh) noexcept:
 
 cdef int gzip_decide(Client c, GzipConf g, int status, bint encoded, int64_t length,
                      const char *ct, size_t ct_len, edge_header *hs, size_t nh) noexcept:
-    """nginx's gzip header filter: GZ_NONE, GZ_VARY (Vary only) or GZ_ON."""
-    if not g.enable or (status != 200 and status != 403 and status != 404) or encoded \
-            or (length >= 0 and length < g.min_length) or ct == NULL \
-            or not type_listed(g, ct, ct_len):
+    """nginx's gzip header filter, after ngx_brotli's (which runs first and, when it
+    compresses, leaves gzip a Content-Encoding): GZ_NONE, GZ_VARY (Vary only) or GZ_ON,
+    with GZR_USE_BR set in c.gz_req when the coder is brotli."""
+    cdef int r = GZ_NONE
+    c.gz_req &= ~GZR_USE_BR
+    if (status != 200 and status != 403 and status != 404) or encoded or ct == NULL:
         return GZ_NONE      # (HEAD is decided as GET is: nginx marks it header-only later)
+    if g.br_enable and (length < 0 or length >= g.br_min_length) \
+            and type_listed(g.br_any_type, g.br_types_b, ct, ct_len):
+        if c.gz_req & GZR_BR:
+            c.gz_req |= GZR_USE_BR
+            return GZ_ON
+        r = GZ_VARY
+    if not g.enable or (length >= 0 and length < g.min_length) \
+            or not type_listed(g.any_type, g.types_b, ct, ct_len):
+        return r
     if not (c.gz_req & GZR_OK):
         return GZ_VARY
     if (c.gz_req & GZR_VIA) and not proxied_ok(c, g, hs, nh):
@@ -531,7 +679,10 @@ cdef bint gzip_head_line(Client c, edge_header *h) noexcept:
 cdef void gzip_head_end(Client c, GzipConf g, int r) noexcept:
     """The lines a decision adds to the head, and the framing of a compressed body."""
     if r == GZ_ON:
-        buf_append_str(&c.wb, "Content-Encoding: gzip\r\n")
+        if c.gz_req & GZR_USE_BR:
+            buf_append_str(&c.wb, "Content-Encoding: br\r\n")
+        else:
+            buf_append_str(&c.wb, "Content-Encoding: gzip\r\n")
         if c.is_head:
             pass            # the head a GET would get, without its framing
         elif c.minor == 1:

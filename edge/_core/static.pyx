@@ -971,7 +971,7 @@ cdef void send_file(Client c, StaticConf sc, int fd, edge_stat_t *st, int pre):
             c.append_connection()
             c.response_done()
             return
-    if g is not None and g.enable and not (pre & PRE_GZ):
+    if g is not None and (g.enable or g.br_enable) and not (pre & PRE_GZ):
         # gzip (gzip.pyx), decided before ranges as nginx's filters run: a compressed
         # response has no length, so no range applies to it
         c.gz = None

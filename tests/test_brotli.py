@@ -285,9 +285,9 @@ def test_streamed_body_arrives_before_the_upstream_ends(edge, root, prefix):
     meta-blocks as its input fills them, so a large incompressible first part is used."""
     u = ScriptedUpstream()
     seen = threading.Event()
-    # (with buffering the encoder merges its input into meta-blocks of up to the window,
-    # 512k here, as ngx_brotli's does: the first part is larger than that)
-    first = os.urandom(700000) if prefix == "/" else b"<p>first part</p>" * 20
+    # (with buffering the encoder merges its input into meta-blocks of up to twice the
+    # window, 1 MiB here, as ngx_brotli's does: the first part is larger than that)
+    first = os.urandom(1536 * 1024) if prefix == "/" else b"<p>first part</p>" * 20
     need = 100000 if prefix == "/" else len(first)
     rest = b"<p>rest</p>" * 1000
 

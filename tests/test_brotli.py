@@ -68,6 +68,9 @@ http {
         location /pany/ { gzip_proxied any; proxy_pass http://@UP@; }
         location /files/ { }
         location /filesbr/ { gzip off; alias @ROOT@/files/; }
+        location /pre/ { gzip off; brotli off; brotli_static on; gzip_static on; }
+        location /prealways/ { gzip off; brotli_static always; alias @ROOT@/pre/; }
+        location /prenovary/ { brotli_static on; gzip_vary off; alias @ROOT@/pre/; }
     }
 }
 """
@@ -76,8 +79,20 @@ BR = [("Accept-Encoding", "gzip, deflate, br")]
 GZ = [("Accept-Encoding", "gzip")]
 
 
+PRE_PLAIN = b"console.log('plain file');\n" * 20
+PRE_GZ = zlib.compress(b"console.log('gzip twin');\n" * 20, wbits=31)
+PRE_BR = brotli.compress(b"console.log('brotli twin');\n" * 20)
+
+
 @pytest.fixture
 def srv(edge, up, root):
+    for name, data in (("app.js", PRE_PLAIN), ("app.js.gz", PRE_GZ), ("app.js.br", PRE_BR),
+                       ("bronly.js", PRE_PLAIN), ("bronly.js.br", PRE_BR),
+                       ("gzonly.js", PRE_PLAIN), ("gzonly.js.gz", PRE_GZ),
+                       ("only.js", PRE_PLAIN)):
+        p = root / "pre" / name
+        p.write_bytes(data)
+        os.utime(p, (MTIME, MTIME))
     return edge(CONF, UP=up, ROOT=root)
 
 
@@ -455,6 +470,40 @@ def test_keepalive_and_pipelining_after_compressed_responses(srv, root):
     assert coding(got[5]) == "gzip" and zlib.decompress(got[5].body, 31) == HTML
 
 
+@pytest.mark.parametrize("target,headers,twin,vary", [
+    ("/pre/app.js", BR, PRE_BR, True),                  # .br first when br is taken
+    ("/pre/app.js", GZ, PRE_GZ, True),                  # then gzip_static
+    ("/pre/app.js", [("Accept-Encoding", "br;q=0, gzip")], PRE_GZ, True),
+    ("/pre/app.js", [], None, True),                    # twins exist: Vary all the same
+    ("/pre/bronly.js", BR, PRE_BR, True),
+    ("/pre/bronly.js", GZ, None, True),
+    ("/pre/gzonly.js", BR, PRE_GZ, True),
+    ("/pre/only.js", BR, None, False),
+    ("/prealways/app.js", [], PRE_BR, False),           # always: to everyone, no Vary
+    ("/prealways/app.js", GZ, PRE_BR, False),
+    ("/prenovary/app.js", BR, PRE_BR, False),
+])
+def test_brotli_static(srv, target, headers, twin, vary):
+    r = fetch(srv, target, headers)
+    assert r.status == 200
+    assert r.header("Content-Type") == "application/javascript"
+    assert (r.header("Vary") == "Accept-Encoding") == vary, r.headers
+    if twin is None:
+        assert coding(r) is None and r.body == PRE_PLAIN
+        return
+    assert coding(r) == ("br" if twin == PRE_BR else "gzip")
+    assert r.body == twin                                   # the file on disk, as it is
+    assert r.header("Content-Length") == str(len(twin))
+    assert r.header("ETag") == '"%x-%x"' % (MTIME, len(twin))   # the twin's own
+
+
+def test_brotli_static_head_and_ranges(srv):
+    r = fetch(srv, "/pre/app.js", BR, method="HEAD")
+    assert coding(r) == "br" and r.header("Content-Length") == str(len(PRE_BR)) and r.body == b""
+    r = fetch(srv, "/pre/app.js", BR + [("Range", "bytes=0-1")])
+    assert r.status == 206 and coding(r) == "br" and r.body == PRE_BR[:2]
+
+
 # -- TLS -------------------------------------------------------------------------------------
 
 @pytest.mark.timeout(90)
@@ -482,6 +531,7 @@ def test_over_tls(edge, up, root):
     ("brotli_window 32m;", "brotli_window"),
     ("brotli maybe;", "invalid value"),
     ("brotli_min_length x;", "brotli_min_length"),
+    ("brotli_static sometimes;", "invalid value"),
 ])
 def test_config_errors(tmp_path, line, msg):
     from edge.config import ConfigError

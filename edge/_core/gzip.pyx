@@ -118,6 +118,7 @@ cdef class GzipConf:
     cdef public int64_t br_min_length
     cdef public int br_level
     cdef public int br_lgwin
+    cdef public int br_static       # brotli_static: 0 off, 1 on, 2 always
 
     def __init__(self):
         self.types_b = b"text/html\0\0"
@@ -693,14 +694,53 @@ cdef void gzip_head_end(Client c, GzipConf g, int r) noexcept:
         buf_append_str(&c.wb, "Vary: Accept-Encoding\r\n")
 
 
+cdef int open_twin(Client c, StaticConf sc, Buf *path, const char *suffix, size_t sn,
+                   edge_stat_t *st) noexcept:
+    """Open "path" + suffix as a regular file (through open_file: disable_symlinks too),
+    path left as it was. The fd, or -1."""
+    cdef size_t mark = path.end
+    cdef int fd
+    if buf_append(path, suffix, sn + 1) < 0:     # with its NUL
+        return -1
+    path.end = mark + sn    # open_file() takes the length without the NUL
+    fd = open_file(c, sc, path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+    path.end = mark
+    path.data[mark] = 0
+    if fd < 0:
+        return -1
+    if edge_fstat(fd, st) != 0 or not S_ISREG(st.st_mode):
+        close(fd)
+        return -1
+    return fd
+
+
 cdef int gzip_static_open(Client c, GzipConf g, StaticConf sc, Buf *path, int *fdp,
                           edge_stat_t *st) noexcept:
-    """gzip_static (nginx's ngx_http_gzip_static_module): open "path.gz" when the client
-    takes gzip (`on`) or always (`always`). Returns PRE_GZ (| PRE_VARY) with *fdp open
-    on the twin, PRE_VARY (serve the file itself, with Vary) or 0."""
+    """brotli_static (ngx_brotli's static module, tried first) and gzip_static (nginx's
+    ngx_http_gzip_static_module): open "path.br" when the client takes br, then "path.gz"
+    when it takes gzip (`on`), or either always (`always`). Returns PRE_GZ (| PRE_BR for
+    the .br twin) (| PRE_VARY) with *fdp open on the twin, PRE_VARY (serve the file
+    itself, with Vary) or 0."""
     cdef bint ok
-    cdef size_t mark
     cdef int fd
+    cdef int pre = 0
+    cdef edge_header *ae
+    if g.br_static:
+        if g.br_static == 2:
+            ok = True
+        else:
+            ae = find_header(c, "accept-encoding", 15)
+            ok = ae != NULL and accepts_coding(ae.value, ae.value_len, "br", 2, True)
+        if ok or g.vary:
+            fd = open_twin(c, sc, path, ".br", 3, st)
+            if fd >= 0:
+                if ok:
+                    fdp[0] = fd
+                    return PRE_GZ | PRE_BR | (PRE_VARY if g.br_static == 1 else 0)
+                close(fd)
+                pre = PRE_VARY
+    if not g.static:
+        return pre
     if g.static == 2:
         ok = True
     else:
@@ -709,19 +749,10 @@ cdef int gzip_static_open(Client c, GzipConf g, StaticConf sc, Buf *path, int *f
         # auth can refuse here
         ok = (c.gz_req & GZR_OK) != 0 and (not (c.gz_req & GZR_VIA) or proxied_ok(c, g, NULL, 0))
     if not ok and not g.vary:
-        return 0
-    mark = path.end
-    if buf_append(path, ".gz\0", 4) < 0:
-        return 0
-    path.end = mark + 3     # open_file() takes the length without the NUL
-    fd = open_file(c, sc, path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)     # disable_symlinks too
-    path.end = mark
-    path.data[mark] = 0
+        return pre
+    fd = open_twin(c, sc, path, ".gz", 3, st)
     if fd < 0:
-        return 0
-    if edge_fstat(fd, st) != 0 or not S_ISREG(st.st_mode):
-        close(fd)
-        return 0
+        return pre
     if g.static == 2:
         fdp[0] = fd
         return PRE_GZ

@@ -15,6 +15,7 @@ DEF GZ_VARY = 1         # not compressed, but Vary: Accept-Encoding (gzip_vary)
 DEF GZ_ON = 2
 DEF PRE_GZ = 1          # gzip_static serves the precompressed "file.gz"
 DEF PRE_VARY = 2        # ... with Vary: Accept-Encoding (gzip_static on, gzip_vary on)
+DEF PRE_BR = 4          # ... the twin is brotli_static's "file.br"
 
 include "includes/system.pxi"
 include "buffers.pyx"

@@ -588,8 +588,9 @@ cdef void serve_uri(Client c, StaticConf sc):
         if map_path(c, sc, c.uri.data, n, &path) < 0:
             c.finish_without_body(404)
             return
-        if get_head and c.loc is not None and c.loc.gzip is not None and c.loc.gzip.static:
-            # gzip_static (gzip.pyx): the file's precompressed twin "path.gz"
+        if get_head and c.loc is not None and c.loc.gzip is not None and \
+                (c.loc.gzip.static or c.loc.gzip.br_static):
+            # brotli_static, gzip_static (gzip.pyx): a precompressed twin "path.br", "path.gz"
             pre = gzip_static_open(c, <GzipConf>c.loc.gzip, sc, &path, &fd, &st)
             if pre & PRE_GZ:
                 send_file(c, sc, fd, &st, pre)
@@ -893,8 +894,8 @@ cdef int parse_ranges(const char *v, size_t n, int64_t size, int64_t *starts,
 
 
 cdef void send_file(Client c, StaticConf sc, int fd, edge_stat_t *st, int pre):
-    """pre: gzip_static's PRE_GZ (fd is the precompressed twin: Content-Encoding: gzip)
-    and PRE_VARY (Vary: Accept-Encoding with gzip_vary), or 0."""
+    """pre: gzip_static's PRE_GZ (fd is the precompressed twin: Content-Encoding: gzip,
+    or br with PRE_BR) and PRE_VARY (Vary: Accept-Encoding with gzip_vary), or 0."""
     global g_boundary
     cdef int64_t size = st.st_size
     cdef int64_t mtime = st.st_mtime
@@ -1072,7 +1073,9 @@ cdef void send_file(Client c, StaticConf sc, int fd, edge_stat_t *st, int pre):
         gzip_head_end(c, g, gz)
     elif (pre & PRE_VARY) and g.vary:
         buf_append_str(&c.wb, "Vary: Accept-Encoding\r\n")
-    if pre & PRE_GZ:
+    if pre & PRE_BR:
+        buf_append_str(&c.wb, "Content-Encoding: br\r\n")
+    elif pre & PRE_GZ:
         buf_append_str(&c.wb, "Content-Encoding: gzip\r\n")
     c.append_connection()
     if c.is_head or (length == 0 and gz != GZ_ON):

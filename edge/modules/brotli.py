@@ -8,7 +8,8 @@ clients whose Accept-Encoding takes `br` (q=0 refuses). With gzip on as well, a 
 that takes br gets br and any other gets gzip's decision, as ngx_brotli's filter runs
 before nginx's gzip. It shares gzip's compiled half (edge/_core/gzip.pyx): the same
 request reading, head rules, framing, streaming and release, with libbrotlienc's
-streaming encoder as the coder of the response. Not done: brotli_static.
+streaming encoder as the coder of the response. `brotli_static` serves a precompressed
+`FILE.br` beside a static file, tried before gzip_static's `FILE.gz`.
 """
 
 from edge._core.reactor import GzipConf
@@ -54,16 +55,24 @@ DIRECTIVES = [
               doc="Brotli's window (lgwin), default 512k; smaller for a known short body. The "
                   "encoder's memory grows with it (several MiB at 4m), held only while a "
                   "response is being compressed."),
+    Directive("brotli_static", HSL, (1, 1), parse=types.enum("on", "off", "always"),
+              default="off", syntax="brotli_static on | off | always;",
+              doc="Static files: serve the precompressed `FILE.br` next to a file, when it "
+                  "exists, to clients that take br (`on`) or to all (`always`), with "
+                  "`Content-Encoding: br` and the .br file's length, ETag and ranges; tried "
+                  "before gzip_static. Independent of `brotli on`."),
 ]
 
 
 def compile_location(conf, location, runtime):
-    if not conf.get("brotli"):
+    static = {"off": 0, "on": 1, "always": 2}[conf.get("brotli_static")]
+    if not conf.get("brotli") and not static:
         return
     g = location.gzip
     if g is None:
         g = GzipConf()      # gzip off: brotli's fields only (enable and static stay off)
-    g.br_enable = True
+    g.br_enable = bool(conf.get("brotli"))
+    g.br_static = static
     g.set_br_types(list(conf.get("brotli_types")))
     g.br_min_length = conf.get("brotli_min_length")
     g.br_level = conf.get("brotli_comp_level")

@@ -27,6 +27,13 @@
 # zlib's memory (about 256 KiB at windowBits 15, memLevel 8) is sized down to a known
 # Content-Length as nginx does: the window halves (and memLevel drops) while the body
 # fits in half of it.
+#
+# Brotli (edge/modules/brotli.py, ngx_brotli's directives) rides the same hooks: the
+# request side sets GZR_BR when Accept-Encoding takes br, gzip_decide tries brotli's
+# rules first (as ngx_brotli's filter runs before gzip's) and marks GZR_USE_BR, and
+# GzipState then holds a BrotliEncoderState instead of a z_stream (one coder per
+# response), its window sized down to a known length and destroyed as deflateEnd is.
+# brotli_static's "file.br" is tried before gzip_static's "file.gz" (PRE_BR).
 
 cdef extern from "zlib.h" nogil:
     ctypedef struct z_stream:

@@ -273,7 +273,8 @@ def test_deb_depends(debs):
     deb, _ = debs["0.1.0"]
     fields = subprocess.run(["dpkg-deb", "-f", str(deb), "Depends"], capture_output=True,
                             text=True, check=True).stdout
-    for dep in ("python3 (>= 3.11)", "python3 (<< 3.12)", "libssl3", "libc6"):
+    for dep in ("python3 (>= 3.11)", "python3 (<< 3.12)", "libssl3", "libc6", "zlib1g",
+                "libbrotli1"):
         assert dep in fields, fields
 
 
@@ -286,6 +287,7 @@ def test_rpm_rpmlint_reports_no_errors():
     info = subprocess.run(["rpm", "-qp", "--requires", str(rpm)], capture_output=True,
                           text=True, check=True).stdout
     assert "python3.11" in info and "openssl-libs" in info, info
+    assert "libz.so.1()(64bit)" in info and "libbrotlienc.so.1()(64bit)" in info, info
 
 
 @pytest.fixture(scope="session")

@@ -474,7 +474,7 @@ def upgrade(conf):
     _say("notice", f"upgrade: sending QUIT to old master {old}")
     if not _kill(old, signal.SIGQUIT):
         return 1
-    if not _wait(lambda: not _alive(old), limit):
+    if not _wait(lambda: _exited(old), limit):
         _say("error", f"upgrade: old master {old} still runs after {limit:g}s")
         return 1
     _say("notice", f"upgrade: done, master {new} serves")
@@ -511,6 +511,24 @@ def _alive(pid):
     if stat[stat.rfind(b")") + 2:].split()[:1] in ([b"Z"], [b"X"]):
         return False  # exited, not reaped yet
     return is_edge_process(pid)
+
+
+def _exited(pid):
+    """True once ``pid`` has finished exiting (gone, or a zombie), or is no longer edge.
+    Not _alive(): while a process exits its command line reads empty (its memory is
+    released first) some time before it becomes a zombie, and "done" must mean gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except FileNotFoundError:
+        return True
+    except PermissionError:
+        return False
+    if stat[stat.rfind(b")") + 2:].split()[:1] in ([b"Z"], [b"X"]):
+        return True
+    return bool(cmdline) and b"edge" not in cmdline     # the pid was given to another
 
 
 def _serves(pid_path, pid):

@@ -75,7 +75,7 @@ def mmdebstrap(tmp_path_factory):
     need("mmdebstrap")
     root = tmp_path_factory.mktemp("debian12") / "root"
     proc = subprocess.Popen(["mmdebstrap", "--quiet", "--variant=minbase",
-                             "--include=python3,ca-certificates", "bookworm", str(root), MIRROR],
+                             "--include=python3,ca-certificates,libbrotli1", "bookworm", str(root), MIRROR],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     yield root, proc
     if proc.poll() is None:
@@ -85,7 +85,9 @@ def mmdebstrap(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def debian_root(mmdebstrap):
-    """A clean Debian 12 root (minbase + python3), made once per session."""
+    """A clean Debian 12 root (minbase + python3), made once per session. mmdebstrap
+    leaves it without apt lists, so the .deb's Depends that minbase and python3 do not
+    bring (libbrotli1) are included up front; test_deb_depends checks the field."""
     root, proc = mmdebstrap
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out[-4000:]

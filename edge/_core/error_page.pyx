@@ -265,21 +265,11 @@ cdef bint run_unrouted_error_page(Client c, int status):
 cdef void enter_error_location(Client c, Location loc):
     """The page's location runs all its phases (rewrite, access, content), as nginx runs
     an internal redirect from the start."""
-    cdef int r
     if loc is None:
         c.loc = None
         c.finish_without_body(404)
         return
-    c.loc = loc
-    if loc.phases.nrewrite:
-        r = run_handlers(loc.phases.rewrite, c)
-        if r == PH_RELOCATE:
-            r = c.relocate(0)
-        if r != PH_CONTINUE:
-            if r != PH_DONE:
-                c.finish_without_body(r)
-            return
-    c.access_then_content()
+    run_location(c, loc)            # static.pyx
 
 
 cdef void redirect_page(Client c, int overwrite, const char *url, size_t n):

@@ -343,7 +343,6 @@ cdef void set_uri(Client c, const char *p, size_t n, bint split_args):
 cdef void enter_location(Client c, Location loc):
     """An internal redirect (index, try_files) reached `loc`: its rewrite and access phases
     run when it is another location than the one that redirected, then its content."""
-    cdef int r
     if loc is None:
         c.loc = None
         c.finish_without_body(404)
@@ -355,18 +354,25 @@ cdef void enter_location(Client c, Location loc):
             c.rb.start -= c.head_len
             c.keep_request_head(c.head_len)
             c.rb.start += c.head_len
-        c.loc = loc
-        if loc.phases.nrewrite:
-            r = run_handlers(loc.phases.rewrite, c)
-            if r == PH_RELOCATE:
-                r = c.relocate(0)
-            if r != PH_CONTINUE:
-                if r != PH_DONE:
-                    c.finish_without_body(r)
-                return
-        c.access_then_content()     # a new location: its access phase runs first
+        run_location(c, loc)        # a new location: its rewrite and access phases first
         return
     c.run_content()
+
+
+cdef void run_location(Client c, Location loc):
+    """`loc` takes the request from the start: its rewrite phase, then access and content
+    (an internal redirect: index, try_files, error_page)."""
+    cdef int r
+    c.loc = loc
+    if loc.phases.nrewrite:
+        r = run_handlers(loc.phases.rewrite, c)
+        if r == PH_RELOCATE:
+            r = c.relocate(0)
+        if r != PH_CONTINUE:
+            if r != PH_DONE:
+                c.finish_without_body(r)
+            return
+    c.access_then_content()
 
 
 cdef void internal_redirect(Client c, const char *p, size_t n, bint split_args=True):

@@ -202,6 +202,17 @@ def number(node):
     return int(v)
 
 
+def number_between(low, high):
+    """A setter for an integer from ``low`` to ``high``, inclusive."""
+    def parse_number_between(node):
+        v = number(node)
+        if not low <= v <= high:
+            raise ConfigError(f'"{node.name}" must be between {low} and {high} (got {v})',
+                              node.file, node.line)
+        return v
+    return parse_number_between
+
+
 def string(node):
     """The single argument."""
     return node.args[0]

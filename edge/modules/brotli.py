@@ -18,13 +18,6 @@ from edge.config import HTTP, LOCATION, SERVER, ConfigError, Directive, types
 HSL = (HTTP, SERVER, LOCATION)
 
 
-def _level(node):
-    v = types.number(node)
-    if not 0 <= v <= 11:
-        raise ConfigError(f'"brotli_comp_level" must be between 0 and 11 (got {v})')
-    return v
-
-
 def _window(node):
     size = types.size(node)
     bits = {1 << b: b for b in range(10, 25)}.get(size)
@@ -47,7 +40,7 @@ DIRECTIVES = [
               syntax="brotli_min_length length;",
               doc="Compress only responses whose Content-Length is at least this; a response "
                   "of unknown length is compressed whatever its size."),
-    Directive("brotli_comp_level", HSL, (1, 1), parse=_level, default=6,
+    Directive("brotli_comp_level", HSL, (1, 1), parse=types.number_between(0, 11), default=6,
               syntax="brotli_comp_level 0..11;",
               doc="Brotli's quality: 0 fastest, 11 smallest (and much slower)."),
     Directive("brotli_window", HSL, (1, 1), parse=_window, default=19,

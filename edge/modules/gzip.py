@@ -21,13 +21,6 @@ PROXIED = {"off": 0x0002, "expired": 0x0004, "no-cache": 0x0008, "no-store": 0x0
            "auth": 0x0100, "any": 0x0200}
 
 
-def _level(node):
-    v = types.number(node)
-    if not 1 <= v <= 9:
-        raise ConfigError(f'"gzip_comp_level" must be between 1 and 9 (got {v})')
-    return v
-
-
 def _proxied(node):
     bits = 0
     for a in node.args:
@@ -90,7 +83,7 @@ DIRECTIVES = [
               syntax="gzip_min_length length;",
               doc="Compress only responses whose Content-Length is at least this; a response "
                   "of unknown length (chunked, close-delimited) is compressed whatever its size."),
-    Directive("gzip_comp_level", HSL, (1, 1), parse=_level, default=1,
+    Directive("gzip_comp_level", HSL, (1, 1), parse=types.number_between(1, 9), default=1,
               syntax="gzip_comp_level 1..9;",
               doc="zlib's compression level: 1 fastest, 9 smallest."),
     Directive("gzip_proxied", HSL, (1, None), parse=_proxied, default=PROXIED["off"],

@@ -242,11 +242,19 @@ cdef inline int buf_append_str(Buf *b, const char *s) noexcept nogil:
 
 
 cdef int write_queued(int fd, Buf *wb, const char **win, size_t *win_len,
-                      const char **suf, size_t *suf_len, bint *wrote) noexcept:
+                      const char **suf, size_t *suf_len, bint *wrote, bint more=False) noexcept:
     """Send a connection's queued output with writev: the bytes in wb, then the window
     (bytes in someone else's buffer), then a constant suffix. Returns 1 when all is sent,
-    0 when the socket is full (EAGAIN), -1 on error. *wrote is set when bytes went out."""
+    0 when the socket is full (EAGAIN), -1 on error. *wrote is set when bytes went out.
+
+    `more`: the caller closes the socket as soon as all is sent. The bytes go with
+    sendmsg(MSG_MORE), which lets TCP hold the last, partial segment; close() then sends
+    it with the FIN in one packet, where writev would send the data and the FIN apart. A
+    `Connection: close` answer that fits in a segment is then one packet, and the client
+    acknowledges it with one ACK. close() flushes what is held, so nothing waits on a
+    timer."""
     cdef iovec iov[3]
+    cdef msghdr msg
     cdef int n
     cdef ssize_t r
     cdef size_t w
@@ -267,7 +275,13 @@ cdef int write_queued(int fd, Buf *wb, const char **win, size_t *win_len,
         if n == 0:
             buf_reset(wb)
             return 1
-        r = writev(fd, iov, n)
+        if more:
+            memset(&msg, 0, sizeof(msg))
+            msg.msg_iov = iov
+            msg.msg_iovlen = n
+            r = sendmsg(fd, &msg, MSG_MORE)
+        else:
+            r = writev(fd, iov, n)
         if r < 0:
             if errno == EINTR:
                 continue

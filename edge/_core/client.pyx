@@ -979,7 +979,9 @@ cdef class Client(Handle):
         elif self.state == CS_BODY:
             read_buffered_body(self)
         elif self.state == CS_CLOSING:
-            r = self.flush()
+            # the last response of a plain connection that closes at once (no lingering):
+            # its last segment leaves with close()'s FIN
+            r = self.flush(self.ssl == NULL and not self.input_may_remain())
             if r != 0:
                 self.start_linger(r)
         elif self.state == CS_LINGER:
@@ -1039,8 +1041,9 @@ cdef class Client(Handle):
     cdef inline int64_t pending_len(self) noexcept:
         return <int64_t>(buf_len(&self.wb) + self.win_len + self.suf_len)
 
-    cdef int flush(self) noexcept:
-        """Write queued output. 1: all sent; 0: the socket is full; -1: error."""
+    cdef int flush(self, bint closing=False) noexcept:
+        """Write queued output. 1: all sent; 0: the socket is full; -1: error. `closing`:
+        close() follows as soon as all is sent (see write_queued's `more`)."""
         cdef bint wrote = False
         cdef int64_t before = self.pending_len()
         cdef int r
@@ -1049,7 +1052,7 @@ cdef class Client(Handle):
                                  &self.suf, &self.suf_len, &wrote)
         else:
             r = write_queued(self.fd, &self.wb, &self.win, &self.win_len,
-                             &self.suf, &self.suf_len, &wrote)
+                             &self.suf, &self.suf_len, &wrote, closing)
         self.out_written += before - self.pending_len()
         if r == 0:
             self.writable = False

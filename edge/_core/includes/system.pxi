@@ -88,6 +88,15 @@ cdef extern from "<sys/socket.h>" nogil:
     int getsockname(int sockfd, sockaddr *addr, socklen_t *addrlen)
     int shutdown(int sockfd, int how)
     ssize_t recv(int sockfd, void *buf, size_t len, int flags)
+    struct msghdr:
+        void *msg_name
+        socklen_t msg_namelen
+        iovec *msg_iov
+        size_t msg_iovlen
+        void *msg_control
+        size_t msg_controllen
+        int msg_flags
+    ssize_t sendmsg(int sockfd, const msghdr *msg, int flags)
     enum:
         AF_INET
         AF_INET6
@@ -102,6 +111,7 @@ cdef extern from "<sys/socket.h>" nogil:
         SHUT_RDWR
         MSG_PEEK
         MSG_DONTWAIT
+        MSG_MORE
     struct linger:
         int l_onoff
         int l_linger

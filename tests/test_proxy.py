@@ -434,6 +434,51 @@ def test_upstream_keepalive_reuse_concurrent(edge, upstream):
         f"200 requests, at most 8 in flight, 2 workers: {upstream.connections} upstream connections"
 
 
+@pytest.mark.edge_only
+def test_pool_over_keepalive_serves_the_next_requests_then_shrinks(edge, upstream):
+    """`keepalive 2` and 6 clients, each sending 20 requests one after the other: the
+    requests in flight hover between 0 and 6, above the bound. Connections that come back
+    over it stay idle for about a second before they are closed (the least recently used
+    first), so the next requests reuse them: the upstream sees at most 6 connections in
+    all. nginx closes the least recently used one as soon as the cache exceeds the bound,
+    and opens another for a later request (dozens here). Once the load stops, the pool
+    shrinks back to `keepalive`: 2 connections stay open.
+
+    Edge-only: the deliberate difference from nginx (docs/traffic.md)."""
+    e = edge(BASIC.replace("keepalive 16;", "keepalive 2;"), UP=upstream)
+    errors = []
+
+    def client(k):
+        try:
+            with Conn(e.port) as c:
+                for i in range(20):
+                    r = c.request("GET", f"/echo?{k}-{i}")
+                    if r.status != 200:
+                        errors.append(r.status)
+        except Exception as ex:  # noqa: BLE001 - reported below
+            errors.append(repr(ex))
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    assert len(upstream.requests) == 120
+    assert upstream.connections <= 6, \
+        f"120 requests, at most 6 in flight: {upstream.connections} upstream connections were opened"
+
+    def still_open():
+        return sum(1 for rec in list(upstream.conns) if not rec.closed)
+
+    deadline = time.monotonic() + 6
+    while still_open() > 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert still_open() == 2, f"{still_open()} upstream connections open after the load, keepalive is 2"
+    assert get(e.port, "/echo?after").status == 200
+    assert upstream.connections <= 6, "the pooled connections were not reused after the shrink"
+
+
 def test_upstream_closing_connections(px, upstream):
     """An upstream that says Connection: close, or closes idle pooled connections, is
     handled: every request still gets its answer."""

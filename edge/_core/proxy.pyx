@@ -43,6 +43,7 @@ cdef class UpConn(Handle):
     cdef bint wrote             # a write made progress since the send timer was armed
     cdef bint peer_closed       # RDHUP seen: the upstream closed its side
     cdef int state
+    cdef int64_t idle_since     # g_now when it went back to the pool (trim_upstream_pools)
     cdef Upstream ups
     cdef int peer
     cdef Client client
@@ -838,10 +839,11 @@ cdef class UpConn(Handle):
             self.suf_len = 0
             self.file_fd = -1
             ups.idle.append(self)
+            self.idle_since = g_now
             timer_arm(self, ups.t_idle, g_now)
-            if len(ups.idle) > ups.keepalive:
-                oldest = <UpConn>ups.idle[0]
-                oldest.close()
+            if len(ups.idle) > ups.keepalive and not ups.over_keepalive:
+                ups.over_keepalive = True
+                g_pools_over.append(ups)
         else:
             self.close()
 
@@ -953,6 +955,39 @@ cdef void append_content_type_charset(Client c, edge_header *h, Buf *out) noexce
         buf_append_str(out, "; charset=")
         buf_append(out, <const char *>name, len(name))
     buf_append_str(out, "\r\n")
+
+
+# Upstream groups whose pool holds more idle connections than `keepalive`
+cdef list g_pools_over = []
+cdef enum:
+    POOL_OVER_GRACE_MS = 1000      # how long a connection above `keepalive` may wait idle
+
+
+cdef void trim_upstream_pools() noexcept:
+    """Once a second (Loop.shrink_pools): a pool over its `keepalive` bound closes its
+    least recently used connections that have been idle for POOL_OVER_GRACE_MS.
+
+    nginx closes the least recently used connection the moment a returning one would
+    make the cache exceed `keepalive`. When the requests in flight to a group hover above
+    that bound (50 clients and `keepalive 32` in perf/bench), that closes a connection
+    that the next request must open again: measured, 0.22 new upstream connections per
+    request. Kept idle for a second, the connections that came back from a burst serve
+    the next one instead, and a pool that is not needed shrinks back to `keepalive` within
+    about two seconds. The connections open to the upstream never exceed the peak of
+    requests in flight, as with nginx."""
+    cdef Upstream ups
+    cdef UpConn oldest
+    cdef list still_over = []
+    for ups in g_pools_over:
+        while len(ups.idle) > ups.keepalive:
+            oldest = <UpConn>ups.idle[0]       # reuse takes the newest: [0] waited longest
+            if g_now - oldest.idle_since < POOL_OVER_GRACE_MS:
+                break
+            oldest.close()
+        ups.over_keepalive = len(ups.idle) > ups.keepalive
+        if ups.over_keepalive:
+            still_over.append(ups)
+    g_pools_over[:] = still_over
 
 
 cdef UpConn upstream_connection(Upstream ups, int peer, Client c):

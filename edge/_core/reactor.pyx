@@ -358,6 +358,8 @@ cdef class Loop:
         cdef Py_ssize_t n, drop
         cdef size_t freed
         park_idle_clients()
+        if g_pools_over:
+            trim_upstream_pools()
         n = len(self.free_clients)
         drop = self.free_low - self.free_low // 4
         if drop > n:

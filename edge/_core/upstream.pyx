@@ -70,6 +70,7 @@ cdef class Upstream:
     cdef readonly int npeers
     cdef readonly list peer_names
     cdef public int keepalive                 # max idle connections kept per worker
+    cdef bint over_keepalive
     cdef public int64_t keepalive_timeout_ms
     cdef public int64_t keepalive_requests
     cdef list idle                            # UpConn, most recently used last

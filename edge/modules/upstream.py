@@ -260,7 +260,9 @@ DIRECTIVES = [
     Directive("resolver_timeout", (HTTP, UPSTREAM), (1, 1), parse=types.time, default=30.0,
               doc="How long one resolution may take across all name servers (default 30s)."),
     Directive("keepalive", (UPSTREAM,), (1, 1), parse=types.number,
-              doc="The most idle connections to this group each worker keeps open for reuse."),
+              doc="The idle connections to this group each worker keeps open for reuse. Connections "
+                  "above this number that came back from a burst are closed once they have been idle "
+                  "for a second (nginx closes them at once; docs/traffic.md)."),
     Directive("keepalive_timeout", (UPSTREAM,), (1, 1), parse=types.time,
               doc="How long an idle upstream connection is kept (default 60s)."),
     Directive("keepalive_requests", (UPSTREAM,), (1, 1), parse=types.number,

@@ -407,28 +407,34 @@ def test_upstream_keepalive_reuse_sequential(edge, upstream):
         f"{n} sequential requests through 2 workers with keepalive 16 opened {upstream.connections} upstream connections"
 
 
-@pytest.mark.edge_only
-def test_upstream_keepalive_reuse_concurrent(edge, upstream):
-    e = edge(BASIC.replace("http {", "worker_processes 2;\nhttp {", 1), UP=upstream)
-    e.wait_workers(2)
+def keepalive_clients(port: int, clients: int, requests: int) -> list:
+    """`clients` keep-alive connections at once, each sending `requests` GETs one after
+    the other; returns the failures (statuses other than 200, exceptions)."""
     errors = []
 
     def client(k):
         try:
-            with Conn(e.port) as c:
-                for i in range(25):
+            with Conn(port) as c:
+                for i in range(requests):
                     r = c.request("GET", f"/echo?{k}-{i}")
                     if r.status != 200:
                         errors.append(r.status)
-        except Exception as ex:  # noqa: BLE001 - reported below
+        except Exception as ex:  # noqa: BLE001 - reported by the caller
             errors.append(repr(ex))
 
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
-    assert not errors
+    return errors
+
+
+@pytest.mark.edge_only
+def test_upstream_keepalive_reuse_concurrent(edge, upstream):
+    e = edge(BASIC.replace("http {", "worker_processes 2;\nhttp {", 1), UP=upstream)
+    e.wait_workers(2)
+    assert keepalive_clients(e.port, clients=8, requests=25) == []
     assert len(upstream.requests) == 200
     assert upstream.connections <= 16, \
         f"200 requests, at most 8 in flight, 2 workers: {upstream.connections} upstream connections"
@@ -446,24 +452,7 @@ def test_pool_over_keepalive_serves_the_next_requests_then_shrinks(edge, upstrea
 
     Edge-only: the deliberate difference from nginx (docs/traffic.md)."""
     e = edge(BASIC.replace("keepalive 16;", "keepalive 2;"), UP=upstream)
-    errors = []
-
-    def client(k):
-        try:
-            with Conn(e.port) as c:
-                for i in range(20):
-                    r = c.request("GET", f"/echo?{k}-{i}")
-                    if r.status != 200:
-                        errors.append(r.status)
-        except Exception as ex:  # noqa: BLE001 - reported below
-            errors.append(repr(ex))
-
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert not errors
+    assert keepalive_clients(e.port, clients=6, requests=20) == []
     assert len(upstream.requests) == 120
     assert upstream.connections <= 6, \
         f"120 requests, at most 6 in flight: {upstream.connections} upstream connections were opened"

@@ -823,9 +823,9 @@ cdef class UpConn(Handle):
 
     cdef void recycle(self, Client c):
         """A response is over on this connection: back to its group's pool when it can
-        carry another request, else closed."""
+        carry another request, else closed. A pool this takes over `keepalive` is trimmed
+        later (trim_upstream_pools)."""
         cdef Upstream ups = self.ups
-        cdef UpConn oldest
         if (ups.keepalive > 0 and self.upstream_keepalive and c.body_done
                 and buf_len(&self.rb) == 0 and self.nrequests < ups.keepalive_requests
                 and not g_loop.quitting

@@ -101,9 +101,7 @@ cdef size_t pool_shrink() noexcept nogil:
     """Free what each class kept without needing it since the last call: three quarters of
     its low mark, so a steady load keeps its buffers and a burst's leftovers go within
     seconds (4,096 spare buffers are down to one in six sweeps).
-    Returns the bytes freed; memory goes back to the system (malloc_trim) once a megabyte
-    has been freed, because freed buffers in the middle of the heap stay in RSS otherwise."""
-    global g_pool_trimmed
+    Returns the bytes freed (pool_trim_if_due gives them back to the system)."""
     cdef int k
     cdef size_t n, size, freed = 0
     cdef PoolClass *pc
@@ -120,15 +118,18 @@ cdef size_t pool_shrink() noexcept nogil:
             freed += size
             n -= 1
         pc.low = pc.nfree
-    g_pool_trimmed += freed
     return freed
 
 
-cdef void pool_trim_if_due(size_t extra) noexcept nogil:
-    """Give freed heap pages back to the system once enough has been freed."""
+cdef void pool_trim_if_due(size_t freed_now) noexcept nogil:
+    """Once a second, with the bytes that sweep freed: give freed heap pages back to the
+    system (malloc_trim), because freed memory in the middle of the heap stays in RSS
+    otherwise. At once when a megabyte has been freed, and on the first sweep that frees
+    nothing after some were freed, so the tail of a burst goes too and a steady load,
+    which frees nothing, never pays for a trim."""
     global g_pool_trimmed
-    g_pool_trimmed += extra
-    if g_pool_trimmed >= 1024 * 1024:
+    g_pool_trimmed += freed_now
+    if g_pool_trimmed >= 1024 * 1024 or (freed_now == 0 and g_pool_trimmed > 0):
         g_pool_trimmed = 0
         malloc_trim(0)
 

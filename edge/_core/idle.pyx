@@ -14,7 +14,6 @@
 DEF SWEEP_BUDGET_PER_CLIENT = 4     # the sweep walks at most this many handles per slot
 
 
-@cython.freelist(64)
 cdef class IdleConn(Handle):
     cdef Listener listener
     cdef ListenBinding binding

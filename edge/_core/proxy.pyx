@@ -44,6 +44,7 @@ cdef class UpConn(Handle):
     cdef bint peer_closed       # RDHUP seen: the upstream closed its side
     cdef int state
     cdef int64_t idle_since     # g_now when it went back to the pool (trim_upstream_pools)
+    cdef int64_t serial         # creation order in this worker (trim_upstream_pools)
     cdef Upstream ups
     cdef int peer
     cdef Client client
@@ -959,13 +960,30 @@ cdef void append_content_type_charset(Client c, edge_header *h, Buf *out) noexce
 
 # Upstream groups whose pool holds more idle connections than `keepalive`
 cdef list g_pools_over = []
+cdef int64_t g_upconn_serial = 0     # UpConn.serial of the last one made
+
+cdef struct RestedConn:
+    int64_t serial
+    PyObject *conn          # borrowed: ups.idle holds the reference
+
+
+cdef int by_serial(const void *a, const void *b) noexcept nogil:
+    cdef int64_t x = (<RestedConn *>a).serial
+    cdef int64_t y = (<RestedConn *>b).serial
+    return (x > y) - (x < y)
 cdef enum:
     POOL_OVER_GRACE_MS = 1000      # how long a connection above `keepalive` may wait idle
 
 
-cdef void trim_upstream_pools() noexcept:
-    """Once a second (Loop.shrink_pools): a pool over its `keepalive` bound closes its
-    least recently used connections that have been idle for POOL_OVER_GRACE_MS.
+cdef int trim_upstream_pools() noexcept:
+    """Once a second (Loop.shrink_pools): a pool over its `keepalive` bound closes, of
+    its connections that have been idle for POOL_OVER_GRACE_MS, the most recently made
+    ones (the highest UpConn.serial). Returns how many it closed.
+
+    Why the newest and not the least recently used: every connection that rested a
+    second is as good as another, but their objects are not. A burst's UpConns fill fresh
+    pymalloc arenas, and one survivor keeps its whole 1 MiB arena resident; keeping the
+    oldest objects lets the burst's arenas empty and go back (test_rss_comes_back_after_a_burst).
 
     nginx closes the least recently used connection the moment a returning one would
     make the cache exceed `keepalive`. When the requests in flight to a group hover above
@@ -976,18 +994,36 @@ cdef void trim_upstream_pools() noexcept:
     about two seconds. The connections open to the upstream never exceed the peak of
     requests in flight, as with nginx."""
     cdef Upstream ups
-    cdef UpConn oldest
+    cdef UpConn up
     cdef list still_over = []
+    cdef Py_ssize_t excess, nrested, i
+    cdef RestedConn *rested
+    cdef int closed = 0
     for ups in g_pools_over:
-        while len(ups.idle) > ups.keepalive:
-            oldest = <UpConn>ups.idle[0]       # reuse takes the newest: [0] waited longest
-            if g_now - oldest.idle_since < POOL_OVER_GRACE_MS:
-                break
-            oldest.close()
+        excess = len(ups.idle) - ups.keepalive
+        rested = <RestedConn *>malloc(sizeof(RestedConn) * len(ups.idle))
+        if rested == NULL:
+            continue
+        nrested = 0
+        for up in ups.idle:
+            if g_now - up.idle_since >= POOL_OVER_GRACE_MS:
+                rested[nrested].serial = up.serial
+                rested[nrested].conn = <PyObject *>up
+                nrested += 1
+        if excess > nrested:
+            excess = nrested
+        # the newest objects go: see above
+        qsort(rested, nrested, sizeof(RestedConn), by_serial)
+        for i in range(nrested - excess, nrested):
+            up = <UpConn>rested[i].conn     # a reference of our own: close() drops the pool's
+            up.close()
+            closed += 1
+        free(rested)
         ups.over_keepalive = len(ups.idle) > ups.keepalive
         if ups.over_keepalive:
             still_over.append(ups)
     g_pools_over[:] = still_over
+    return closed
 
 
 cdef UpConn upstream_connection(Upstream ups, int peer, Client c):
@@ -1019,6 +1055,9 @@ cdef UpConn upstream_connection(Upstream ups, int peer, Client c):
         return None
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(int))
     up = UpConn.__new__(UpConn)
+    global g_upconn_serial
+    g_upconn_serial += 1
+    up.serial = g_upconn_serial
     up.fd = fd
     up.kind = K_UPSTREAM
     up.ups = ups

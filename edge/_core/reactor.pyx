@@ -356,10 +356,10 @@ cdef class Loop:
         whole last second (the low mark) is freed, so a burst's leftovers go within seconds
         and a steady load keeps what it uses."""
         cdef Py_ssize_t n, drop
-        cdef size_t freed
+        cdef size_t freed = 0
         park_idle_clients()
         if g_pools_over:
-            trim_upstream_pools()
+            freed = <size_t>trim_upstream_pools() * <size_t>UpConn.__basicsize__
         n = len(self.free_clients)
         drop = self.free_low - self.free_low // 4
         if drop > n:
@@ -367,8 +367,8 @@ cdef class Loop:
         if drop > 0:
             del self.free_clients[n - drop:]
         self.free_low = len(self.free_clients)
-        freed = pool_shrink()
-        pool_trim_if_due(<size_t>drop * <size_t>Client.__basicsize__)
+        freed += pool_shrink() + <size_t>drop * <size_t>Client.__basicsize__
+        pool_trim_if_due(freed)
 
     cdef void on_signal(self, uint32_t signo):
         if signo == SIGQUIT:

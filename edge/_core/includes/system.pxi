@@ -3,7 +3,8 @@
 
 from libc.stdint cimport int64_t, uint64_t, uint32_t, uint16_t, uint8_t, int32_t
 from libc.string cimport memcpy, memmove, memcmp, memchr, memset, strlen
-from libc.stdlib cimport malloc, realloc, free
+from libc.stdlib cimport malloc, realloc, free, qsort
+from cpython.object cimport PyObject
 from libc.errno cimport errno, EAGAIN, EINTR, EINPROGRESS, ECONNABORTED, ECONNRESET
 from libc.errno cimport ENOENT, ENOTDIR, ENAMETOOLONG, EIO
 from posix.stat cimport struct_stat, stat as posix_stat, S_ISREG, S_ISDIR, S_IXUSR

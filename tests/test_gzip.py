@@ -498,8 +498,8 @@ def test_zlib_memory_released_however_the_response_ends(edge, root):
                     if kind == "hang":
                         # compressed bytes of the first piece, then the client goes away
                         assert int(c._read_line(), 16) > 0
-                        # a reset: edge sees the abort at once (a FIN after the response
-                        # began is a half-close it waits on, as for any streamed body)
+                        # a reset: edge sees the abort at once (the FIN of a plain close
+                        # would end it too: proxy_ignore_client_abort is off)
                         c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     elif kind == "cut":
                         while c._fill():

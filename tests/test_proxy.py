@@ -667,6 +667,77 @@ def test_client_abort_mid_response(px, upstream):
         assert r.status == 200
 
 
+ABORT = """
+http {
+    server {
+        listen 127.0.0.1:@PORT@;
+        location / { proxy_pass http://@UP@; @MODE@ @IGNORE@ }
+    }
+}
+"""
+
+GATED_N = 1000
+GATED_HEAD_MAX = 400        # the test upstream's head, with either server's fields
+
+
+def read_until_closed(c: Conn, timeout: float) -> bytes:
+    """Everything the server sends until it closes the connection (fails after `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        c.sock.settimeout(max(0.05, deadline - time.monotonic()))
+        try:
+            if not c._fill():
+                return bytes(c.buf)
+        except socket.timeout:
+            raise AssertionError(f"the connection is still open after {timeout}s ({len(c.buf)} bytes read)")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("ignore", ["default", "on"])
+def test_client_fin_while_proxied(edge, upstream, mode, ignore):
+    """The client closes its side (a FIN, as a close() sends it) after the upstream has
+    sent the response head and the first part of the body, and before the rest. With
+    proxy_ignore_client_abort off (the default) the request is abandoned: the connection
+    closes without the rest (nginx buffered sends nothing at all, edge has sent the head
+    and the first part). With it on, the client gets the whole response; it only
+    half-closed, so it can still read."""
+    e = edge(ABORT, UP=upstream, MODE=MODES[mode],
+             IGNORE="proxy_ignore_client_abort on;" if ignore == "on" else "")
+    gate = upstream.gate("fin")
+    with Conn(e.port, timeout=10) as c:
+        c.send_request("GET", f"/gated/fin/{GATED_N}")
+        upstream.wait_requests(1)
+        time.sleep(0.3)                     # the head and the first part reach the proxy
+        c.sock.shutdown(socket.SHUT_WR)
+        time.sleep(0.5)                     # the proxy sees the FIN
+        gate.set()
+        got = read_until_closed(c, 10)
+    if ignore == "on":
+        head, _, body = got.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), got[:200]
+        assert body == body_pattern(2 * GATED_N), f"{len(body)} body bytes"
+    else:
+        assert len(got) < GATED_HEAD_MAX + 2 * GATED_N, f"the whole response ({len(got)} bytes) reached a client that had closed"
+        assert not got or got.startswith(b"HTTP/1.1 200"), got[:200]
+
+
+@pytest.mark.parametrize("ignore", ["default", "on"])
+def test_client_fin_before_the_response(edge, upstream, ignore):
+    """The client closes its side while the upstream has not answered yet: abandoned
+    (nothing sent, 499 in the log: test_access_log.py) by default; answered in full with
+    proxy_ignore_client_abort on."""
+    e = edge(ABORT, UP=upstream, MODE="", IGNORE="proxy_ignore_client_abort on;" if ignore == "on" else "")
+    with Conn(e.port, timeout=10) as c:
+        c.send_request("GET", "/slow/1")
+        upstream.wait_requests(1)
+        c.sock.shutdown(socket.SHUT_WR)
+        got = read_until_closed(c, 10)
+    if ignore == "on":
+        assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"slow ok\n"), got
+    else:
+        assert got == b""
+
+
 def test_concurrent_slow_requests(px, upstream):
     """One worker serves many slow upstream requests at once (it never blocks on one)."""
     results = []

@@ -945,12 +945,16 @@ cdef class Client(Handle):
             if events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR):
                 self.close()        # the client left while its request waited: 499
             return
-        if (events & EPOLLRDHUP) and self.state == CS_PROXY and not self.response_started \
-                and self.body_done and buf_len(&self.rb) == 0 and not self.upgrade:
-            # the client closed before the response began: nginx's 499, and the upstream
-            # request is abandoned (nginx's proxy_ignore_client_abort off)
+        if (events & EPOLLRDHUP) and self.state == CS_PROXY and self.body_done \
+                and buf_len(&self.rb) == 0 and not self.upgrade and not self.loc.ignore_client_abort:
+            # the client closed its side while its request is proxied: as nginx with
+            # proxy_ignore_client_abort off, the request is abandoned and the upstream
+            # connection closed (499 when no response head went out; log_request). A FIN
+            # cannot tell a client that half-closed from one that left, and a response to
+            # one that left would only meet its RST at the next write, or hold the upstream
+            # until then. Bytes after the request (pipelined) keep it going, unlike nginx.
             if g_log_info:
-                log_connection("info", self, "client prematurely closed connection while waiting for upstream", 0)
+                log_connection("info", self, "client prematurely closed connection, so upstream connection is closed too", 0)
             self.close()
             return
         self.drive()

@@ -82,6 +82,7 @@ cdef class Location:
     cdef public int64_t client_body_buffer_size
     cdef public bytes client_body_temp_path
     cdef public bint proxy_buffering
+    cdef public bint ignore_client_abort    # proxy_ignore_client_abort
     cdef public int64_t proxy_buffer_size       # the largest upstream response head
     cdef public int64_t proxy_buffers_total     # memory per response the client has not taken
     cdef public int64_t proxy_busy_buffers_size # the most sent to the client per write from a spool

@@ -147,6 +147,15 @@ DIRECTIVES = [
                   "carries no body and no Content-Length or Transfer-Encoding (nginx "
                   "keeps the client's Content-Length unless `proxy_set_header "
                   "Content-Length \"\"`, which leaves the upstream waiting for a body)."),
+    Directive("proxy_ignore_client_abort", HSL, (1, 1), parse=types.flag, default=False,
+              doc="off, as nginx: a client that closes its side of the connection while its "
+                  "request is proxied (its request read whole) ends the request at once: the "
+                  "upstream connection is closed, not pooled, and the request is logged with "
+                  "499 when no response head had gone out (with the upstream's status and the "
+                  "bytes sent when one had). on: the request runs to its end, and the response "
+                  "is sent for as long as the client's socket takes it (a client that only "
+                  "half-closed gets it all). Upgraded connections (WebSocket) are not concerned "
+                  "(docs/http.md)."),
     Directive("proxy_ignore_headers", HSL, (1, None), parse=_ignore_headers,
               syntax="proxy_ignore_headers field ...;",
               doc="Upstream response fields not to act on. Of nginx's list, edge acts only "
@@ -241,6 +250,7 @@ def compile_location(conf, location, runtime):
     location.proxy_http10 = conf.get("proxy_http_version") == "1.0"
     location.pass_request_headers = conf.get("proxy_pass_request_headers")
     location.pass_request_body = conf.get("proxy_pass_request_body")
+    location.ignore_client_abort = conf.get("proxy_ignore_client_abort")
     location.ignore_accel_buffering = "X-Accel-Buffering" in (conf.get("proxy_ignore_headers") or ())
     _response_headers(conf, location, authority, uri, dynamic is not None, scheme)
     location.proxy_connect_timeout_ms = int(conf.get("proxy_connect_timeout") * 1000)

@@ -971,6 +971,8 @@ cdef int by_serial(const void *a, const void *b) noexcept nogil:
     cdef int64_t x = (<RestedConn *>a).serial
     cdef int64_t y = (<RestedConn *>b).serial
     return (x > y) - (x < y)
+
+
 cdef enum:
     POOL_OVER_GRACE_MS = 1000      # how long a connection above `keepalive` may wait idle
 
@@ -1003,6 +1005,7 @@ cdef int trim_upstream_pools() noexcept:
         excess = len(ups.idle) - ups.keepalive
         rested = <RestedConn *>malloc(sizeof(RestedConn) * len(ups.idle))
         if rested == NULL:
+            still_over.append(ups)      # over_keepalive stays set: try again next second
             continue
         nrested = 0
         for up in ups.idle:
@@ -1028,6 +1031,7 @@ cdef int trim_upstream_pools() noexcept:
 
 cdef UpConn upstream_connection(Upstream ups, int peer, Client c):
     """An idle pooled connection to `peer`, or a new non-blocking connect."""
+    global g_upconn_serial
     cdef UpConn up
     cdef int i
     cdef int fd
@@ -1055,7 +1059,6 @@ cdef UpConn upstream_connection(Upstream ups, int peer, Client c):
         return None
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(int))
     up = UpConn.__new__(UpConn)
-    global g_upconn_serial
     g_upconn_serial += 1
     up.serial = g_upconn_serial
     up.fd = fd
